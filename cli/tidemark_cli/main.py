@@ -1,0 +1,42 @@
+"""The one `tidemark` command: each component contributes its own click group."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# (subcommand name, "module:attribute") — imported lazily so that `tidemark --help`
+# stays fast and a component's heavy imports are paid only when it is used.
+SUBCOMMANDS: dict[str, str] = {
+    "node": "tidemark_node.cli:node",
+    "playground": "tidemark_playground.cli:playground",
+    "workload": "tidemark_compute.cli:workload",
+    "bench": "tidemark_compute.bench_cli:bench",
+    "dev": "tidemark_rig.cli:dev",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in SUBCOMMANDS:
+            module_name, attr = SUBCOMMANDS[cmd_name].split(":")
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:  # component not built yet
+                raise click.ClickException(f"'{cmd_name}' is unavailable: {exc}") from exc
+            return getattr(module, attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(package_name="tidemark")
+def main() -> None:
+    """Tidemark: an Aurora-style log-is-the-database storage fleet."""
+
+
+if __name__ == "__main__":
+    main()
