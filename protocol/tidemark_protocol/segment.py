@@ -1,0 +1,191 @@
+"""One segment's view of its PG's log: the SCL chain, holes, epochs and truncation.
+
+Records of a PG form a chain through `prev_lsn_in_pg`. The SCL is the end of the
+unbroken chain from the PG's beginning: every record of the PG at or below it is here.
+Records that arrive ahead of a hole wait in `pending` until gossip fills the hole.
+The node persists what `accept` returns and the `meta()` snapshot in one atomic write.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_right
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .errors import NeedsSeal, StaleEpoch
+from .records import Record
+
+Range = tuple[int, int]  # (start, end]: LSNs start < lsn <= end are void
+
+
+def in_ranges(lsn: int, ranges: Iterable[Range]) -> bool:
+    return any(start < lsn <= end for start, end in ranges)
+
+
+@dataclass(slots=True)
+class SegmentMeta:
+    pg: int
+    volume_epoch: int = 0
+    membership_epoch: int = 0
+    scl: int = 0
+    # Highest chain LSN forgotten from memory (at or below the VDL hint): truncation
+    # never goes below a VDL, so the chain below this point is never needed again.
+    floor: int = 0
+    vdl_hint: int = 0
+    truncations: list[Range] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "pg": self.pg,
+            "volume_epoch": self.volume_epoch,
+            "membership_epoch": self.membership_epoch,
+            "scl": self.scl,
+            "floor": self.floor,
+            "vdl_hint": self.vdl_hint,
+            "truncations": [list(r) for r in self.truncations],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> SegmentMeta:
+        meta = cls(int(data["pg"]))
+        for key in ("volume_epoch", "membership_epoch", "scl", "floor", "vdl_hint"):
+            setattr(meta, key, int(data.get(key, 0)))
+        meta.truncations = [(int(a), int(b)) for a, b in data.get("truncations", [])]
+        return meta
+
+
+@dataclass(slots=True)
+class SealResult:
+    dropped: list[int]  # LSNs to delete from storage
+    scl_before: int
+    scl_after: int
+
+
+class SegmentLog:
+    """Pure bookkeeping of one segment; the caller does the I/O."""
+
+    def __init__(self, meta: SegmentMeta, stored: Iterable[tuple[int, int]] = ()) -> None:
+        """`stored`: (lsn, prev_lsn_in_pg) of records above `meta.floor`, any order."""
+        self.meta = meta
+        self.chain = array("Q")  # chain LSNs above floor, ascending, up to SCL
+        self.pending: dict[int, int] = {}  # prev_lsn -> lsn, for records above a hole
+        self.above: set[int] = set()  # LSNs held above SCL
+        scl = meta.scl
+        meta.scl = meta.floor
+        for lsn, prev in sorted(stored):
+            self._link(lsn, prev)
+        if meta.scl < scl:
+            raise ValueError(f"pg {meta.pg}: stored records end at {meta.scl} < persisted SCL {scl}")
+
+    # -- epochs -------------------------------------------------------------------
+    def check_epochs(self, volume_epoch: int, membership_epoch: int) -> None:
+        if volume_epoch < self.meta.volume_epoch:
+            raise StaleEpoch(
+                f"pg {self.meta.pg}: volume epoch {volume_epoch} < {self.meta.volume_epoch}"
+            )
+        if volume_epoch > self.meta.volume_epoch:
+            raise NeedsSeal(
+                f"pg {self.meta.pg}: volume epoch {volume_epoch} > {self.meta.volume_epoch}"
+            )
+        if membership_epoch < self.meta.membership_epoch:
+            raise StaleEpoch(
+                f"pg {self.meta.pg}: membership epoch {membership_epoch} "
+                f"< {self.meta.membership_epoch}"
+            )
+
+    def note_membership_epoch(self, membership_epoch: int) -> None:
+        self.meta.membership_epoch = max(self.meta.membership_epoch, membership_epoch)
+
+    # -- intake ---------------------------------------------------------------------
+    def has(self, lsn: int) -> bool:
+        return lsn in self.above or self._in_chain(lsn)
+
+    def _in_chain(self, lsn: int) -> bool:
+        if lsn > self.meta.scl:
+            return False
+        if lsn <= self.meta.floor:
+            return True  # forgotten but known present (or never part of this PG: a duplicate)
+        i = bisect_right(self.chain, lsn)
+        return i > 0 and self.chain[i - 1] == lsn
+
+    def accept(self, records: Iterable[Record]) -> list[Record]:
+        """Take records (any order, duplicates allowed); return the new ones to persist."""
+        fresh: list[Record] = []
+        for record in records:
+            if record.pg != self.meta.pg:
+                continue
+            if record.lsn <= self.meta.scl or record.lsn in self.above:
+                continue  # duplicate (writer resend or gossip)
+            if in_ranges(record.lsn, self.meta.truncations):
+                continue  # stray from a truncated epoch
+            fresh.append(record)
+            self._link(record.lsn, record.prev_lsn_in_pg)
+        return fresh
+
+    def _link(self, lsn: int, prev: int) -> None:
+        if prev == self.meta.scl:
+            self.meta.scl = lsn
+            self.chain.append(lsn)
+            while self.meta.scl in self.pending:
+                nxt = self.pending.pop(self.meta.scl)
+                self.above.discard(nxt)
+                self.meta.scl = nxt
+                self.chain.append(nxt)
+        else:
+            self.pending[prev] = lsn
+            self.above.add(lsn)
+
+    @property
+    def scl(self) -> int:
+        return self.meta.scl
+
+    @property
+    def max_lsn(self) -> int:
+        return max(self.above, default=self.meta.scl)
+
+    def has_holes(self) -> bool:
+        return bool(self.above)
+
+    # -- durability hints and forgetting ----------------------------------------------
+    def note_vdl(self, vdl: int) -> None:
+        """The writer says everything up to `vdl` is durable; forget chain entries below it."""
+        if vdl <= self.meta.vdl_hint:
+            return
+        self.meta.vdl_hint = vdl
+        cut = bisect_right(self.chain, min(vdl, self.meta.scl))
+        if cut > 1024:  # amortize: trim in chunks, keep the floor entry
+            self.meta.floor = self.chain[cut - 1]
+            del self.chain[:cut]
+
+    # -- seal: new volume epoch with truncation ranges ----------------------------------
+    def seal(self, volume_epoch: int, truncations: Iterable[Range]) -> SealResult:
+        if volume_epoch < self.meta.volume_epoch:
+            raise StaleEpoch(
+                f"pg {self.meta.pg}: seal epoch {volume_epoch} < {self.meta.volume_epoch}"
+            )
+        new_ranges = [r for r in truncations if r not in self.meta.truncations]
+        scl_before = self.meta.scl
+        dropped: list[int] = []
+        for start, end in new_ranges:
+            dropped.extend(lsn for lsn in self.above if start < lsn <= end)
+            if self.meta.scl > start:
+                if start < self.meta.floor:
+                    raise ValueError(f"pg {self.meta.pg}: truncation at {start} below floor")
+                cut = bisect_right(self.chain, start)
+                dropped.extend(self.chain[cut:])
+                del self.chain[cut:]
+                self.meta.scl = self.chain[-1] if self.chain else self.meta.floor
+            self.meta.truncations.append((start, end))
+        drop_set = set(dropped)
+        self.above -= drop_set
+        # Rebuild pending from what is left above the (possibly lower) SCL.
+        survivors = sorted(
+            (lsn, prev) for prev, lsn in self.pending.items() if lsn not in drop_set
+        )
+        self.pending.clear()
+        self.above.clear()
+        for lsn, prev in survivors:
+            self._link(lsn, prev)
+        self.meta.volume_epoch = volume_epoch
+        return SealResult(sorted(drop_set), scl_before, self.meta.scl)

@@ -1,0 +1,79 @@
+"""Pinned versions of every program the rig runs, and where they live in the cache.
+
+Binaries live OUTSIDE the repo, in ``$TIDEMARK_CACHE`` (default
+``${XDG_CACHE_HOME:-~/.cache}/tidemark``) under ``bin/NAME-VERSION``; ``bin/current/NAME``
+is a symlink to the pinned one, a stable path for people and scripts.
+
+All versions build with Go 1.26 and ``GOTOOLCHAIN=local`` (checked: each module's go
+directive is <= 1.26.0).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KUBERNETES = "v1.36.3"
+# Published staging modules (k8s.io/api, k8s.io/apiserver, ...) carry v0.Y.Z for v1.Y.Z.
+KUBERNETES_STAGING = "v0." + KUBERNETES.removeprefix("v1.")
+# kube-apiserver 1.36 wants etcd >= 3.5; Debian's etcd-server is 3.4.23, so we build 3.5.
+ETCD = "v3.5.35"
+KWOK = "v0.8.0"
+HELM = "v3.22.0"
+# MinIO and mc publish RELEASE.* tags that are not semver, so Go sees pseudo-versions.
+MINIO = "v0.0.0-20260212201848-7aac2a2c5b7c"
+MC = "v0.0.0-20250313080218-cf909e1063a9"
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    version: str
+    module: str  # Go module the binary is built from
+    package: str  # Go package path of the main package
+
+
+PROGRAMS: dict[str, Program] = {
+    p.name: p
+    for p in (
+        Program("etcd", ETCD, "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3"),
+        Program(
+            "kube-apiserver", KUBERNETES, "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-apiserver"
+        ),
+        Program(
+            "kube-controller-manager",
+            KUBERNETES,
+            "k8s.io/kubernetes",
+            "k8s.io/kubernetes/cmd/kube-controller-manager",
+        ),
+        Program(
+            "kube-scheduler", KUBERNETES, "k8s.io/kubernetes", "k8s.io/kubernetes/cmd/kube-scheduler"
+        ),
+        Program("kwok", KWOK, "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+        Program("minio", MINIO, "github.com/minio/minio", "github.com/minio/minio"),
+        Program("mc", MC, "github.com/minio/mc", "github.com/minio/mc"),
+        Program("helm", HELM, "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm"),
+    )
+}
+
+
+def cache_root() -> Path:
+    if env := os.environ.get("TIDEMARK_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tidemark"
+
+
+def bin_dir() -> Path:
+    return cache_root() / "bin"
+
+
+def bin_path(name: str) -> Path:
+    """Path of the pinned binary NAME (it may not be built yet)."""
+    prog = PROGRAMS[name]
+    return bin_dir() / f"{prog.name}-{prog.version}"
+
+
+def missing_binaries() -> list[str]:
+    return [n for n in PROGRAMS if not os.access(bin_path(n), os.X_OK)]
