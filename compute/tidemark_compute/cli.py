@@ -1,0 +1,57 @@
+"""`tidemark workload`: mini-transactions against a fleet, optionally verified."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import click
+
+from .topology import load_topology, save_topology
+from .verify_model import Model
+from .workload import run_workload, summarize, verify
+from .writer import Writer
+
+
+async def _workload(
+    directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int
+) -> dict:
+    topology = load_topology(directory)
+    model = Model(log_file)
+    writer = await Writer.open(topology)
+    save_topology(directory, topology)  # the new volume epoch
+    try:
+        started = time.monotonic()
+        stats = await run_workload(writer, model, seconds, concurrency=concurrency, seed=seed)
+        elapsed = time.monotonic() - started if seconds > 0 else 0.0
+        result = await verify(writer, model) if do_verify else None
+        out = summarize(stats, max(elapsed, seconds, 1e-9), result)
+        out["volume_epoch"] = topology.volume_epoch
+        out["vdl"] = writer.vdl
+        return out
+    finally:
+        model.close()
+        await writer.close()
+
+
+@click.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".tidemark-playground"), show_default=True)
+@click.option("--seconds", type=float, required=True, help="How long to write (0: only recover and verify).")
+@click.option("--verify", "do_verify", is_flag=True, help="Re-read and check every acknowledged commit.")
+@click.option("--concurrency", type=int, default=32, show_default=True)
+@click.option("--log", "log_file", type=click.Path(path_type=Path), default=None,
+              help="Append intents and acks here; a later run with the same log verifies them too.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def workload(directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int, as_json: bool) -> None:
+    """Run mini-transactions against the fleet in DIR."""
+    out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed))
+    if as_json:
+        click.echo(json.dumps(out))
+    else:
+        for key, value in out.items():
+            click.echo(f"{key:>14}: {value}")
+    if do_verify and not out.get("verified", False):
+        raise SystemExit(1)

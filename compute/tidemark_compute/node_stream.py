@@ -1,0 +1,182 @@
+"""One writer→node log stream: a long-lived WebSocket carrying boxcarred batches.
+
+Records for the node's segments queue in an outbox; a sender turns whatever has queued
+into one frame while fewer than `max_inflight` frames await their ack (pipelining
+without a request per record). A dropped connection is retried with backoff; on
+reconnect (or when the node asks for a seal) the writer re-sends what that node may
+be missing, so losing a stream never loses a record that is not yet durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import structlog
+
+from tidemark_protocol.frames import encode_batch_with_encoded_records
+
+log = structlog.get_logger("tidemark.writer.stream")
+
+AckHandler = Callable[[str, dict[str, Any]], None]
+ResyncHandler = Callable[["NodeStream"], Awaitable[None]]
+FrameInfo = Callable[[], tuple[int, int, int]]  # (volume_epoch, vdl, pgmrpl)
+
+
+class NodeStream:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        session: aiohttp.ClientSession,
+        on_ack: AckHandler,
+        on_resync: ResyncHandler,
+        frame_info: FrameInfo,
+        membership_epoch: Callable[[int], int],
+        max_inflight: int = 8,
+        max_frame_records: int = 4096,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self.session = session
+        self.on_ack = on_ack
+        self.on_resync = on_resync
+        self.frame_info = frame_info
+        self.membership_epoch = membership_epoch
+        self.max_inflight = max_inflight
+        self.max_frame_records = max_frame_records
+        self.outbox: dict[int, list[bytes]] = {}  # pg -> encoded records
+        self.outbox_count = 0
+        self.connected = asyncio.Event()
+        self.wakeup = asyncio.Event()
+        self.inflight = 0
+        self.seq = 0
+        self.last_sent_vdl = -1
+        self.needs_resync = True
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"stream-{self.name}")
+
+    async def close(self) -> None:
+        self._closing = True
+        self.wakeup.set()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def enqueue(self, pg: int, encoded: bytes) -> None:
+        if not self.connected.is_set():
+            return  # resync after reconnect re-sends everything not yet durable
+        self.outbox.setdefault(pg, []).append(encoded)
+        self.outbox_count += 1
+        self.wakeup.set()
+
+    def poke(self) -> None:
+        """Wake the sender so an idle stream still carries the new VDL to the node."""
+        self.wakeup.set()
+
+    async def _run(self) -> None:
+        delay = 0.05
+        while not self._closing:
+            try:
+                async with self.session.ws_connect(
+                    f"{self.url}/v1/log", heartbeat=5.0, max_msg_size=0
+                ) as ws:
+                    self._ws = ws
+                    self.inflight = 0
+                    self.outbox.clear()
+                    self.outbox_count = 0
+                    self.connected.set()
+                    self.needs_resync = True
+                    delay = 0.05
+                    log.info("stream_connected", node=self.name)
+                    await self._serve(ws)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                log.debug("stream_error", node=self.name, error=str(exc))
+            finally:
+                self.connected.clear()
+                self._ws = None
+            if self._closing:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _serve(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        reader = asyncio.create_task(self._read_acks(ws))
+        try:
+            while not ws.closed and not reader.done():
+                if self.needs_resync:
+                    self.needs_resync = False
+                    await self.on_resync(self)
+                sent = await self._send_some(ws)
+                if not sent:
+                    self.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self.wakeup.wait(), timeout=0.25)
+                    except TimeoutError:
+                        pass
+        finally:
+            reader.cancel()
+            try:
+                await reader
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _send_some(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
+        if self.inflight >= self.max_inflight:
+            return False
+        epoch, vdl, pgmrpl = self.frame_info()
+        if not self.outbox_count and vdl == self.last_sent_vdl:
+            return False
+        groups: list[tuple[int, int, list[bytes]]] = []
+        taken = 0
+        for pg in list(self.outbox):
+            records = self.outbox[pg]
+            room = self.max_frame_records - taken
+            if room <= 0:
+                break
+            chunk, rest = records[:room], records[room:]
+            groups.append((pg, self.membership_epoch(pg), chunk))
+            taken += len(chunk)
+            if rest:
+                self.outbox[pg] = rest
+            else:
+                del self.outbox[pg]
+        self.outbox_count -= taken
+        self.seq += 1
+        frame = encode_batch_with_encoded_records(self.seq, epoch, vdl, pgmrpl, groups)
+        self.inflight += 1
+        self.last_sent_vdl = vdl
+        await ws.send_bytes(frame)
+        return True
+
+    async def _read_acks(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                continue
+            ack = json.loads(msg.data)
+            if ack.get("seq") is not None:
+                self.inflight = max(0, self.inflight - 1)
+            self.on_ack(self.name, ack)
+            self.wakeup.set()
+
+    async def send_now(self, groups: list[tuple[int, int, list[bytes]]]) -> None:
+        """Send a frame outside the outbox (resync); counts against nothing."""
+        ws = self._ws
+        if ws is None or ws.closed:
+            return
+        epoch, vdl, pgmrpl = self.frame_info()
+        self.seq += 1
+        self.inflight += 1
+        await ws.send_bytes(encode_batch_with_encoded_records(self.seq, epoch, vdl, pgmrpl, groups))

@@ -1,0 +1,139 @@
+"""Group commit: every change to stored state goes through one queue, and everything that
+queued while a synced write was in flight goes into the next single RocksDB write.
+
+Ordering matters: a segment's in-memory state (SegmentLog) advances when records are
+accepted, before they are durable. Because one writer drains the queue in order and
+each batch carries the meta of every segment it touches (serialized at build time),
+the meta on disk always matches the records on disk, and `durable_scl` — the only SCL
+ever reported — is the SCL as of the batch that has just been synced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
+
+from . import store as keys
+from .segments import Segment
+from .store import Store
+from .telemetry import Telemetry
+
+log = structlog.get_logger("tidemark.node.commit")
+
+
+@dataclass(slots=True)
+class CommitItem:
+    puts: list[tuple[bytes, bytes]]
+    deletes: list[bytes]
+    ranges: list[tuple[bytes, bytes]]  # delete_range [begin, end)
+    segments: list[Segment]
+    future: asyncio.Future
+    records: int = 0
+    nbytes: int = 0
+    frames: int = 0
+    extra: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Committer:
+    def __init__(self, store: Store, telemetry: Telemetry) -> None:
+        self.store = store
+        self.tm = telemetry
+        self._queue: list[CommitItem] = []
+        self._wake = asyncio.Event()
+        # One thread: writes are serialized anyway, and order must be preserved.
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="commit")
+        self._task: asyncio.Task | None = None
+        self.failed: BaseException | None = None
+        self.commits = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
+
+    def submit(
+        self,
+        segments: list[Segment],
+        puts: list[tuple[bytes, bytes]] | None = None,
+        deletes: list[bytes] | None = None,
+        ranges: list[tuple[bytes, bytes]] | None = None,
+        records: int = 0,
+        nbytes: int = 0,
+        frames: int = 0,
+    ) -> asyncio.Future:
+        """Queue a change; the future resolves once it (and the metas) are synced."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.failed is not None:
+            fut.set_exception(RuntimeError(f"storage failed: {self.failed}"))
+            return fut
+        self._queue.append(
+            CommitItem(puts or [], deletes or [], ranges or [], segments, fut, records, nbytes, frames)
+        )
+        self._wake.set()
+        return fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                items, self._queue = self._queue, []
+                batch = self.store.batch()
+                touched: dict[int, Segment] = {}
+                records = nbytes = frames = 0
+                for item in items:
+                    for k in item.deletes:
+                        batch.delete(k)
+                    for begin, end in item.ranges:
+                        batch.delete_range(begin, end)
+                    for k, v in item.puts:
+                        batch.put(k, v)
+                    for seg in item.segments:
+                        touched[id(seg)] = seg
+                    records += item.records
+                    nbytes += item.nbytes
+                    frames += item.frames
+                snaps: list[tuple[Segment, int]] = []
+                for seg in touched.values():
+                    if not seg.deleted:
+                        batch.put(keys.meta_key(seg.pg), seg.meta_bytes())
+                        snaps.append((seg, seg.log.scl))
+                t0 = time.perf_counter()
+                with self.tm.tracer.start_as_current_span("batch_commit") as span:
+                    span.set_attribute("tidemark.frames", frames)
+                    span.set_attribute("tidemark.records", records)
+                    span.set_attribute("tidemark.items", len(items))
+                    try:
+                        await loop.run_in_executor(self._pool, self.store.write, batch)
+                    except Exception as exc:  # a failed sync leaves memory ahead of disk
+                        self.failed = exc
+                        log.critical("storage_write_failed", error=str(exc))
+                        for item in items:
+                            if not item.future.done():
+                                item.future.set_exception(RuntimeError(f"storage failed: {exc}"))
+                        continue
+                self.tm.sync_latency.record(time.perf_counter() - t0)
+                self.tm.commits.add(1)
+                self.commits += 1
+                for seg, scl in snaps:
+                    seg.durable_scl = scl
+                for item in items:
+                    if not item.future.done():
+                        item.future.set_result(None)
+
+    async def close(self) -> None:
+        # Let queued work finish, then stop the loop task.
+        for _ in range(100):
+            if not self._queue:
+                break
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._pool.shutdown(wait=True)

@@ -1,0 +1,157 @@
+"""Segments hosted by this node: SegmentLog (pure chain bookkeeping) plus what the node
+adds around it (layout, membership, peers, materialization and GC progress), and how a
+segment is rebuilt from RocksDB on restart."""
+
+from __future__ import annotations
+
+import json
+import struct
+from array import array
+from bisect import bisect_right, insort
+from dataclasses import dataclass, field
+
+from tidemark_protocol.layout import VolumeLayout
+from tidemark_protocol.quorum import Membership
+from tidemark_protocol.records import HEADER_SIZE, Record
+from tidemark_protocol.segment import SegmentLog, SegmentMeta
+
+from . import store as keys
+from .store import Store
+
+# Header fields we need without a CRC check (startup scan, GC): see records.py.
+_HEADER = struct.Struct("<BBHIQQQQI")
+
+
+def peek_header(raw: bytes) -> tuple[int, int, int]:
+    """(lsn, page, prev_lsn_in_pg) from an encoded record's header."""
+    if len(raw) < HEADER_SIZE:
+        raise ValueError("stored record shorter than its header")
+    _v, _f, _r, _pg, lsn, page, prev_pg, _prev_page, _plen = _HEADER.unpack_from(raw, 0)
+    return lsn, page, prev_pg
+
+
+@dataclass(slots=True)
+class Segment:
+    log: SegmentLog
+    layout: VolumeLayout
+    membership: Membership
+    peers: dict[str, str] = field(default_factory=dict)
+    materialized_lsn: int = 0
+    gc_lsn: int = 0  # page versions below the latest one <= gc_lsn are gone: reads need R >= it
+    log_gc_lsn: int = 0  # log records <= this are gone: gossip must ask above it
+    pgmrpl: int = 0
+    durable_scl: int = 0  # SCL as of the last synced write: the only SCL we ever report
+    records: int = 0  # stored log records
+    # Stored LSNs above materialized_lsn, ascending (backlog and materialization chunks).
+    unmaterialized: array = field(default_factory=lambda: array("Q"))
+    # Materialization boundaries since start: GC may only cut at one of them.
+    boundaries: list[int] = field(default_factory=list)
+    corrupt_lsn: int | None = None  # first corrupt record met by a background task
+    deleted: bool = False
+
+    @property
+    def pg(self) -> int:
+        return self.log.meta.pg
+
+    @property
+    def meta(self) -> SegmentMeta:
+        return self.log.meta
+
+    def note_stored(self, records: list[Record]) -> None:
+        self.records += len(records)
+        un = self.unmaterialized
+        for r in records:
+            if not un or r.lsn > un[-1]:
+                un.append(r.lsn)
+            else:
+                insort(un, r.lsn)
+
+    def note_dropped(self, lsns: list[int]) -> None:
+        self.records -= len(lsns)
+        drop = set(lsns)
+        self.unmaterialized = array("Q", (x for x in self.unmaterialized if x not in drop))
+
+    def materialize_target(self) -> int:
+        return min(self.durable_scl, self.meta.vdl_hint)
+
+    def backlog(self) -> int:
+        return bisect_right(self.unmaterialized, self.materialize_target())
+
+    def to_json(self) -> dict:
+        return {
+            "seg": self.meta.to_json(),
+            "layout": self.layout.to_json(),
+            "membership": self.membership.to_json(),
+            "peers": self.peers,
+            "materialized_lsn": self.materialized_lsn,
+            "gc_lsn": self.gc_lsn,
+            "log_gc_lsn": self.log_gc_lsn,
+            "pgmrpl": self.pgmrpl,
+            "records": self.records,
+        }
+
+    def meta_bytes(self) -> bytes:
+        return json.dumps(self.to_json(), separators=(",", ":")).encode()
+
+    def status(self) -> dict:
+        return {
+            "pg": self.pg,
+            "scl": self.durable_scl,
+            "max_lsn": self.log.max_lsn,
+            "holes": self.log.has_holes(),
+            "volume_epoch": self.meta.volume_epoch,
+            "membership_epoch": self.meta.membership_epoch,
+            "vdl_hint": self.meta.vdl_hint,
+            "materialized_lsn": self.materialized_lsn,
+            "gc_lsn": self.gc_lsn,
+            "log_gc_lsn": self.log_gc_lsn,
+            "records": self.records,
+            "backlog": self.backlog(),
+            "corrupt_lsn": self.corrupt_lsn,
+        }
+
+
+def new_segment(
+    pg: int, layout: VolumeLayout, membership: Membership, peers: dict[str, str], volume_epoch: int
+) -> Segment:
+    meta = SegmentMeta(pg, volume_epoch=volume_epoch, membership_epoch=membership.epoch)
+    return Segment(SegmentLog(meta), layout, membership, dict(peers))
+
+
+def load_segment(store: Store, raw_meta: bytes) -> Segment:
+    """Rebuild a segment from its meta and its stored log keys (blocking: run in executor)."""
+    data = json.loads(raw_meta)
+    meta = SegmentMeta.from_json(data["seg"])
+    pg = meta.pg
+    materialized = int(data.get("materialized_lsn", 0))
+    # Every record above min(floor, materialized) is still stored (GC cuts below both).
+    start = min(meta.floor, materialized)
+    chain_input: list[tuple[int, int]] = []
+    unmat = array("Q")
+    for key, raw in store.scan(keys.log_key(pg, start + 1), keys.prefix_end(keys.pg_prefix(b"L", pg))):
+        lsn, _page, prev = peek_header(raw)
+        if lsn > meta.floor:
+            chain_input.append((lsn, prev))
+        if lsn > materialized:
+            unmat.append(lsn)
+    log = SegmentLog(meta, chain_input)
+    seg = Segment(
+        log,
+        VolumeLayout.from_json(data["layout"]),
+        Membership.from_json(data["membership"]),
+        dict(data.get("peers", {})),
+        materialized_lsn=materialized,
+        gc_lsn=int(data.get("gc_lsn", 0)),
+        log_gc_lsn=int(data.get("log_gc_lsn", 0)),
+        pgmrpl=int(data.get("pgmrpl", 0)),
+        durable_scl=log.scl,
+        unmaterialized=unmat,
+        boundaries=[materialized],
+    )
+    seg.records = int(data["records"]) if "records" in data else count_records(store, pg)
+    return seg
+
+
+def count_records(store: Store, pg: int) -> int:
+    prefix = keys.pg_prefix(b"L", pg)
+    return sum(1 for _ in store.scan_keys(prefix, keys.prefix_end(prefix)))

@@ -1,0 +1,55 @@
+"""The node's shared state: identity, store, hosted segments, committer, telemetry."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from .commit import Committer
+from .segments import Segment
+from .store import Store, node_key
+from .telemetry import Telemetry
+
+
+@dataclass
+class Settings:
+    name: str
+    zone: str
+    data: str
+    gossip_interval: float = 1.0
+    materialize_interval: float = 0.5
+    gc_interval: float = 5.0
+    gc_log_tail: int = 100_000  # keep this many LSNs of log below SCL for lagging peers
+    materialize_chunk: int = 2000  # records per materialization step
+    gossip_chunk: int = 5000  # records per gossip pull
+
+
+@dataclass
+class NodeState:
+    settings: Settings
+    store: Store
+    telemetry: Telemetry
+    committer: Committer
+    generation: int = 0
+    segments: dict[int, Segment] = field(default_factory=dict)
+    peers: dict[str, str] = field(default_factory=dict)  # node-level peer directory
+    ready: bool = False
+    # Reads and background scans run here so the event loop never blocks on RocksDB.
+    reader: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="read")
+    )
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def peer_url(self, seg: Segment, name: str) -> str | None:
+        return seg.peers.get(name) or self.peers.get(name)
+
+    def peers_bytes(self) -> bytes:
+        return json.dumps(self.peers).encode()
+
+    @staticmethod
+    def peers_key() -> bytes:
+        return node_key("peers")

@@ -1,0 +1,72 @@
+"""Fleet status: which nodes answer, and how healthy each PG's segments are."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tidemark_compute.topology import Topology
+
+from .fleet import Fleet
+
+
+async def _node_status(session: aiohttp.ClientSession, url: str) -> dict | None:
+    try:
+        async with session.get(f"{url}/v1/status") as resp:
+            return await resp.json() if resp.status == 200 else None
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        return None
+
+
+async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -> dict:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        names = list(fleet.nodes)
+        answers = await asyncio.gather(*(_node_status(session, fleet.nodes[n].url) for n in names))
+    by_node = dict(zip(names, answers, strict=True))
+    nodes = []
+    for name in names:
+        node = fleet.nodes[name]
+        status = by_node[name]
+        segments = status.get("segments", []) if status else []
+        nodes.append(
+            {
+                "name": name,
+                "zone": node.zone,
+                "address": node.url,
+                "process": fleet.state(name),
+                "alive": status is not None,
+                "segments": [
+                    {"pg": s["pg"], "scl": s["scl"], "holes": s.get("holes", 0)} for s in segments
+                ],
+            }
+        )
+    pgs = []
+    for pg, membership in sorted(topology.memberships.items()):
+        scls = {}
+        for member in membership.all_members:
+            status = by_node.get(member)
+            seg = next((s for s in (status or {}).get("segments", []) if s["pg"] == pg), None)
+            if seg is not None:
+                scls[member] = seg["scl"]
+        top = max(scls.values(), default=0)
+        pgs.append(
+            {
+                "id": pg,
+                "members": list(membership.members),
+                "next_members": list(membership.next_members or []),
+                "epoch": membership.epoch,
+                "healthy_segments": len(scls),
+                "complete_segments": sum(1 for v in scls.values() if v == top),
+                "scl": scls,
+            }
+        )
+    return {"nodes": nodes, "pgs": pgs, "volume_epoch": topology.volume_epoch}
+
+
+def converged(status: dict) -> bool:
+    """Every segment of every PG answers and holds the same SCL."""
+    return all(
+        p["healthy_segments"] == len(p["members"]) and p["complete_segments"] == len(p["members"])
+        for p in status["pgs"]
+    )

@@ -1,0 +1,297 @@
+"""Pod runner: a local process for each kwok pod that carries the run-local label.
+
+kwok marks pods Running but runs nothing. For every pod labelled
+``tidemark.dev/run-local=true`` that is Running with a pod IP on a Ready node, this runs the
+first container's command+args as a local process with the pod's environment (plain values
+and downward-API fieldRefs) plus ``TIDEMARK_POD_IP``/``POD_IP``, ``TIDEMARK_POD_NAME``,
+``TIDEMARK_POD_NAMESPACE``, ``TIDEMARK_NODE_NAME`` and ``TIDEMARK_ZONE`` (the node's
+``topology.kubernetes.io/zone`` label). The process is meant to bind the pod IP (a loopback
+address from the node's podCIDR).
+
+The process is SIGKILLed when the pod is deleted (or being deleted), when its node is
+deleted, or when the node is not Ready - like a machine that vanished. A process that exits
+by itself is restarted with back-off when the pod's restartPolicy is Always.
+
+It is one thread polling the API (simple, bounded, survives apiserver restarts); children
+get PR_SET_PDEATHSIG so they die with the runner even if it is SIGKILLed, and their pids are
+kept in ``DIR/pod-runner.json`` for the rig's teardown.
+
+Run: ``python -m tidemark_rig.pod_runner --kubeconfig K --dir D``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .kwok_nodes import ZONE_LABEL, node_ready
+
+RUN_LOCAL_LABEL = "tidemark.dev/run-local"
+RUN_LOCAL_SELECTOR = f"{RUN_LOCAL_LABEL}=true"
+STATE_FILE = "pod-runner.json"
+
+log = logging.getLogger("tidemark_rig.pod_runner")
+
+
+def _pdeathsig() -> None:
+    # Runs in the child between fork and exec: die with the runner, and own process group.
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)|\$\$")
+
+
+def expand(s: str, env: dict[str, str]) -> str:
+    """Kubernetes $(VAR) expansion: known vars replaced, unknown left as is, $$ -> $."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+
+    return _VAR.sub(sub, s)
+
+
+def _field(pod: dict[str, Any], path: str, node: dict[str, Any] | None) -> str:
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+    m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": spec.get("nodeName"),
+        "spec.serviceAccountName": spec.get("serviceAccountName"),
+        "status.podIP": status.get("podIP"),
+        "status.hostIP": status.get("hostIP"),
+    }
+    return str(simple.get(path) or "")
+
+
+def pod_env(pod: dict[str, Any], node: dict[str, Any] | None) -> dict[str, str]:
+    """The environment the pod's first container would get (inherits PATH etc. from us)."""
+    env = dict(os.environ)
+    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
+    zone = ((node or {}).get("metadata", {}).get("labels") or {}).get(ZONE_LABEL, "")
+    env.update(
+        {
+            "POD_IP": status.get("podIP", ""),
+            "TIDEMARK_POD_IP": status.get("podIP", ""),
+            "TIDEMARK_POD_NAME": meta["name"],
+            "TIDEMARK_POD_NAMESPACE": meta["namespace"],
+            "TIDEMARK_NODE_NAME": spec.get("nodeName", ""),
+            "TIDEMARK_ZONE": zone,
+        }
+    )
+    container = spec["containers"][0]
+    for item in container.get("env") or []:
+        name = item["name"]
+        if "value" in item and item["value"] is not None:
+            env[name] = expand(str(item["value"]), env)
+        elif (vf := item.get("valueFrom")) and vf.get("fieldRef"):
+            env[name] = _field(pod, vf["fieldRef"]["fieldPath"], node)
+        # configMap/secret refs are not resolved: the rig's callers pass plain values.
+    return env
+
+
+@dataclass
+class Running:
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    ip: str
+    argv: list[str]
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    log: str = ""
+    history: list[int] = field(default_factory=list)
+
+
+class PodRunner:
+    def __init__(self, core: Any, rig_dir: Path, selector: str = RUN_LOCAL_SELECTOR) -> None:
+        self.core = core
+        self.dir = rig_dir
+        self.selector = selector
+        self.log_dir = rig_dir / "logs" / "pods"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir = rig_dir / "pods"
+        self.running: dict[str, Running] = {}
+        self.stopping = False
+
+    # -- process control -----------------------------------------------------------------------
+    def _start(self, r: Running, pod: dict[str, Any], node: dict[str, Any] | None) -> None:
+        env = pod_env(pod, node)
+        c = pod["spec"]["containers"][0]
+        argv = [expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
+        if not argv:
+            log.error("pod %s/%s: first container has no command; nothing to run", r.namespace, r.name)
+            r.next_start = float("inf")
+            return
+        cwd = Path(c.get("workingDir") or self.work_dir / r.namespace / r.name)
+        cwd.mkdir(parents=True, exist_ok=True)
+        logf = self.log_dir / f"{r.namespace}_{r.name}.log"
+        r.log = str(logf)
+        with logf.open("ab") as fh:
+            fh.write(f"\n=== {time.ctime()} uid={r.uid} node={r.node} ip={r.ip} $ {argv}\n".encode())
+            fh.flush()
+            try:
+                r.popen = subprocess.Popen(
+                    argv, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_pdeathsig,
+                )
+            except OSError as exc:
+                log.error("pod %s/%s: cannot start %s: %s", r.namespace, r.name, argv, exc)
+                r.popen = None
+                r.next_start = time.monotonic() + 5
+                return
+        r.argv = argv
+        r.history.append(r.popen.pid)
+        log.info("started pod %s/%s on %s ip=%s pid=%d: %s", r.namespace, r.name, r.node, r.ip,
+                 r.popen.pid, argv)
+
+    @staticmethod
+    def _kill(r: Running, why: str) -> None:
+        if r.popen is None:
+            return
+        pid = r.popen.pid
+        for killer in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                killer(pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            r.popen.wait(timeout=5)
+        log.info("killed pod %s/%s pid=%d: %s", r.namespace, r.name, pid, why)
+        r.popen = None
+
+    def kill_all(self, why: str) -> None:
+        for r in list(self.running.values()):
+            self._kill(r, why)
+        self.running.clear()
+        self._save()
+
+    def _save(self) -> None:
+        state = {
+            uid: {
+                "namespace": r.namespace, "name": r.name, "node": r.node, "ip": r.ip,
+                "pid": r.popen.pid if r.popen else None, "restarts": r.restarts,
+                "argv": r.argv, "log": r.log,
+            }
+            for uid, r in self.running.items()
+        }
+        tmp = self.dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.dir / STATE_FILE)
+
+    # -- reconcile -----------------------------------------------------------------------------
+    def reconcile_once(self) -> None:
+        api = self.core.api_client
+        nodes = {n["metadata"]["name"]: n for n in api.sanitize_for_serialization(
+            self.core.list_node(_request_timeout=10)).get("items", [])}
+        pods = api.sanitize_for_serialization(
+            self.core.list_pod_for_all_namespaces(label_selector=self.selector, _request_timeout=10)
+        ).get("items", [])
+        wanted: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        why_not: dict[str, str] = {}
+        for pod in pods:
+            uid = pod["metadata"]["uid"]
+            node_name = pod["spec"].get("nodeName")
+            status = pod.get("status") or {}
+            node = nodes.get(node_name or "")
+            if pod["metadata"].get("deletionTimestamp"):
+                why_not[uid] = "pod is being deleted"
+            elif node is None:
+                why_not[uid] = f"node {node_name} is gone"
+            elif not node_ready(node):
+                why_not[uid] = f"node {node_name} is not Ready"
+            elif status.get("phase") != "Running" or not status.get("podIP"):
+                why_not[uid] = "pod is not Running with an IP"
+            else:
+                wanted[uid] = (pod, node)
+        for uid in list(self.running):
+            if uid not in wanted:
+                self._kill(self.running.pop(uid), why_not.get(uid, "pod deleted"))
+        now = time.monotonic()
+        for uid, (pod, node) in wanted.items():
+            r = self.running.get(uid)
+            if r is None:
+                meta = pod["metadata"]
+                r = Running(uid, meta["namespace"], meta["name"], pod["spec"]["nodeName"],
+                            pod["status"]["podIP"], [])
+                self.running[uid] = r
+                self._start(r, pod, node)
+            elif r.popen is not None and r.popen.poll() is not None:
+                code = r.popen.returncode
+                r.popen = None
+                if pod["spec"].get("restartPolicy", "Always") == "Always":
+                    r.restarts += 1
+                    r.next_start = now + min(10.0, 0.5 * 2 ** min(r.restarts, 5))
+                    log.warning("pod %s/%s exited with %s; restart #%d soon", r.namespace, r.name,
+                                code, r.restarts)
+                else:
+                    r.next_start = float("inf")
+            elif r.popen is None and now >= r.next_start:
+                self._start(r, pod, node)
+        self._save()
+
+    def run(self, interval: float = 0.5) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        log.info("pod runner watching pods with %s", self.selector)
+        try:
+            while not self.stopping:
+                try:
+                    self.reconcile_once()
+                except Exception as exc:  # noqa: BLE001 - apiserver blips must not stop us
+                    log.warning("reconcile failed: %r", exc)
+                time.sleep(interval)
+        finally:
+            self.kill_all("pod runner stopping")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tidemark_rig.pod_runner")
+    ap.add_argument("--kubeconfig", required=True)
+    ap.add_argument("--dir", required=True, type=Path)
+    ap.add_argument("--selector", default=RUN_LOCAL_SELECTOR)
+    ap.add_argument("--interval", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    from kubernetes import client, config
+
+    core = client.CoreV1Api(config.new_client_from_config(config_file=args.kubeconfig))
+    PodRunner(core, args.dir, args.selector).run(args.interval)
+    return 0
+
+
+def read_state(rig_dir: Path) -> dict[str, dict[str, Any]]:
+    """The runner's current processes, keyed by pod uid (for tests and the CLI)."""
+    try:
+        return json.loads((rig_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

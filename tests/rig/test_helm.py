@@ -1,0 +1,40 @@
+"""The repo's Helm chart lints and renders with the pinned helm."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from tidemark_rig.fixtures import require_binaries
+from tidemark_rig.versions import bin_path
+
+pytestmark = pytest.mark.rig
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "tidemark"
+
+
+def helm(tmp_path: Path, *args: str) -> str:
+    require_binaries(["helm"])
+    env = {"HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "cfg"),
+           "HELM_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([str(bin_path("helm")), *args], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode == 0, f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
+
+
+def test_helm_lint(tmp_path: Path) -> None:
+    out = helm(tmp_path, "lint", "--strict", str(CHART))
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+
+
+def test_helm_template(tmp_path: Path) -> None:
+    out = helm(tmp_path, "template", "demo", str(CHART), "--namespace", "tm",
+               "--set", "image.tag=dev")
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) >= {"ServiceAccount", "ConfigMap"}
+    assert kinds["ConfigMap"]["data"]["image"] == "tidemark:dev"
+    assert kinds["ConfigMap"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
