@@ -6,6 +6,8 @@ import importlib
 
 import click
 
+from .logging_setup import configure_logging
+
 # (subcommand name, "module:attribute") — imported lazily so that `tidemark --help`
 # stays fast and a component's heavy imports are paid only when it is used.
 SUBCOMMANDS: dict[str, str] = {
@@ -32,6 +34,7 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="tidemark")
 def main() -> None:
     """Tidemark: an Aurora-style log-is-the-database storage fleet."""
+    configure_logging()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -35,7 +35,6 @@ class CommitItem:
     records: int = 0
     nbytes: int = 0
     frames: int = 0
-    extra: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class Committer:

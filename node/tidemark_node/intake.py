@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import WSMsgType, web
+
 from tidemark_protocol.errors import MalformedFrame, ProtocolError, UnknownSegment
 from tidemark_protocol.frames import MAGIC, MAX_FRAME
 from tidemark_protocol.records import Record, crc32c, decode_record
 
 from . import store as keys
 from .segments import Segment
-from .state import NodeState
+from .state import STATE, NodeState
 
 log = structlog.get_logger("tidemark.node.intake")
 
@@ -56,7 +57,7 @@ def decode_frame(buf: bytes) -> Frame:
         raise MalformedFrame("frame shorter than its header")
     end_body = len(buf) - _CRC.size
     (stored_crc,) = _CRC.unpack_from(buf, end_body)
-    body = memoryview(buf)[:end_body]
+    body = buf[:end_body]  # one copy per frame (the CRC codec wants read-only bytes)
     if crc32c(body) != stored_crc:
         raise MalformedFrame("frame crc32c mismatch")
     magic, seq, epoch, vdl, pgmrpl, ngroups = _HEAD.unpack_from(body, 0)
@@ -76,7 +77,7 @@ def decode_frame(buf: bytes) -> Frame:
             if record.pg != pg:
                 raise MalformedFrame(f"record lsn={record.lsn} of pg {record.pg} in group {pg}")
             records.append(record)
-            raws.append(buf[offset:nxt])
+            raws.append(body[offset:nxt])
             offset = nxt
         groups.append(Group(pg, mepoch, records, raws))
     if offset != end_body:
@@ -163,7 +164,7 @@ def malformed_text(message: str) -> str:
 
 async def log_stream(request: web.Request) -> web.WebSocketResponse:
     """GET /v1/log: one WebSocket per writer connection."""
-    state: NodeState = request.app["state"]
+    state: NodeState = request.app[STATE]
     ws = web.WebSocketResponse(max_msg_size=MAX_FRAME + 1024, autoping=True, heartbeat=30)
     await ws.prepare(request)
     pending: asyncio.Queue = asyncio.Queue(MAX_INFLIGHT_FRAMES)

@@ -12,6 +12,7 @@ import asyncio
 from bisect import bisect_right
 
 import structlog
+
 from tidemark_protocol.errors import ProtocolError
 from tidemark_protocol.pages import apply_redo, empty_page
 from tidemark_protocol.records import decode_one
@@ -100,9 +101,13 @@ async def materialize_segment(state: NodeState, seg: Segment) -> int:
 
 async def materialize_loop(state: NodeState) -> None:
     interval = state.settings.materialize_interval
+    loop = asyncio.get_running_loop()
+    retry_at: dict[int, float] = {}  # pg -> when to try again after an unexpected error
     while True:
         busy = False
         for seg in list(state.segments.values()):
+            if retry_at.get(seg.pg, 0.0) > loop.time():
+                continue
             try:
                 if await materialize_segment(state, seg):
                     busy = True
@@ -110,5 +115,6 @@ async def materialize_loop(state: NodeState) -> None:
                 raise
             except Exception:
                 log.exception("materialize_error", pg=seg.pg)
+                retry_at[seg.pg] = loop.time() + 5.0
             await asyncio.sleep(0)  # yield to the foreground between chunks
         await asyncio.sleep(0.01 if busy else interval)

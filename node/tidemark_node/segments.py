@@ -30,7 +30,7 @@ def peek_header(raw: bytes) -> tuple[int, int, int]:
     return lsn, page, prev_pg
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity semantics: segments are hashable
 class Segment:
     log: SegmentLog
     layout: VolumeLayout
@@ -128,7 +128,7 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
     start = min(meta.floor, materialized)
     chain_input: list[tuple[int, int]] = []
     unmat = array("Q")
-    for key, raw in store.scan(keys.log_key(pg, start + 1), keys.prefix_end(keys.pg_prefix(b"L", pg))):
+    for _key, raw in store.scan(keys.log_key(pg, start + 1), keys.prefix_end(keys.pg_prefix(b"L", pg))):
         lsn, _page, prev = peek_header(raw)
         if lsn > meta.floor:
             chain_input.append((lsn, prev))

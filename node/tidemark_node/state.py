@@ -6,6 +6,8 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 from .commit import Committer
 from .segments import Segment
 from .store import Store, node_key
@@ -53,3 +55,6 @@ class NodeState:
     @staticmethod
     def peers_key() -> bytes:
         return node_key("peers")
+
+
+STATE = web.AppKey("state", NodeState)

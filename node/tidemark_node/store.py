@@ -142,12 +142,12 @@ class Store:
 
     def last_at_or_below(self, key: bytes, lower: bytes) -> tuple[bytes, bytes] | None:
         """The greatest entry with lower <= k <= key, if any."""
-        ro = ReadOptions()
-        ro.set_iterate_lower_bound(lower)
-        it = self.db.iter(ro)
+        it = self.db.iter()
         it.seek_for_prev(key)
         if it.valid():
-            return it.key(), it.value()
+            found = it.key()
+            if found >= lower:
+                return found, it.value()
         return None
 
     def disk_bytes(self) -> int:

@@ -28,6 +28,9 @@ class RecordFlags(IntFlag):
     FULL_IMAGE = 2  # payload is a whole page image rather than a patch
 
 
+_KNOWN_FLAGS = int(RecordFlags.CPL | RecordFlags.FULL_IMAGE)
+
+
 def crc32c(data: bytes) -> int:
     return google_crc32c.value(data)
 
@@ -89,10 +92,10 @@ def decode_record(buf: bytes | memoryview, offset: int = 0) -> tuple[Record, int
         raise CorruptRecord(f"record lsn={lsn} pg={pg}: crc32c mismatch")
     if lsn == 0 or prev_pg >= lsn or prev_page >= lsn:
         raise MalformedFrame(f"record lsn={lsn}: back-links must point below its lsn")
-    try:
-        rflags = RecordFlags(flags)
-    except ValueError as exc:
-        raise MalformedFrame(f"record lsn={lsn}: unknown flags {flags:#x}") from exc
+    # RecordFlags is an IntFlag, which keeps unknown bits instead of raising: check them.
+    if flags & ~_KNOWN_FLAGS:
+        raise MalformedFrame(f"record lsn={lsn}: unknown flags {flags:#x}")
+    rflags = RecordFlags(flags)
     record = Record(lsn, pg, page, prev_pg, prev_page, rflags, body[HEADER_SIZE:])
     return record, end + _CRC.size
 

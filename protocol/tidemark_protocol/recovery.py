@@ -118,7 +118,11 @@ def plan_recovery(
                     tail = max(tail, info.lsn)
         pg_tails[pg] = tail
 
-    end = max([vdl + lal, max_seen] + [e for _s, e in truncations])
+    # A writer of an earlier epoch allocated at most LAL beyond max(its VDL, its first
+    # LSN - 1), and its first LSN followed the newest truncation range then known.
+    last_end = max((e for _s, e in truncations), default=0)
+    end = max(vdl, last_end) + lal
+    end = max(end, max_seen)
     new_range = (vdl, end)
     return RecoveryPlan(
         volume_epoch=epoch,

@@ -166,26 +166,29 @@ class SegmentLog:
             )
         new_ranges = [r for r in truncations if r not in self.meta.truncations]
         scl_before = self.meta.scl
-        dropped: list[int] = []
-        for start, end in new_ranges:
-            dropped.extend(lsn for lsn in self.above if start < lsn <= end)
+        # Everything held above the (possibly lower) SCL is relinked below: what waits in
+        # pending, and chain entries cut off by a range start. Only LSNs inside a new range
+        # are dropped; records above a range's end (a newer writer's, e.g. via gossip) stay.
+        for start, _end in new_ranges:
+            if self.meta.scl > start and start < self.meta.floor:
+                raise ValueError(f"pg {self.meta.pg}: truncation at {start} below floor")
+        survivors = [(lsn, prev) for prev, lsn in self.pending.items()]
+        for start, _end in sorted(new_ranges):
             if self.meta.scl > start:
-                if start < self.meta.floor:
-                    raise ValueError(f"pg {self.meta.pg}: truncation at {start} below floor")
                 cut = bisect_right(self.chain, start)
-                dropped.extend(self.chain[cut:])
+                cut_off = list(self.chain[cut:])
+                prevs = [self.chain[cut - 1] if cut else self.meta.floor] + cut_off[:-1]
+                survivors.extend(zip(cut_off, prevs))
                 del self.chain[cut:]
                 self.meta.scl = self.chain[-1] if self.chain else self.meta.floor
-            self.meta.truncations.append((start, end))
-        drop_set = set(dropped)
-        self.above -= drop_set
-        # Rebuild pending from what is left above the (possibly lower) SCL.
-        survivors = sorted(
-            (lsn, prev) for prev, lsn in self.pending.items() if lsn not in drop_set
-        )
+        for new_range in new_ranges:
+            self.meta.truncations.append(new_range)
+        held = {lsn for lsn, _prev in survivors} | self.above
+        drop_set = {lsn for lsn in held if in_ranges(lsn, new_ranges)}
         self.pending.clear()
         self.above.clear()
-        for lsn, prev in survivors:
-            self._link(lsn, prev)
+        for lsn, prev in sorted(survivors):
+            if lsn not in drop_set:
+                self._link(lsn, prev)
         self.meta.volume_epoch = volume_epoch
         return SealResult(sorted(drop_set), scl_before, self.meta.scl)

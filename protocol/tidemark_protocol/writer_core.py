@@ -55,6 +55,9 @@ class WriterCore:
         self.trackers = {pg: QuorumTracker(m) for pg, m in memberships.items()}
         self._pgcl = dict.fromkeys(memberships, 0)
         self.next_lsn = start.next_lsn
+        # LSNs of this epoch start above the truncation range, not above VDL: LAL bounds
+        # what is allocated beyond max(VDL, the epoch's first LSN - 1).
+        self._lal_base = start.next_lsn - 1
         self.vcl = start.vdl
         self.vdl = start.vdl
         self._unresolved: deque[tuple[int, int, bool]] = deque()  # (lsn, pg, is_cpl)
@@ -72,8 +75,8 @@ class WriterCore:
         changes = list(changes)
         if not changes:
             raise ValueError("a mini-transaction needs at least one change")
-        if self.next_lsn + len(changes) - 1 > self.vdl + self.lal:
-            raise BackPressure(f"next LSN would pass VDL {self.vdl} + LAL {self.lal}")
+        if not self.can_allocate(len(changes)):
+            raise BackPressure(f"next LSN would pass the allocation limit {self.lsn_limit}")
         records = []
         for i, change in enumerate(changes):
             lsn = self.next_lsn
@@ -100,8 +103,13 @@ class WriterCore:
             records.append(record)
         return records
 
+    @property
+    def lsn_limit(self) -> int:
+        """The highest LSN the writer may allocate now (VDL + LAL, per epoch)."""
+        return max(self.vdl, self._lal_base) + self.lal
+
     def can_allocate(self, count: int = 1) -> bool:
-        return self.next_lsn + count - 1 <= self.vdl + self.lal
+        return self.next_lsn + count - 1 <= self.lsn_limit
 
     # -- acknowledgements -------------------------------------------------------------
     def on_ack(self, pg: int, segment: str, scl: int) -> bool:

@@ -151,6 +151,12 @@ class ControlPlane:
              f"--secure-port={ports['kube-apiserver']}",
              f"--tls-cert-file={p.apiserver_crt}", f"--tls-private-key-file={p.apiserver_key}",
              f"--client-ca-file={p.ca_crt}",
+             # fills the extension-apiserver-authentication ConfigMap that kcm/scheduler read
+             f"--requestheader-client-ca-file={p.ca_crt}",
+             "--requestheader-allowed-names=front-proxy-client",
+             "--requestheader-username-headers=X-Remote-User",
+             "--requestheader-group-headers=X-Remote-Group",
+             "--requestheader-extra-headers-prefix=X-Remote-Extra-",
              f"--service-account-key-file={p.sa_pub}",
              f"--service-account-signing-key-file={p.sa_key}",
              "--service-account-issuer=https://kubernetes.default.svc.cluster.local",

@@ -51,7 +51,7 @@ def go_env() -> dict[str, str]:
     env = dict(os.environ)
     # Never let the go command download a toolchain: every pin builds with the installed Go.
     env["GOTOOLCHAIN"] = "local"
-    env["GOFLAGS"] = "-buildvcs=false"
+    env["GOFLAGS"] = "-buildvcs=false -modcacherw"
     env.setdefault("CGO_ENABLED", "0")
     return env
 

@@ -20,11 +20,6 @@ RIG_NODE_LABEL = "tidemark.dev/rig-node"
 # cut down to what the rig needs: nodes become Ready (leases keep them so), pods become
 # Running with an IP from their node's podCIDR, deleted pods go away at once.
 KWOK_CONFIG = r"""
-apiVersion: config.kwok.x-k8s.io/v1alpha1
-kind: KwokConfiguration
-options:
-  enableCRDs: []
----
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:

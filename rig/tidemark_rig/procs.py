@@ -50,6 +50,8 @@ def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float =
             res = pred()
             if res:
                 return res
+        except RigError:
+            raise  # a component died: waiting longer cannot help
         except Exception as exc:  # noqa: BLE001 - kept for the timeout message
             last_exc = exc
         if time.monotonic() > deadline:

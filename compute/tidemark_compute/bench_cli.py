@@ -1,0 +1,92 @@
+"""`tidemark bench …`: benchmarks, each with a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from . import bench_write as bw
+from .topology import save_topology
+from .writer import Writer
+
+console = Console(stderr=True, highlight=False)
+
+
+async def _bench_write(seconds: float, concurrency: int, keep: Path | None) -> dict:
+    from tidemark_playground import fleet as fleet_mod  # the bench runs its own fleet
+
+    directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-"))
+    console.print(f"[bold]baseline[/bold]: one process, synced RocksDB batches, {seconds}s")
+    baseline = await asyncio.to_thread(bw.baseline_rocksdb, seconds)
+    console.print(f"  {baseline}")
+    fleet, topology = await fleet_mod.up(directory / "fleet", 2, 4, 256, 4096, "127.0.0.200")
+    try:
+        writer = await Writer.open(topology)
+        save_topology(directory / "fleet", topology)
+        try:
+            console.print(f"[bold]healthy fleet, max rate[/bold]: {concurrency} commits in flight, {seconds}s")
+            await bw.closed_loop(writer, min(2.0, seconds), concurrency)  # warm-up
+            healthy = await bw.closed_loop(writer, seconds, concurrency)
+            console.print(f"  {healthy}")
+            half = healthy["commits_per_s"] / 2
+            console.print(f"[bold]healthy fleet at half the max rate[/bold]: {half:.0f} commits/s offered")
+            at_half = await bw.open_loop(writer, seconds, half)
+            console.print(f"  {at_half}")
+            console.print("[bold]one node SIGSTOPped[/bold] (c2), max rate")
+            fleet.pause("c2")
+            try:
+                stopped = await bw.closed_loop(writer, seconds, concurrency)
+            finally:
+                fleet.resume("c2")
+            console.print(f"  {stopped}")
+            rss = {name: round(bw.rss_mb(n.pid), 1) for name, n in fleet.nodes.items()}
+            data = {name: round(bw.dir_mb(fleet.data_dir(name)), 1) for name in fleet.nodes}
+        finally:
+            await writer.close()
+    finally:
+        fleet.down()
+        if keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+    return {
+        "benchmark": "write",
+        "seconds": seconds,
+        "record_bytes": bw.RECORD_PAYLOAD,
+        "records_per_commit": bw.RECORDS_PER_MTR,
+        "concurrency": concurrency,
+        "records_per_s": healthy["records_per_s"],
+        "commits_per_s": healthy["commits_per_s"],
+        "mb_per_s": healthy["mb_per_s"],
+        "p50_ms": healthy["p50_ms"],
+        "p99_ms": healthy["p99_ms"],
+        "p999_ms": healthy["p999_ms"],
+        "baseline_records_per_s": baseline["records_per_s"],
+        "ratio": round(healthy["records_per_s"] / baseline["records_per_s"], 3),
+        "half_rate": at_half,
+        "one_node_stopped": stopped,
+        "stopped_throughput_ratio": round(stopped["records_per_s"] / healthy["records_per_s"], 3),
+        "stopped_p99_ratio": round(stopped["p99_ms"] / max(healthy["p99_ms"], 1e-9), 3),
+        "node_rss_mb": rss,
+        "node_data_mb": data,
+    }
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks with same-run baselines and ratios."""
+
+
+@bench.command()
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--concurrency", type=int, default=128, show_default=True)
+@click.option("--keep", type=click.Path(path_type=Path), default=None, help="keep the fleet dir here")
+@click.option("--json", "as_json", is_flag=True)
+def write(seconds: float, concurrency: int, keep: Path | None, as_json: bool) -> None:
+    """6 nodes, 200-byte records: throughput and latency, healthy and with a node stopped."""
+    out = asyncio.run(_bench_write(seconds, concurrency, keep))
+    click.echo(json.dumps(out, indent=None if as_json else 2))

@@ -1,0 +1,78 @@
+"""`tidemark node ...`: run a storage node."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import structlog
+
+
+def setup_logging(node: str, zone: str, level: str = "INFO") -> None:
+    """JSON lines on stderr, one event per line, tagged with the node's identity."""
+    lvl = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(stream=sys.stderr, level=lvl, format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    structlog.contextvars.bind_contextvars(node=node, zone=zone)
+
+
+@click.group()
+def node() -> None:
+    """Storage node commands."""
+
+
+@node.command()
+@click.option("--name", required=True, help="node name (as used in PG memberships)")
+@click.option("--zone", required=True, help="availability zone label")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, required=True)
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--gossip-interval", type=float, default=1.0, show_default=True)
+@click.option("--materialize-interval", type=float, default=0.5, show_default=True)
+@click.option("--gc-interval", type=float, default=5.0, show_default=True)
+@click.option("--gc-log-tail", type=int, default=100_000, show_default=True,
+              help="LSNs of log kept below SCL for lagging peers")
+@click.option("--log-level", default="INFO", show_default=True)
+def run(
+    name: str,
+    zone: str,
+    host: str,
+    port: int,
+    data_dir: str,
+    gossip_interval: float,
+    materialize_interval: float,
+    gc_interval: float,
+    gc_log_tail: int,
+    log_level: str,
+) -> None:
+    """Run a storage node until SIGTERM/SIGINT."""
+    setup_logging(name, zone, log_level)
+    from aiohttp import web
+
+    from .app import make_app
+    from .state import Settings
+
+    settings = Settings(
+        name=name,
+        zone=zone,
+        data=data_dir,
+        gossip_interval=gossip_interval,
+        materialize_interval=materialize_interval,
+        gc_interval=gc_interval,
+        gc_log_tail=gc_log_tail,
+    )
+    app = make_app(settings)
+    # aiohttp turns SIGTERM/SIGINT into a graceful exit: on_shutdown/on_cleanup run.
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)

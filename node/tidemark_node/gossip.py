@@ -1,0 +1,113 @@
+"""Background gossip: fill holes and catch up from peers.
+
+Each round asks every known peer for its /v1/status (one request per peer, covering
+all PGs), then for each segment with holes or behind a peer at the same volume epoch,
+pulls `records?after=SCL` from the most advanced peer and feeds them through `ingest`
+(CRC-checked, truncation-filtered, durable before they count).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import structlog
+
+from tidemark_protocol.errors import ProtocolError
+
+from .intake import decode_raw_records, ingest
+from .segments import Segment
+from .state import NodeState
+
+log = structlog.get_logger("tidemark.node.gossip")
+
+_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=2)
+
+
+async def _peer_status(session: aiohttp.ClientSession, url: str) -> dict[int, dict]:
+    try:
+        async with session.get(f"{url}/v1/status", timeout=aiohttp.ClientTimeout(total=3)) as resp:
+            if resp.status != 200:
+                return {}
+            body = await resp.json()
+            return {int(s["pg"]): s for s in body.get("segments", [])}
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        return {}
+
+
+async def pull(state: NodeState, session: aiohttp.ClientSession, seg: Segment, url: str, upto: int) -> int:
+    """Pull records above our SCL from one peer until caught up to `upto` (or no progress)."""
+    total = 0
+    while not seg.deleted:
+        after = seg.durable_scl
+        if after >= upto:
+            break
+        params = {"after": str(after), "upto": str(upto), "limit": str(state.settings.gossip_chunk)}
+        async with session.get(f"{url}/v1/segments/{seg.pg}/records", params=params, timeout=_TIMEOUT) as resp:
+            if resp.status != 200:
+                log.info("gossip_refused", pg=seg.pg, peer=url, status=resp.status)
+                break
+            body = await resp.read()
+        if not body:
+            break
+        try:
+            records, raws = decode_raw_records(body)
+        except ProtocolError as exc:
+            log.warning("gossip_bad_records", pg=seg.pg, peer=url, error=str(exc))
+            break
+        records_pg = [(r, raw) for r, raw in zip(records, raws, strict=True) if r.pg == seg.pg]
+        n = await ingest(state, seg, [r for r, _ in records_pg], [raw for _, raw in records_pg])
+        total += n
+        if seg.durable_scl <= after:
+            break  # the peer could not fill our gap from here; try another round
+        await asyncio.sleep(0)
+    if total:
+        state.telemetry.gossip_pulled.add(total)
+        log.info("gossip_pulled", pg=seg.pg, peer=url, records=total, scl=seg.durable_scl)
+    return total
+
+
+async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
+    names: set[str] = set()
+    for seg in state.segments.values():
+        names.update(m for m in seg.membership.all_members if m != state.name)
+    urls = {}
+    for seg in state.segments.values():
+        for name in seg.membership.all_members:
+            if name != state.name and name in names:
+                url = state.peer_url(seg, name)
+                if url:
+                    urls[name] = url
+    statuses = dict(
+        zip(urls, await asyncio.gather(*(_peer_status(session, u) for u in urls.values())), strict=True)
+    )
+    pulled = 0
+    for seg in list(state.segments.values()):
+        best: tuple[int, str] | None = None
+        for name in seg.membership.all_members:
+            peer = statuses.get(name, {}).get(seg.pg)
+            if not peer or int(peer.get("volume_epoch", -1)) != seg.meta.volume_epoch:
+                continue
+            pscl = int(peer.get("scl", 0))
+            if pscl > seg.durable_scl and (best is None or pscl > best[0]):
+                best = (pscl, urls[name])
+        if best is None:
+            continue
+        try:
+            pulled += await pull(state, session, seg, best[1], best[0])
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("gossip_failed", pg=seg.pg, peer=best[1], error=str(exc))
+        await asyncio.sleep(0)
+    return pulled
+
+
+async def gossip_loop(state: NodeState) -> None:
+    async with aiohttp.ClientSession() as session:
+        while True:
+            await asyncio.sleep(state.settings.gossip_interval)
+            try:
+                await gossip_round(state, session)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("gossip_error")

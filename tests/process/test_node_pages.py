@@ -1,0 +1,150 @@
+"""Materialization, page reads at a read point, GC horizons and on-disk corruption."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tidemark_protocol.frames import decode_records
+from tidemark_protocol.pages import apply_redo, empty_page, patch_payload
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(150)]
+
+PAGE_SIZE = 256
+LAYOUT = {"pg_count": 4, "pages_per_pg": 16, "page_size": PAGE_SIZE}
+ARGS = ["--gossip-interval", "5", "--materialize-interval", "0.1", "--gc-interval", "0.3",
+        "--gc-log-tail", "0"]
+FAKE = {"TIDEMARK_FAKE_DISK_CORRUPTION": "1"}
+
+
+def make_records(wire, pg: int, start: int, count: int, rng: random.Random, chain=None):
+    chain = chain or wire.LogChain(pg)
+    base = pg * LAYOUT["pages_per_pg"]
+    out = []
+    for lsn in range(start, start + count):
+        page = base + rng.randrange(8)
+        if rng.random() < 0.05:
+            out.append(chain.record(lsn, page, rng.randbytes(rng.randrange(1, PAGE_SIZE)), full=True))
+        else:
+            data = rng.randbytes(rng.randrange(1, 24))
+            out.append(chain.record(lsn, page, patch_payload(rng.randrange(PAGE_SIZE - len(data)), data)))
+    return chain, out
+
+
+def reference(records, page: int, at: int) -> bytes:
+    image = empty_page(PAGE_SIZE)
+    for r in records:
+        if r.page == page and r.lsn <= at:
+            image = apply_redo(image, r, PAGE_SIZE)
+    return image
+
+
+async def read(c, pg: int, page: int, at: int, tail: int | None = None, epoch: int = 1):
+    params = {"at": str(at), "tail": str(at if tail is None else tail), "epoch": str(epoch)}
+    return await c.request("GET", f"/v1/segments/{pg}/pages/{page}", params=params)
+
+
+async def assert_pages(c, records, points) -> None:
+    for at in points:
+        for page in sorted({r.page for r in records}):
+            status, body, _ = await read(c, 0, page, at)
+            assert status == 200, (at, page, body)
+            assert body == reference(records, page, at), f"page {page} at {at}"
+
+
+async def test_materialize_read_gc_restart(node_factory, node_client, wire):
+    node = node_factory("n1", extra_args=ARGS)
+    c = node_client(node)
+    await c.put_segment(0, ["n1"], layout=LAYOUT)
+    rng = random.Random(7)
+    chain, records = make_records(wire, 0, 1, 1500, rng)
+    log = await c.open_log()
+    for i in range(0, 1500, 100):
+        ack = await log.call(wire.frame(i + 1, [(0, 1, records[i : i + 100])], vdl=1200))
+    assert ack["results"]["0"]["scl"] == 1500
+
+    seg = await c.wait_segment(0, lambda s: s["materialized_lsn"] == 1200 and s["backlog"] == 0,
+                               what="materialized to the VDL hint")
+    assert seg["vdl_hint"] == 1200
+    # Below, at and above the materialized point (version + redo of the page's records).
+    await assert_pages(c, records, [1, 137, 1200, 1333, 1500])
+
+    # Read point beyond what the segment holds: not complete; wrong epochs refused.
+    status, body, _ = await read(c, 0, 0, 1600, tail=1501)
+    assert status == 409 and b"not_complete" in body
+    status, body, _ = await read(c, 0, 0, 1500, epoch=2)
+    assert status == 409 and b"needs_seal" in body
+    status, body, _ = await read(c, 0, 0, 1500, epoch=0)
+    assert status == 409 and b"stale_epoch" in body
+    status, body, _ = await read(c, 0, 16, 1500)  # page of pg 1
+    assert status == 400 and b"malformed" in body
+
+    # VDL 1500 and PGMRPL 1300: versions below the 1200 boundary go, log <= 1200 too.
+    ack = await log.call(wire.frame(99, [(0, 1, [])], vdl=1500, pgmrpl=1300))
+    seg = await c.wait_segment(0, lambda s: s["materialized_lsn"] == 1500 and s["log_gc_lsn"] == 1200,
+                               what="GC to the horizon")
+    assert seg["gc_lsn"] == 1200 and seg["records"] == 300
+    status, body, _ = await read(c, 0, 0, 1100)
+    assert status == 410 and b"below_horizon" in body
+    status, body, _ = await c.request("GET", "/v1/segments/0/records", params={"after": "100"})
+    assert status == 410 and b"below_horizon" in body
+    await assert_pages(c, records, [1200, 1250, 1500])
+    _, body, _ = await c.request("GET", "/v1/segments/0/records", params={"after": "1200"})
+    assert decode_records(body) == records[1200:]
+    await log.close()
+
+    # A restart after GC rebuilds the segment from its floor; reads are unchanged.
+    node.kill()
+    node.start().wait_ready()
+    seg = await c.segment(0)
+    assert seg["scl"] == 1500 and seg["records"] == 300 and seg["materialized_lsn"] == 1500
+    await assert_pages(c, records, [1200, 1400, 1500])
+    report = await c.json("GET", "/v1/segments/0/report")
+    # The chain below the VDL hint is forgotten (floor); the report lists what is above it.
+    assert report["floor"] == 1500 and report["records"] == [] and report["scl"] == 1500
+
+
+async def test_corrupt_stored_record_detected_not_served(node_factory, node_client, wire):
+    node = node_factory("n1", extra_args=ARGS, env=FAKE)
+    c = node_client(node)
+    await c.put_segment(0, ["n1"], layout=LAYOUT)
+    rng = random.Random(11)
+    _chain, records = make_records(wire, 0, 1, 40, rng)
+    log = await c.open_log()
+    ack = await log.call(wire.frame(1, [(0, 1, records)], vdl=20))
+    assert ack["results"]["0"]["scl"] == 40
+    await c.wait_segment(0, lambda s: s["materialized_lsn"] == 20, what="materialized")
+
+    victim = records[29]  # lsn 30: above the materialized point, so reads redo it
+    await c.json("POST", f"/v1/debug/segments/0/fake-disk-corruption?lsn={victim.lsn}")
+    status, body, _ = await read(c, 0, victim.page, 40)
+    assert status == 500 and b"corrupt_record" in body
+    # Other pages (not touched by the bad record) are still served correctly.
+    other = next(r.page for r in records if r.page != victim.page)
+    status, body, _ = await read(c, 0, other, 40)
+    assert status == 200 and body == reference(records, other, 40)
+
+    # Records: the valid prefix is served and the bad LSN flagged; never the bad bytes.
+    status, body, headers = await c.request("GET", "/v1/segments/0/records", params={"after": "20"})
+    assert status == 200 and headers["X-Tidemark-Corrupt-LSN"] == "30"
+    assert decode_records(body) == records[20:29]
+    status, body, _ = await c.request("GET", "/v1/segments/0/records", params={"after": "29"})
+    assert status == 500 and b"corrupt_record" in body
+
+    # Materialization meets it too: it stops before it and the status reports it.
+    await log.call(wire.frame(2, [(0, 1, [])], vdl=40))
+    seg = await c.wait_segment(0, lambda s: s["corrupt_lsn"] == 30, what="corruption reported")
+    assert seg["materialized_lsn"] == 20
+    metrics = (await c.request("GET", "/metrics"))[1].decode()
+    assert "tidemark_corrupt_records" in metrics
+    await log.close()
+    assert node.proc.poll() is None
+
+
+async def test_fake_corruption_endpoint_absent_by_default(node_factory, node_client):
+    node = node_factory("n1", extra_args=ARGS)
+    c = node_client(node)
+    await c.put_segment(0, ["n1"], layout=LAYOUT)
+    status, _, _ = await c.request("POST", "/v1/debug/segments/0/fake-disk-corruption?lsn=1")
+    assert status in (404, 405)

@@ -1,0 +1,682 @@
+"""Deterministic simulation of one writer and the segments of 1-3 PGs.
+
+Everything is driven by one `random.Random(seed)`: no clock, no threads, no asyncio.
+Each step picks one event (deliver / drop / duplicate a message, start a
+mini-transaction, resend, gossip, crash or restart a node, crash the writer, let a
+stale writer keep talking). The same seed gives the same schedule.
+
+Nodes run the real `SegmentLog`; the writer runs the real `WriterCore`; recovery runs
+the real `plan_recovery`. Members per PG come from `Membership` objects (the rebuild
+work will change them mid-run through `Sim.set_membership`).
+
+A segment's state is durable once it acks (accept + persist + ack are one atomic
+event); a node crash loses the messages addressed to it while it is down and whatever
+was in flight to it, and a restart rebuilds `SegmentLog` from the persisted meta and
+the stored (lsn, prev) pairs, exactly like a real node.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+
+from tidemark_protocol.errors import BackPressure, NeedsSeal, StaleEpoch
+from tidemark_protocol.layout import VolumeLayout
+from tidemark_protocol.pages import apply_redo, empty_page, patch_payload
+from tidemark_protocol.placement import NodeInfo, place
+from tidemark_protocol.quorum import Membership, has_read_quorum, has_write_quorum
+from tidemark_protocol.records import Record
+from tidemark_protocol.recovery import (
+    NoReadQuorum,
+    RecordInfo,
+    RecoveryPlan,
+    SegmentReport,
+    plan_recovery,
+)
+from tidemark_protocol.segment import SegmentLog, SegmentMeta, in_ranges
+from tidemark_protocol.writer_core import Change, StartState, WriterCore
+
+ZONES = ("a", "b", "c")
+
+
+class SimFailure(AssertionError):
+    pass
+
+
+# --------------------------------------------------------------------------- nodes
+@dataclass
+class Segment:
+    pg: int
+    log: SegmentLog
+    store: dict[int, Record] = field(default_factory=dict)
+    persisted: SegmentMeta | None = None
+
+    def persist(self, fresh: list[Record], dropped: list[int] = ()) -> None:
+        for lsn in dropped:
+            self.store.pop(lsn, None)
+        for r in fresh:
+            self.store[r.lsn] = r
+        self.persisted = copy.deepcopy(self.log.meta)
+
+
+@dataclass
+class Node:
+    name: str
+    zone: str
+    up: bool = True
+    segments: dict[int, Segment] = field(default_factory=dict)
+
+    def restart(self) -> None:
+        """Rebuild every segment from what was persisted, like a real node start."""
+        for seg in self.segments.values():
+            meta = copy.deepcopy(seg.persisted)
+            stored = [(r.lsn, r.prev_lsn_in_pg) for r in seg.store.values() if r.lsn > meta.floor]
+            seg.log = SegmentLog(meta, stored)
+        self.up = True
+
+
+# --------------------------------------------------------------------------- messages
+@dataclass
+class Msg:
+    kind: str  # write | ack | refuse | seal
+    src: str
+    dst: str
+    writer: int  # writer id (the writer that sent, or is addressed)
+    pg: int
+    epoch: int = 0
+    membership_epoch: int = 0
+    records: tuple[Record, ...] = ()
+    vdl_hint: int = 0
+    scl: int = 0
+    error: str = ""
+    truncations: tuple[tuple[int, int], ...] = ()
+
+
+# --------------------------------------------------------------------------- writer
+@dataclass
+class Mtr:
+    writer: int
+    epoch: int
+    records: list[Record]
+
+    @property
+    def cpl(self) -> int:
+        return self.records[-1].lsn
+
+
+@dataclass
+class Writer:
+    wid: int
+    core: WriterCore
+    plan: RecoveryPlan | None
+    alive: bool = True
+    stale: bool = False  # a newer writer took over, but this one keeps talking
+    mtrs: list[Mtr] = field(default_factory=list)
+    acked_upto: int = 0  # index into mtrs of the first not yet acknowledged
+    last_vdl: int = 0
+    sealed: set[tuple[int, str]] = field(default_factory=set)
+
+    @property
+    def epoch(self) -> int:
+        return self.core.volume_epoch
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class SimConfig:
+    steps: int = 800
+    pg_count: int = 0  # 0: pick 1-3 from the seed
+    pages_per_pg: int = 3
+    page_size: int = 32
+    lal: int = 0  # 0: pick from the seed
+    p_loss: float = 0.0  # 0: pick from the seed
+    max_heal_rounds: int = 60
+    # The node gossips only with peers at its own volume epoch; False lets records
+    # cross epochs (stresses SegmentLog with records of a writer it has not been sealed for).
+    gossip_same_epoch: bool | None = None  # None: pick per seed
+
+
+class Sim:
+    def __init__(self, seed: int, config: SimConfig | None = None) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        cfg = self.cfg = config or SimConfig()
+        rng = self.rng
+        pg_count = cfg.pg_count or rng.randint(1, 3)
+        self.layout = VolumeLayout(pg_count, cfg.pages_per_pg, cfg.page_size)
+        self.lal = cfg.lal or rng.choice([6, 12, 40, 1000])
+        self.w_loss = cfg.p_loss or rng.choice([0.02, 0.1, 0.25])
+        self.p_node_crash = rng.choice([0.003, 0.01, 0.02])
+        self.p_writer_crash = rng.choice([0.0005, 0.002, 0.005, 0.01])
+        self.p_reorder = rng.choice([0.1, 0.4, 0.9])
+        self.p_crash_on_ack = rng.choice([0.0, 0.0, 0.02, 0.1])
+        self.p_seal = rng.choice([0.05, 0.3, 1.0])  # how eagerly a writer seals on needs_seal
+        self.p_gossip = rng.choice([0.005, 0.03, 0.1])
+        self.gossip_same_epoch = (
+            rng.random() < 0.5 if cfg.gossip_same_epoch is None else cfg.gossip_same_epoch
+        )
+        # Nodes: 2 or 3 per zone, so PGs spread over different node sets.
+        infos = []
+        for zone in ZONES:
+            for i in range(rng.choice([2, 2, 3])):
+                infos.append(NodeInfo(f"{zone}{i}", zone))
+        self.nodes: dict[str, Node] = {n.name: Node(n.name, n.zone) for n in infos}
+        placement = place(list(range(pg_count)), infos)
+        self.memberships: dict[int, Membership] = {
+            pg: Membership(1, members) for pg, members in placement.items()
+        }
+        for pg, m in self.memberships.items():
+            for name in m.all_members:
+                self._create_segment(name, pg, volume_epoch=1, membership_epoch=m.epoch)
+        self.net: list[Msg] = []
+        self.healing = False
+        self.writers: list[Writer] = []
+        self.writer: Writer | None = None  # the current (newest) writer, if alive
+        self.volume_epoch = 1  # what the control plane last recorded
+        self.acked: dict[int, Mtr] = {}  # cpl -> mtr, every commit any writer acknowledged
+        self.all_mtrs: list[Mtr] = []
+        self.truncations: set[tuple[int, int]] = set()
+        self.log: list[str] = []  # event trace (for debugging a failing seed)
+        self.stats = {"recoveries": 0, "node_crashes": 0, "stale_refusals": 0, "seals": 0}
+        start = StartState(1, 0, 1, {})
+        self._new_writer(start, None)
+
+    # -- helpers -----------------------------------------------------------------------
+    def fail(self, msg: str) -> None:
+        tail = "\n".join(self.log[-40:])
+        raise SimFailure(f"{msg}\nreplay with SIM_SEED={self.seed}\nlast events:\n{tail}")
+
+    def _create_segment(self, name: str, pg: int, volume_epoch: int, membership_epoch: int) -> None:
+        meta = SegmentMeta(pg, volume_epoch=volume_epoch, membership_epoch=membership_epoch)
+        seg = Segment(pg, SegmentLog(meta))
+        seg.persist([])
+        self.nodes[name].segments[pg] = seg
+
+    def set_membership(self, pg: int, membership: Membership) -> None:
+        """Hook for membership changes (segment rebuild): new members get empty segments."""
+        self.memberships[pg] = membership
+        for name in membership.all_members:
+            if pg not in self.nodes[name].segments:
+                self._create_segment(name, pg, self.volume_epoch, membership.epoch)
+        for w in self.writers:
+            if w.alive:
+                w.core.set_membership(pg, membership)
+
+    def _new_writer(self, start: StartState, plan: RecoveryPlan | None) -> Writer:
+        core = WriterCore(self.layout, dict(self.memberships), start, lal=self.lal)
+        w = Writer(len(self.writers), core, plan, last_vdl=start.vdl)
+        self.writers.append(w)
+        self.writer = w
+        return w
+
+    def _send(self, msg: Msg) -> None:
+        self.net.append(msg)
+
+    # -- writer actions --------------------------------------------------------------------
+    def _random_change(self) -> Change:
+        rng = self.rng
+        page = rng.randrange(self.layout.page_count)
+        size = self.layout.page_size
+        if rng.random() < 0.15:
+            data = bytes(rng.randrange(256) for _ in range(rng.randint(0, size)))
+            return Change(page, data, full_image=True)
+        n = rng.randint(1, 6)
+        off = rng.randint(0, size - n)
+        return Change(page, patch_payload(off, bytes(rng.randrange(256) for _ in range(n))))
+
+    def start_mtr(self, w: Writer) -> None:
+        changes = [self._random_change() for _ in range(self.rng.randint(1, 4))]
+        try:
+            records = w.core.allocate(changes)
+        except BackPressure:
+            self.log.append(f"w{w.wid} back-pressure at next={w.core.next_lsn} vdl={w.core.vdl}")
+            return
+        mtr = Mtr(w.wid, w.epoch, records)
+        w.mtrs.append(mtr)
+        self.all_mtrs.append(mtr)
+        self.log.append(f"w{w.wid} mtr lsns={[r.lsn for r in records]}")
+        by_pg: dict[int, list[Record]] = {}
+        for r in records:
+            by_pg.setdefault(r.pg, []).append(r)
+        for pg, recs in by_pg.items():
+            for member in self.memberships[pg].all_members:
+                self._send_write(w, member, pg, recs)
+
+    def _send_write(self, w: Writer, member: str, pg: int, recs: list[Record]) -> None:
+        self._send(
+            Msg(
+                "write",
+                f"w{w.wid}",
+                member,
+                w.wid,
+                pg,
+                epoch=w.epoch,
+                membership_epoch=w.core.trackers[pg].membership.epoch,
+                records=tuple(recs),
+                vdl_hint=w.core.vdl,
+            )
+        )
+
+    def resend(self, w: Writer) -> None:
+        """Re-send what is not yet in a write quorum to members that lack it."""
+        for pg, unstable in w.core.unstable.items():
+            for member in self.memberships[pg].all_members:
+                scl = w.core.scl(pg, member)
+                recs = [r for r in unstable if r.lsn > scl]
+                if recs or self.rng.random() < 0.3:  # empty write: a ping that returns the SCL
+                    self._send_write(w, member, pg, recs)
+
+    def _on_writer_msg(self, msg: Msg) -> None:
+        w = self.writers[msg.writer]
+        if not w.alive:
+            return
+        if msg.kind == "refuse":
+            eager = self.healing or self.rng.random() < self.p_seal
+            if msg.error == "needs_seal" and not w.stale and eager:
+                # The node has not seen this writer's epoch: send it the seal.
+                w.sealed.add((msg.pg, msg.src))
+                self._send(
+                    Msg(
+                        "seal",
+                        f"w{w.wid}",
+                        msg.src,
+                        w.wid,
+                        msg.pg,
+                        epoch=w.epoch,
+                        truncations=tuple(w.plan.truncations) if w.plan else (),
+                    )
+                )
+            elif msg.error == "stale_epoch":
+                self.stats["stale_refusals"] += 1
+            return
+        assert msg.kind == "ack"
+        w.core.on_ack(msg.pg, msg.src, msg.scl)
+        self._after_vdl(w)
+
+    def _after_vdl(self, w: Writer) -> None:
+        vdl = w.core.vdl
+        if vdl < w.last_vdl:
+            self.fail(f"writer w{w.wid}: VDL went down {w.last_vdl} -> {vdl}")
+        w.last_vdl = vdl
+        while w.acked_upto < len(w.mtrs) and w.mtrs[w.acked_upto].cpl <= vdl:
+            mtr = w.mtrs[w.acked_upto]
+            self.acked[mtr.cpl] = mtr
+            self.log.append(f"w{w.wid} ACK commit cpl={mtr.cpl} (vdl={vdl})")
+            w.acked_upto += 1
+            if w is self.writer and not self.healing and self.rng.random() < self.p_crash_on_ack:
+                # The nastiest moment: a commit was just acknowledged.
+                self.crash_writer(keep_talking=self.rng.random() < 0.5)
+
+    # -- node side ---------------------------------------------------------------------------
+    def _on_node_msg(self, msg: Msg) -> None:
+        node = self.nodes[msg.dst]
+        if not node.up:
+            return  # lost with the crashed node
+        seg = node.segments.get(msg.pg)
+        if seg is None:
+            return
+        log = seg.log
+        if msg.kind == "seal":
+            try:
+                result = log.seal(msg.epoch, msg.truncations)
+            except StaleEpoch:
+                self._reply(msg, "refuse", seg, "stale_epoch")
+                return
+            seg.persist([], result.dropped)
+            self.stats["seals"] += 1
+            self.log.append(
+                f"{node.name}/pg{msg.pg} sealed e{msg.epoch} scl {result.scl_before}->{result.scl_after}"
+            )
+            self._reply(msg, "ack", seg)
+            return
+        assert msg.kind == "write"
+        try:
+            log.check_epochs(msg.epoch, msg.membership_epoch)
+        except StaleEpoch:
+            self._reply(msg, "refuse", seg, "stale_epoch")
+            return
+        except NeedsSeal:
+            self._reply(msg, "refuse", seg, "needs_seal")
+            return
+        log.note_membership_epoch(msg.membership_epoch)
+        fresh = log.accept(msg.records)
+        log.note_vdl(msg.vdl_hint)
+        seg.persist(fresh)
+        self._reply(msg, "ack", seg)
+
+    def _reply(self, msg: Msg, kind: str, seg: Segment, error: str = "") -> None:
+        self._send(Msg(kind, msg.dst, msg.src, msg.writer, msg.pg, scl=seg.log.scl, error=error))
+
+    def gossip(self, pg: int, puller: str, peer: str) -> None:
+        a, b = self.nodes[puller], self.nodes[peer]
+        if not (a.up and b.up):
+            return
+        sa, sb = a.segments.get(pg), b.segments.get(pg)
+        if sa is None or sb is None:
+            return
+        if self.gossip_same_epoch and sa.log.meta.volume_epoch != sb.log.meta.volume_epoch:
+            return  # like the real node: gossip only with peers at the same volume epoch
+        after = sa.log.scl
+        offered = sorted((r for r in sb.store.values() if r.lsn > after), key=lambda r: r.lsn)
+        fresh = sa.log.accept(offered[:50])
+        if fresh:
+            sa.persist(fresh)
+            self.log.append(f"gossip pg{pg} {peer}->{puller}: {[r.lsn for r in fresh]} scl={sa.log.scl}")
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _report(self, name: str, pg: int) -> SegmentReport:
+        seg = self.nodes[name].segments[pg]
+        meta = seg.log.meta
+        return SegmentReport(
+            name,
+            meta.volume_epoch,
+            meta.scl,
+            meta.floor,
+            meta.vdl_hint,
+            list(meta.truncations),
+            [
+                RecordInfo(r.lsn, r.prev_lsn_in_pg, int(r.flags))
+                for r in seg.store.values()
+                if r.lsn > meta.floor
+            ],
+        )
+
+    def try_recover(self) -> bool:
+        """A new writer: read quorum reports, plan, seal a write quorum, re-replicate."""
+        rng = self.rng
+        reports: dict[int, list[SegmentReport]] = {}
+        seal_sets: dict[int, list[str]] = {}
+        for pg, m in self.memberships.items():
+            up = [n for n in m.all_members if self.nodes[n].up]
+            if not has_write_quorum(m, up):
+                return False  # cannot seal: wait for nodes to come back
+            k = min(len(up), 3 if rng.random() < 0.7 else rng.randint(min(3, len(up)), len(up)))
+            chosen = rng.sample(up, k)
+            while not has_read_quorum(m, chosen):
+                chosen = rng.sample(up, min(len(up), len(chosen) + 1))
+            reports[pg] = [self._report(n, pg) for n in chosen]
+            k = min(len(up), 4 if rng.random() < 0.7 else rng.randint(min(4, len(up)), len(up)))
+            wq = rng.sample(up, k)
+            while not has_write_quorum(m, wq):
+                wq = rng.sample(up, min(len(up), len(wq) + 1))
+            seal_sets[pg] = wq
+        try:
+            plan = plan_recovery(reports, self.memberships, self.lal, min_epoch=self.volume_epoch)
+        except NoReadQuorum as exc:  # pragma: no cover - chosen sets are read quorums
+            self.fail(f"unexpected NoReadQuorum: {exc}")
+        max_acked = max(self.acked, default=0)
+        if plan.vdl < max_acked:
+            self.fail(f"recovery VDL {plan.vdl} < acknowledged commit {max_acked}")
+        for cpl in self.acked:
+            if in_ranges(cpl, [plan.truncation]):
+                self.fail(f"recovery truncates acknowledged commit {cpl}: {plan.truncation}")
+        # Records to re-replicate, taken from their holders before anything is sealed.
+        copies: dict[int, list[Record]] = {}
+        for pg, lsns in plan.to_rereplicate.items():
+            recs = []
+            for lsn, holders in sorted(lsns.items()):
+                rec = None
+                for h in holders:
+                    rec = self.nodes[h].segments[pg].store.get(lsn)
+                    if rec is not None:
+                        break
+                if rec is None:
+                    self.fail(f"pg {pg}: record {lsn} to re-replicate is on none of {holders}")
+                recs.append(rec)
+            copies[pg] = recs
+        self.volume_epoch = plan.volume_epoch
+        self.truncations.update(plan.truncations)
+        for pg, names in seal_sets.items():
+            for name in names:
+                seg = self.nodes[name].segments[pg]
+                result = seg.log.seal(plan.volume_epoch, plan.truncations)
+                seg.persist([], result.dropped)
+                fresh = seg.log.accept(copies.get(pg, []))
+                seg.persist(fresh)
+        self.stats["recoveries"] += 1
+        w = self._new_writer(plan.start_state(), plan)
+        for pg, names in seal_sets.items():
+            for name in names:
+                w.sealed.add((pg, name))
+                w.core.on_ack(pg, name, self.nodes[name].segments[pg].log.scl)
+        self._after_vdl(w)
+        self.log.append(
+            f"RECOVERY w{w.wid} epoch={plan.volume_epoch} vdl={plan.vdl} vcl={plan.vcl} "
+            f"trunc={plan.truncation} tails={plan.pg_tails}"
+        )
+        return True
+
+    def crash_writer(self, keep_talking: bool) -> None:
+        w = self.writer
+        if w is None:
+            return
+        self.log.append(f"CRASH writer w{w.wid} (stale={keep_talking}) vdl={w.core.vdl}")
+        if keep_talking:
+            w.stale = True
+        else:
+            w.alive = False
+        self.writer = None
+
+    # -- the schedule ------------------------------------------------------------------------
+    def step(self) -> None:
+        rng = self.rng
+        if self.writer is None and rng.random() < 0.5:
+            self.try_recover()
+            return
+        r = rng.random()
+        net = self.net
+        if r < 0.50:
+            # Deliver a few messages: mostly the oldest (FIFO-ish), sometimes any (reorder).
+            for _ in range(rng.randint(1, 12)):
+                if not self.net:
+                    break
+                i = rng.randrange(len(self.net)) if rng.random() < self.p_reorder else 0
+                self._deliver(self.net.pop(i))
+        elif r < 0.50 + self.w_loss * 0.2:
+            if net:  # message loss
+                net.pop(rng.randrange(len(net)))
+        elif r < 0.58:
+            if net:  # duplication
+                net.append(copy.copy(net[rng.randrange(len(net))]))
+        elif r < 0.72:
+            if self.writer is not None:
+                self.start_mtr(self.writer)
+        elif r < 0.77:
+            if self.writer is not None:
+                self.resend(self.writer)
+        elif r < 0.77 + self.p_gossip:
+            pg = rng.randrange(self.layout.pg_count)
+            members = list(self.memberships[pg].all_members)
+            a, b = rng.sample(members, 2)
+            self.gossip(pg, a, b)
+        elif r < 0.87:
+            pass  # idle: time passes
+        elif r < 0.87 + self.p_node_crash:
+            up = [n for n in self.nodes.values() if n.up]
+            if len(up) > 1:
+                node = rng.choice(up)
+                node.up = False
+                self.stats["node_crashes"] += 1
+                self.net = [m for m in net if m.dst != node.name]
+                self.log.append(f"CRASH node {node.name}")
+        elif r < 0.89:
+            pass
+        elif r < 0.93:
+            down = [n for n in self.nodes.values() if not n.up]
+            if down:
+                node = rng.choice(down)
+                node.restart()
+                self.log.append(f"RESTART node {node.name}")
+        elif r < 0.93 + self.p_writer_crash:
+            self.crash_writer(keep_talking=rng.random() < 0.4)
+        elif r < 0.97:
+            pass
+        else:
+            stale = [w for w in self.writers if w.alive and w.stale]
+            if stale:
+                w = rng.choice(stale)
+                if rng.random() < 0.6:
+                    self.start_mtr(w)
+                else:
+                    self.resend(w)
+
+    def run(self) -> None:
+        for _ in range(self.cfg.steps):
+            self.step()
+        self.heal()
+        self.check()
+
+    # -- healing and the final check ------------------------------------------------------------
+    def heal(self) -> None:
+        self.healing = True
+        for w in self.writers:
+            if w.stale:
+                w.alive = False
+        for node in self.nodes.values():
+            if not node.up:
+                node.restart()
+        self.net = [m for m in self.net if self.writers[m.writer].alive or m.kind in ("write", "seal")]
+        if self.writer is None and not self.try_recover():
+            self.fail("recovery impossible with every node up")
+        w = self.writer
+        quiet = 0
+        for _round in range(self.cfg.max_heal_rounds):
+            before = self._fingerprint()
+            # Deliver everything in flight (reordered), no loss.
+            for _inner in range(2000):
+                if not self.net:
+                    break
+                msg = self.net.pop(self.rng.randrange(len(self.net)))
+                if msg.kind in ("write", "seal"):
+                    self._on_node_msg(msg)
+                else:
+                    self._on_writer_msg(msg)
+            for pg, m in self.memberships.items():
+                members = list(m.all_members)
+                for a in members:
+                    for b in members:
+                        if a != b:
+                            self.gossip(pg, a, b)
+            # Ping every member so the writer learns SCLs (and seals the unsealed).
+            for pg, m in self.memberships.items():
+                for member in m.all_members:
+                    recs = [r for r in w.core.unstable[pg] if r.lsn > w.core.scl(pg, member)]
+                    self._send_write(w, member, pg, recs)
+            after = self._fingerprint()
+            quiet = quiet + 1 if after == before else 0
+            if quiet >= 2:
+                break
+        else:
+            self.fail("healing did not become quiet")
+        while self.net:
+            msg = self.net.pop(0)
+            if msg.kind in ("write", "seal"):
+                self._on_node_msg(msg)
+            else:
+                self._on_writer_msg(msg)
+
+    def _deliver(self, msg: Msg) -> None:
+        if msg.kind in ("write", "seal"):
+            self._on_node_msg(msg)
+        else:
+            self._on_writer_msg(msg)
+
+    def _fingerprint(self) -> tuple:
+        w = self.writer
+        return (
+            w.core.vdl,
+            tuple(
+                (n.name, pg, s.log.scl, s.log.meta.volume_epoch)
+                for n in self.nodes.values()
+                for pg, s in sorted(n.segments.items())
+            ),
+        )
+
+    def check(self) -> None:
+        w = self.writer
+        vdl = w.core.vdl
+        if w.core.unstable and any(w.core.unstable.values()):
+            self.fail(f"after healing, records still not in a write quorum: {dict(w.core.unstable)}")
+        truncs = sorted(self.truncations)
+        committed = [
+            m
+            for m in self.all_mtrs
+            if m.cpl <= vdl and not any(in_ranges(r.lsn, truncs) for r in m.records)
+        ]
+        # (c) and (a): every acknowledged commit survives.
+        for cpl, mtr in self.acked.items():
+            if cpl > vdl:
+                self.fail(f"acknowledged commit {cpl} above final VDL {vdl}")
+            if any(in_ranges(r.lsn, truncs) for r in mtr.records):
+                self.fail(f"acknowledged commit {cpl} was truncated by {truncs}")
+        # Partially visible mini-transactions: an MTR must be all in or all out.
+        for m in self.all_mtrs:
+            inside = [r.lsn <= vdl and not in_ranges(r.lsn, truncs) for r in m.records]
+            if any(inside) and not all(inside):
+                self.fail(f"mini-transaction {[r.lsn for r in m.records]} straddles VDL {vdl}")
+        expected: dict[int, bytes] = {}
+        expected_lsns: dict[int, set[int]] = {pg: set() for pg in self.memberships}
+        size = self.layout.page_size
+        for m in sorted(committed, key=lambda m: m.cpl):
+            for r in m.records:
+                expected[r.page] = apply_redo(expected.get(r.page, b""), r, size)
+                expected_lsns[r.pg].add(r.lsn)
+        for pg, m in self.memberships.items():
+            tail = w.core.read_tail(pg, vdl)
+            readers = [
+                n
+                for n in m.all_members
+                if self.nodes[n].segments[pg].log.scl >= tail
+                and self.nodes[n].segments[pg].log.meta.volume_epoch == w.epoch
+            ]
+            if len(readers) != len(m.all_members):
+                behind = {
+                    n: (self.nodes[n].segments[pg].log.scl, self.nodes[n].segments[pg].log.meta.volume_epoch)
+                    for n in m.all_members
+                    if n not in readers
+                }
+                self.fail(
+                    f"pg {pg}: after healing, segments {behind} (scl, epoch) do not reach "
+                    f"read tail {tail} at epoch {w.epoch}"
+                )
+            for name in readers:
+                seg = self.nodes[name].segments[pg]
+                got, used = self._read_pg(seg, vdl, truncs)
+                if used != expected_lsns[pg]:
+                    extra = sorted(used - expected_lsns[pg])
+                    missing = sorted(expected_lsns[pg] - used)
+                    self.fail(
+                        f"pg {pg} on {name} at VDL {vdl}: visible LSNs differ from the committed "
+                        f"model: extra (uncommitted/partial) {extra}, missing {missing}"
+                    )
+                lo = pg * self.layout.pages_per_pg
+                for page in range(lo, lo + self.layout.pages_per_pg):
+                    want = expected.get(page, empty_page(size))
+                    if page in expected:
+                        want = expected[page]
+                    if got.get(page, empty_page(size)) != want:
+                        self.fail(f"page {page} on {name} differs from the committed model at {vdl}")
+
+    def _read_pg(self, seg: Segment, vdl: int, truncs) -> tuple[dict[int, bytes], set[int]]:
+        """Materialize a PG's pages at `vdl` the way a node serves a read: every stored
+        record of the PG's SCL chain at or below the read point, in LSN order. No
+        truncation filter here: the segment's own bookkeeping must have dropped strays."""
+        size = self.layout.page_size
+        pages: dict[int, bytes] = {}
+        used: set[int] = set()
+        for lsn in sorted(seg.store):
+            if lsn > vdl:
+                break
+            if lsn > seg.log.scl or not seg.log.has(lsn):
+                continue  # not part of the segment's complete chain
+            r = seg.store[lsn]
+            pages[r.page] = apply_redo(pages.get(r.page, b""), r, size)
+            used.add(lsn)
+        return pages, used
+
+
+def run_seed(seed: int, config: SimConfig | None = None) -> Sim:
+    sim = Sim(seed, config)
+    sim.run()
+    return sim
