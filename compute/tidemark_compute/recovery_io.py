@@ -8,7 +8,7 @@ import time
 import aiohttp
 import structlog
 
-from tidemark_protocol.quorum import WRITE_QUORUM, has_read_quorum
+from tidemark_protocol.quorum import READ_QUORUM, WRITE_QUORUM, has_read_quorum
 from tidemark_protocol.records import Record
 from tidemark_protocol.recovery import NoReadQuorum, RecoveryPlan, SegmentReport, plan_recovery
 
@@ -19,13 +19,19 @@ log = structlog.get_logger("tidemark.writer.recovery")
 
 
 async def _gather_reports(
-    session: aiohttp.ClientSession, topology: Topology, deadline: float
+    session: aiohttp.ClientSession,
+    topology: Topology,
+    deadline: float,
+    only: set[tuple[int, str]] | None = None,
 ) -> dict[int, list[SegmentReport]]:
+    """Reports from a read quorum of every PG (restricted to `only` segments if given)."""
     reports: dict[int, dict[str, SegmentReport]] = {pg: {} for pg in topology.memberships}
     while True:
         jobs = []
         for pg, membership in topology.memberships.items():
             for member in membership.all_members:
+                if only is not None and (pg, member) not in only:
+                    continue
                 if member not in reports[pg] and member in topology.nodes:
                     jobs.append((pg, member, node_client.fetch_report(session, topology.nodes[member], pg)))
         results = await asyncio.gather(*(j[2] for j in jobs), return_exceptions=True)
@@ -50,8 +56,10 @@ async def seal_volume(
     volume_epoch: int,
     truncations: list[tuple[int, int]],
     deadline: float,
+    need: int = WRITE_QUORUM,
 ) -> dict[tuple[int, str], int]:
-    """Record the epoch and truncations in a write quorum of every PG; returns SCLs."""
+    """Record the epoch and truncations in `need` segments of every PG member set (a
+    write quorum by default); returns the SCLs of the segments sealed."""
     sealed: dict[tuple[int, str], int] = {}
     pending = set(topology.nodes)
     while True:
@@ -73,7 +81,7 @@ async def seal_volume(
         short = [
             pg
             for pg, m in topology.memberships.items()
-            if any(sum((pg, n) in sealed for n in s) < WRITE_QUORUM for s in m.sets)
+            if any(sum((pg, n) in sealed for n in s) < need for s in m.sets)
         ]
         if not short:
             return sealed
@@ -87,8 +95,16 @@ async def recover(
 ) -> tuple[RecoveryPlan, dict[tuple[int, str], int], dict[int, list[Record]]]:
     """Plan recovery, seal the volume and fetch the records to re-replicate."""
     deadline = time.monotonic() + timeout
-    reports = await _gather_reports(session, topology, deadline)
-    plan = plan_recovery(reports, topology.memberships, lal, min_epoch=topology.volume_epoch)
+    # 1. Learn the epochs in use, then fence: seal a read quorum of every PG at a new
+    #    epoch before trusting its reports. A segment that reported while still taking
+    #    the old writer's frames could otherwise help that writer acknowledge a commit
+    #    this recovery is about to truncate.
+    first = await _gather_reports(session, topology, deadline)
+    fence_epoch = max([topology.volume_epoch] + [r.volume_epoch for rs in first.values() for r in rs]) + 1
+    fenced = await seal_volume(session, topology, fence_epoch, [], deadline, need=READ_QUORUM)
+    # 2. Reports from fenced segments only: they can no longer change under us.
+    reports = await _gather_reports(session, topology, deadline, only=set(fenced))
+    plan = plan_recovery(reports, topology.memberships, lal, min_epoch=fence_epoch)
     log.info(
         "recovery_planned",
         epoch=plan.volume_epoch,

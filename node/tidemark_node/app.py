@@ -7,7 +7,7 @@ import json
 import os
 
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from tidemark_protocol.errors import (
     CorruptRecord,
@@ -15,6 +15,7 @@ from tidemark_protocol.errors import (
     NeedsSeal,
     ProtocolError,
     StaleEpoch,
+    Truncated,
     UnknownSegment,
 )
 from tidemark_protocol.layout import VolumeLayout
@@ -34,6 +35,7 @@ from .telemetry import Telemetry
 
 log = structlog.get_logger("tidemark.node")
 
+TASKS = web.AppKey("tasks", list)
 FAKE_CORRUPTION_ENV = "TIDEMARK_FAKE_DISK_CORRUPTION"
 
 
@@ -68,8 +70,8 @@ def int_param(request: web.Request, name: str, default: int | None = None) -> in
         value = int(raw)
     except ValueError as exc:
         raise MalformedFrame(f"query parameter {name!r} must be an integer") from exc
-    if value < 0:
-        raise MalformedFrame(f"query parameter {name!r} must be >= 0")
+    if not 0 <= value <= keys.MAX_U64:
+        raise MalformedFrame(f"query parameter {name!r} must be in [0, 2**64)")
     return value
 
 
@@ -84,9 +86,14 @@ def segment_of(state: NodeState, request: web.Request) -> Segment:
     return seg
 
 
+ALWAYS_SERVED = frozenset({"/livez", "/readyz", "/metrics"})
+
+
 @web.middleware
 async def protocol_errors(request: web.Request, handler):
     """Every refusal is a JSON error; nothing unexpected takes the process down."""
+    if not request.app[STATE].ready and request.path not in ALWAYS_SERVED:
+        return error(503, "not_ready", "the node is still loading its segments")
     try:
         return await handler(request)
     except ProtocolError as exc:
@@ -107,7 +114,8 @@ async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     if state.ready and state.committer.failed is None:
         return web.Response(text="ready")
-    return web.Response(status=503, text="not ready")
+    why = state.load_error or (f"storage failed: {state.committer.failed}" if state.committer.failed else "loading")
+    return web.Response(status=503, text=f"not ready: {why}")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -149,7 +157,7 @@ async def put_segment(request: web.Request) -> web.Response:
         volume_epoch = int(body.get("volume_epoch", 0))
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedFrame(f"bad segment spec: {exc!r}") from exc
-    if pg >= layout.pg_count:
+    if not 0 <= pg < layout.pg_count:
         raise MalformedFrame(f"pg {pg} outside the layout's {layout.pg_count} PGs")
     peers = _peers(body)
     seg = state.segments.get(pg)
@@ -230,12 +238,19 @@ async def seal(request: web.Request) -> web.Response:
             raise UnknownSegment(f"pg {pg} is not hosted here")
         if epoch < seg.meta.volume_epoch:
             raise StaleEpoch(f"pg {pg}: seal epoch {epoch} < {seg.meta.volume_epoch}")
+        for start, end in truncations:
+            if (start, end) not in seg.meta.truncations and start < seg.meta.floor:
+                # The chain below the floor is forgotten because it is at or below a VDL
+                # the writer announced; truncating it would contradict that VDL.
+                raise Truncated(f"pg {pg}: truncation from {start} is below the durable floor {seg.meta.floor}")
         segs.append(seg)
     results = {}
     futures = []
     for seg in segs:
+        # No await between the in-memory seal and queueing its deletes: a commit in
+        # between would persist the new meta while the dropped records are still stored.
         result = seg.log.seal(epoch, truncations)
-        deletes = await _drop_keys(state, seg, result.dropped)
+        deletes = _drop_keys(state, seg, result.dropped)
         seg.note_dropped(result.dropped)
         futures.append(state.committer.submit([seg], deletes=deletes))
         results[seg] = result
@@ -245,24 +260,22 @@ async def seal(request: web.Request) -> web.Response:
     return web.json_response({"results": {str(s.pg): {"scl": s.durable_scl} for s in results}})
 
 
-async def _drop_keys(state: NodeState, seg: Segment, lsns: list[int]) -> list[bytes]:
-    def collect() -> list[bytes]:
-        out = []
-        for lsn in lsns:
-            key = keys.log_key(seg.pg, lsn)
-            out.append(key)
-            raw = state.store.get(key)
-            if raw is None:
-                # Accepted but not yet written: the index key is in the same pending batch.
-                continue
-            try:
-                _lsn, page, _prev = peek_header(raw)
-                out.append(keys.index_key(seg.pg, page, lsn))
-            except ValueError:
-                pass
-        return out
-
-    return await asyncio.get_running_loop().run_in_executor(state.reader, collect)
+def _drop_keys(state: NodeState, seg: Segment, lsns: list[int]) -> list[bytes]:
+    """L and X keys of dropped records. Point lookups on the loop thread: a seal drops
+    only records above the VDL, a small set."""
+    out = []
+    for lsn in lsns:
+        key = keys.log_key(seg.pg, lsn)
+        out.append(key)
+        raw = state.store.get(key)
+        if raw is None:
+            continue  # accepted but not yet written: the X key is orphaned (reads skip it)
+        try:
+            _lsn, page, _prev = peek_header(raw)
+            out.append(keys.index_key(seg.pg, page, lsn))
+        except ValueError:
+            pass
+    return out
 
 
 # -- records and pages ---------------------------------------------------------------------
@@ -374,11 +387,21 @@ def load(state: NodeState) -> None:
 
 
 async def on_startup(app: web.Application) -> None:
-    state = app[STATE]
-    await asyncio.get_running_loop().run_in_executor(None, load, state)
-    state.committer.start()
+    # Load in the background so /livez answers (and /readyz says 503) while a node with
+    # much data rebuilds its segments; everything else is refused until ready.
+    app[TASKS] = [asyncio.get_running_loop().create_task(start(app[STATE], app), name="start")]
+
+
+async def start(state: NodeState, app: web.Application) -> None:
     loop = asyncio.get_running_loop()
-    app["tasks"] = [
+    try:
+        await loop.run_in_executor(None, load, state)
+    except Exception as exc:  # stay alive and not ready: /readyz and the log say why
+        state.load_error = repr(exc)
+        log.critical("load_failed", error=repr(exc), exc_info=True)
+        return
+    state.committer.start()
+    app[TASKS] += [
         loop.create_task(gossip_loop(state), name="gossip"),
         loop.create_task(materialize_loop(state), name="materialize"),
         loop.create_task(gc_loop(state), name="gc"),
@@ -391,9 +414,11 @@ async def on_startup(app: web.Application) -> None:
 async def on_shutdown(app: web.Application) -> None:
     state = app[STATE]
     state.ready = False
-    for task in app.get("tasks", []):
+    for ws in list(state.sockets):  # writers reconnect elsewhere; don't wait for them
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"node shutting down")
+    for task in app[TASKS]:
         task.cancel()
-    await asyncio.gather(*app.get("tasks", []), return_exceptions=True)
+    await asyncio.gather(*app[TASKS], return_exceptions=True)
 
 
 async def on_cleanup(app: web.Application) -> None:
@@ -409,6 +434,7 @@ def make_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[protocol_errors], client_max_size=8 << 20)
     state = open_state(settings)
     app[STATE] = state
+    app[TASKS] = []
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/status", status)

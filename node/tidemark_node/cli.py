@@ -41,6 +41,10 @@ def node() -> None:
 @click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False))
 @click.option("--gossip-interval", type=float, default=1.0, show_default=True)
 @click.option("--materialize-interval", type=float, default=0.5, show_default=True)
+@click.option("--materialize-min-batch", type=int, default=5000, show_default=True,
+              help="backlog (records) that triggers materialization without waiting")
+@click.option("--materialize-chunk", type=int, default=20_000, show_default=True,
+              help="most records coalesced in one materialization step")
 @click.option("--gc-interval", type=float, default=5.0, show_default=True)
 @click.option("--gc-log-tail", type=int, default=100_000, show_default=True,
               help="LSNs of log kept below SCL for lagging peers")
@@ -53,6 +57,8 @@ def run(
     data_dir: str,
     gossip_interval: float,
     materialize_interval: float,
+    materialize_min_batch: int,
+    materialize_chunk: int,
     gc_interval: float,
     gc_log_tail: int,
     log_level: str,
@@ -70,9 +76,14 @@ def run(
         data=data_dir,
         gossip_interval=gossip_interval,
         materialize_interval=materialize_interval,
+        materialize_min_batch=materialize_min_batch,
+        materialize_chunk=materialize_chunk,
         gc_interval=gc_interval,
         gc_log_tail=gc_log_tail,
     )
     app = make_app(settings)
     # aiohttp turns SIGTERM/SIGINT into a graceful exit: on_shutdown/on_cleanup run.
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    web.run_app(
+        app, host=host, port=port, print=None, access_log=None, handle_signals=True,
+        shutdown_timeout=5.0,
+    )

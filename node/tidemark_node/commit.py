@@ -82,7 +82,7 @@ class Committer:
                 items, self._queue = self._queue, []
                 batch = self.store.batch()
                 touched: dict[int, Segment] = {}
-                records = nbytes = frames = 0
+                records = nbytes = frames = from_writer = 0
                 for item in items:
                     for k in item.deletes:
                         batch.delete(k)
@@ -93,6 +93,8 @@ class Committer:
                     for seg in item.segments:
                         touched[id(seg)] = seg
                     records += item.records
+                    if item.frames:
+                        from_writer += item.records
                     nbytes += item.nbytes
                     frames += item.frames
                 snaps: list[tuple[Segment, int]] = []
@@ -105,6 +107,7 @@ class Committer:
                     span.set_attribute("tidemark.frames", frames)
                     span.set_attribute("tidemark.records", records)
                     span.set_attribute("tidemark.items", len(items))
+                    span.set_attribute("tidemark.frame_bytes", nbytes)
                     try:
                         await loop.run_in_executor(self._pool, self.store.write, batch)
                     except Exception as exc:  # a failed sync leaves memory ahead of disk
@@ -116,6 +119,8 @@ class Committer:
                         continue
                 self.tm.sync_latency.record(time.perf_counter() - t0)
                 self.tm.commits.add(1)
+                if from_writer:
+                    self.tm.records_received.add(from_writer)
                 self.commits += 1
                 for seg, scl in snaps:
                     seg.durable_scl = scl

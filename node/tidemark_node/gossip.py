@@ -51,12 +51,11 @@ async def pull(state: NodeState, session: aiohttp.ClientSession, seg: Segment, u
         if not body:
             break
         try:
-            records, raws = decode_raw_records(body)
+            records = decode_raw_records(body)
         except ProtocolError as exc:
             log.warning("gossip_bad_records", pg=seg.pg, peer=url, error=str(exc))
             break
-        records_pg = [(r, raw) for r, raw in zip(records, raws, strict=True) if r.pg == seg.pg]
-        n = await ingest(state, seg, [r for r, _ in records_pg], [raw for _, raw in records_pg])
+        n = await ingest(state, seg, [r for r in records if r.pg == seg.pg])
         total += n
         if seg.durable_scl <= after:
             break  # the peer could not fill our gap from here; try another round
@@ -68,16 +67,12 @@ async def pull(state: NodeState, session: aiohttp.ClientSession, seg: Segment, u
 
 
 async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
-    names: set[str] = set()
-    for seg in state.segments.values():
-        names.update(m for m in seg.membership.all_members if m != state.name)
-    urls = {}
+    urls: dict[str, str] = {}
     for seg in state.segments.values():
         for name in seg.membership.all_members:
-            if name != state.name and name in names:
-                url = state.peer_url(seg, name)
-                if url:
-                    urls[name] = url
+            url = state.peer_url(seg, name) if name != state.name else None
+            if url:
+                urls[name] = url
     statuses = dict(
         zip(urls, await asyncio.gather(*(_peer_status(session, u) for u in urls.values())), strict=True)
     )

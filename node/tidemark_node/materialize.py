@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_right
+from dataclasses import dataclass
 
 import structlog
 
-from tidemark_protocol.errors import ProtocolError
-from tidemark_protocol.pages import apply_redo, empty_page
-from tidemark_protocol.records import decode_one
+from tidemark_protocol.errors import MalformedFrame, ProtocolError
+from tidemark_protocol.pages import empty_page
+from tidemark_protocol.records import RecordFlags
 
 from . import store as keys
-from .reads import encode_version, latest_version
+from .reads import encode_version, latest_version, parse_stored
 from .segments import Segment
 from .state import NodeState
 from .store import Store
@@ -28,88 +29,112 @@ log = structlog.get_logger("tidemark.node.materialize")
 MAX_BOUNDARIES = 256
 
 
-def build_chunk(
-    store: Store, seg_pg: int, page_size: int, lsns: list[int]
-) -> tuple[list[tuple[bytes, bytes]], int | None]:
-    """Blocking. Returns version puts for records `lsns`, or the first corrupt LSN."""
-    pages: dict[int, tuple[int, bytearray | bytes]] = {}
-    base_cache: dict[int, bytes] = {}
-    for lsn in lsns:
-        raw = store.get(keys.log_key(seg_pg, lsn))
-        if raw is None:
-            continue  # dropped by a seal after we picked the chunk
+def apply_in_place(image: bytearray, flags: int, payload: bytes, page_size: int) -> None:
+    """pages.apply_redo on a mutable page (same checks), sparing a page copy per record."""
+    if flags & RecordFlags.FULL_IMAGE:
+        if len(payload) > page_size:
+            raise MalformedFrame(f"full image of {len(payload)} bytes > page {page_size}")
+        image[:] = payload.ljust(page_size, b"\0")
+        return
+    if len(payload) < 4:
+        raise MalformedFrame("patch payload shorter than its offset")
+    offset = int.from_bytes(payload[:4], "little")
+    size = len(payload) - 4
+    if offset + size > page_size:
+        raise MalformedFrame(f"patch [{offset}, {offset + size}) beyond page {page_size}")
+    image[offset : offset + size] = payload[4:]
+
+
+@dataclass(slots=True)
+class Chunk:
+    puts: list[tuple[bytes, bytes]]
+    count: int  # records coalesced
+    last_lsn: int  # last record scanned
+    corrupt_lsn: int | None = None
+
+
+def build_chunk(store: Store, pg: int, page_size: int, after: int, upto: int, limit: int) -> Chunk:
+    """Blocking. Page versions for the records in (after, upto], at most `limit` of them:
+    one version per touched page, keyed by that page's last record in the chunk."""
+    images: dict[int, bytearray] = {}
+    last: dict[int, int] = {}
+    count = 0
+    last_lsn = after
+    end = keys.log_key(pg, upto) + b"\0"
+    for key, raw in store.scan(keys.log_key(pg, after + 1), end, limit):
+        lsn = keys.log_lsn(key)
         try:
-            record = decode_one(raw)
+            page, flags, payload = parse_stored(raw, pg, lsn)
+            image = images.get(page)
+            if image is None:
+                found = latest_version(store, pg, page, after)
+                image = bytearray(found[1] if found else empty_page(page_size))
+                images[page] = image
+            apply_in_place(image, flags, payload, page_size)
         except ProtocolError:
-            return [], lsn
-        page = record.page
-        if page in pages:
-            image = pages[page][1]
-        else:
-            if page not in base_cache:
-                found = latest_version(store, seg_pg, page, lsn - 1)
-                base_cache[page] = found[1] if found else empty_page(page_size)
-            image = base_cache[page]
-        pages[page] = (lsn, apply_redo(image, record, page_size))
+            return Chunk([], count, last_lsn, corrupt_lsn=lsn)
+        last[page] = lsn
+        last_lsn = lsn
+        count += 1
     puts = [
-        (keys.version_key(seg_pg, page, lsn), encode_version(image))
-        for page, (lsn, image) in pages.items()
+        (keys.version_key(pg, page, last[page]), encode_version(bytes(image)))
+        for page, image in images.items()
     ]
-    return puts, None
+    return Chunk(puts, count, last_lsn)
 
 
 async def materialize_segment(state: NodeState, seg: Segment) -> int:
     """One chunk for one segment; returns how many records were coalesced."""
     target = seg.materialize_target()
-    if seg.corrupt_lsn is not None or target <= seg.materialized_lsn:
+    after = seg.materialized_lsn
+    if seg.corrupt_lsn is not None or target <= after:
         return 0
-    un = seg.unmaterialized
-    n = bisect_right(un, target)
     limit = state.settings.materialize_chunk
-    if n > limit:
-        lsns = list(un[:limit])
-        boundary = lsns[-1]
-    else:
-        lsns = list(un[:n])
-        boundary = target
-    loop = asyncio.get_running_loop()
-    try:
-        puts, corrupt = await loop.run_in_executor(
-            state.reader, build_chunk, state.store, seg.pg, seg.layout.page_size, lsns
-        )
-    except ProtocolError as exc:  # a redo that does not apply: treat like corruption
-        log.error("materialize_failed", pg=seg.pg, error=str(exc))
-        seg.corrupt_lsn = lsns[0] if lsns else boundary
-        return 0
-    if corrupt is not None:
-        seg.corrupt_lsn = corrupt
+    chunk = await asyncio.get_running_loop().run_in_executor(
+        state.reader, build_chunk, state.store, seg.pg, seg.layout.page_size, after, target, limit
+    )
+    if chunk.corrupt_lsn is not None:
+        seg.corrupt_lsn = chunk.corrupt_lsn
         state.telemetry.corrupt.add(1)
-        log.error("corrupt_record", pg=seg.pg, lsn=corrupt, during="materialize")
+        log.error("corrupt_record", pg=seg.pg, lsn=chunk.corrupt_lsn, during="materialize")
         return 0
-    if seg.deleted or boundary <= seg.materialized_lsn:
+    if seg.deleted or seg.materialized_lsn != after:
         return 0
+    # Every record of the PG <= boundary is now covered by a version <= boundary.
+    boundary = chunk.last_lsn if chunk.count >= limit else target
     seg.materialized_lsn = boundary
-    cut = bisect_right(seg.unmaterialized, boundary)
-    del seg.unmaterialized[:cut]
+    del seg.unmaterialized[: bisect_right(seg.unmaterialized, boundary)]
     seg.boundaries.append(boundary)
     if len(seg.boundaries) > MAX_BOUNDARIES:
         del seg.boundaries[: len(seg.boundaries) - MAX_BOUNDARIES]
-    await state.committer.submit([seg], puts=puts)
-    state.telemetry.materialized.add(len(lsns))
-    return len(lsns)
+    await state.committer.submit([seg], puts=chunk.puts)
+    state.telemetry.materialized.add(chunk.count)
+    return max(chunk.count, 1)
 
 
 async def materialize_loop(state: NodeState) -> None:
-    interval = state.settings.materialize_interval
+    """Lazy on purpose: a version is written per touched page per chunk, so small chunks
+    multiply page writes. A segment is materialized once its backlog reaches
+    `materialize_min_batch` records, or when it has lingered 4 intervals."""
+    settings = state.settings
+    interval = settings.materialize_interval
+    linger = 4 * interval
     loop = asyncio.get_running_loop()
     retry_at: dict[int, float] = {}  # pg -> when to try again after an unexpected error
+    last_run: dict[int, float] = {}
     while True:
         busy = False
         for seg in list(state.segments.values()):
-            if retry_at.get(seg.pg, 0.0) > loop.time():
+            now = loop.time()
+            if retry_at.get(seg.pg, 0.0) > now or seg.materialize_target() <= seg.materialized_lsn:
+                continue
+            backlog = seg.backlog()
+            if backlog < settings.materialize_min_batch and now - last_run.get(seg.pg, 0.0) < linger:
                 continue
             try:
-                if await materialize_segment(state, seg):
+                await materialize_segment(state, seg)
+                last_run[seg.pg] = now
+                if seg.backlog() >= settings.materialize_min_batch:
                     busy = True
             except asyncio.CancelledError:
                 raise

@@ -11,12 +11,27 @@ import struct
 
 from tidemark_protocol.errors import CorruptRecord
 from tidemark_protocol.pages import apply_redo, empty_page
-from tidemark_protocol.records import Record, crc32c, decode_one
+from tidemark_protocol.records import FORMAT_VERSION, Record, crc32c, decode_one
 
 from . import store as keys
 from .store import Store
 
 _CRC = struct.Struct("<I")
+_RECORD = struct.Struct("<BBHIQQQQI")  # records.py header, format version 1
+
+
+def parse_stored(raw: bytes, pg: int, lsn: int) -> tuple[int, int, bytes]:
+    """(page, flags, payload) of a stored record after checking its CRC and framing:
+    the light path of decode_one for background scans (no Record object)."""
+    size = _RECORD.size
+    if len(raw) < size + 4:
+        raise CorruptRecord(f"stored record pg={pg} lsn={lsn}: shorter than its header")
+    version, flags, _r, rpg, rlsn, page, _prev, _prev_page, plen = _RECORD.unpack_from(raw)
+    if version != FORMAT_VERSION or size + plen + 4 != len(raw) or rpg != pg or rlsn != lsn or flags > 3:
+        raise CorruptRecord(f"stored record pg={pg} lsn={lsn}: header does not match its key")
+    if crc32c(raw[:-4]) != _CRC.unpack_from(raw, len(raw) - 4)[0]:
+        raise CorruptRecord(f"stored record pg={pg} lsn={lsn}: crc32c mismatch")
+    return page, flags, raw[size:-4]
 
 
 def encode_version(image: bytes) -> bytes:

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.quorum import Membership
-from tidemark_protocol.records import HEADER_SIZE, Record
-from tidemark_protocol.segment import SegmentLog, SegmentMeta
+from tidemark_protocol.records import HEADER_SIZE
+from tidemark_protocol.segment import SegmentLog, SegmentMeta, in_ranges
 
 from . import store as keys
 from .store import Store
@@ -57,7 +57,7 @@ class Segment:
     def meta(self) -> SegmentMeta:
         return self.log.meta
 
-    def note_stored(self, records: list[Record]) -> None:
+    def note_stored(self, records: list) -> None:
         self.records += len(records)
         un = self.unmaterialized
         for r in records:
@@ -130,6 +130,8 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
     unmat = array("Q")
     for _key, raw in store.scan(keys.log_key(pg, start + 1), keys.prefix_end(keys.pg_prefix(b"L", pg))):
         lsn, _page, prev = peek_header(raw)
+        if in_ranges(lsn, meta.truncations):
+            continue  # a seal's meta reached disk before its deletes: stays void
         if lsn > meta.floor:
             chain_input.append((lsn, prev))
         if lsn > materialized:

@@ -23,7 +23,8 @@ class Settings:
     materialize_interval: float = 0.5
     gc_interval: float = 5.0
     gc_log_tail: int = 100_000  # keep this many LSNs of log below SCL for lagging peers
-    materialize_chunk: int = 2000  # records per materialization step
+    materialize_chunk: int = 20_000  # records per materialization step (at most)
+    materialize_min_batch: int = 5000  # backlog that triggers materialization before lingering
     gossip_chunk: int = 5000  # records per gossip pull
 
 
@@ -37,6 +38,8 @@ class NodeState:
     segments: dict[int, Segment] = field(default_factory=dict)
     peers: dict[str, str] = field(default_factory=dict)  # node-level peer directory
     ready: bool = False
+    load_error: str | None = None
+    sockets: set = field(default_factory=set)  # open log streams, closed on shutdown
     # Reads and background scans run here so the event loop never blocks on RocksDB.
     reader: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="read")

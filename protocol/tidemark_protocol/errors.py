@@ -21,6 +21,12 @@ class StaleEpoch(ProtocolError):
     code = "stale_epoch"
 
 
+class StaleMembership(StaleEpoch):
+    """The request carries an older membership epoch of the PG: reload the membership."""
+
+    code = "stale_membership"
+
+
 class NeedsSeal(ProtocolError):
     """The writer's epoch is newer than the segment's: send the seal (epoch + truncations) first."""
 

@@ -13,7 +13,7 @@ from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .errors import NeedsSeal, StaleEpoch
+from .errors import NeedsSeal, StaleEpoch, StaleMembership
 from .records import Record
 
 Range = tuple[int, int]  # (start, end]: LSNs start < lsn <= end are void
@@ -89,7 +89,7 @@ class SegmentLog:
                 f"pg {self.meta.pg}: volume epoch {volume_epoch} > {self.meta.volume_epoch}"
             )
         if membership_epoch < self.meta.membership_epoch:
-            raise StaleEpoch(
+            raise StaleMembership(
                 f"pg {self.meta.pg}: membership epoch {membership_epoch} "
                 f"< {self.meta.membership_epoch}"
             )
@@ -119,6 +119,14 @@ class SegmentLog:
                 continue  # duplicate (writer resend or gossip)
             if in_ranges(record.lsn, self.meta.truncations):
                 continue  # stray from a truncated epoch
+            prev = record.prev_lsn_in_pg
+            if prev < self.meta.scl or self.pending.get(prev, record.lsn) != record.lsn:
+                # Another record already follows `prev`: within one epoch that cannot
+                # happen, so one of the two is a stray of an epoch this segment has not
+                # been sealed for yet. Keep one record per back-link (else the chain and
+                # a rebuild from storage disagree); the seal sorts out which one stays,
+                # and gossip or the writer brings the other again if it is needed.
+                continue
             fresh.append(record)
             self._link(record.lsn, record.prev_lsn_in_pg)
         return fresh
@@ -178,7 +186,7 @@ class SegmentLog:
                 cut = bisect_right(self.chain, start)
                 cut_off = list(self.chain[cut:])
                 prevs = [self.chain[cut - 1] if cut else self.meta.floor] + cut_off[:-1]
-                survivors.extend(zip(cut_off, prevs))
+                survivors.extend(zip(cut_off, prevs, strict=True))
                 del self.chain[cut:]
                 self.meta.scl = self.chain[-1] if self.chain else self.meta.floor
         for new_range in new_ranges:

@@ -120,10 +120,15 @@ class WriterCore:
         if pgcl <= self._pgcl[pg]:
             return False
         self._pgcl[pg] = pgcl
+        self._release(pg)
+        return self._advance()
+
+    def _release(self, pg: int) -> None:
+        """Drop records now in their PG's write quorum from the re-send queue."""
+        pgcl = self._pgcl[pg]
         unstable = self.unstable[pg]
         while unstable and unstable[0].lsn <= pgcl:
             unstable.popleft()
-        return self._advance()
 
     def _advance(self) -> bool:
         moved = False
@@ -146,6 +151,7 @@ class WriterCore:
     def set_membership(self, pg: int, membership: Membership) -> None:
         self.trackers[pg].membership = membership
         self._pgcl[pg] = max(self._pgcl[pg], self.trackers[pg].pgcl())
+        self._release(pg)
         self._advance()
 
     # -- reads ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import ssl
 import sys
 import time
@@ -116,6 +117,13 @@ class ControlPlane:
     def _up(self, log: Callable[[str], None]) -> ClusterState:
         cfg = self.config
         timeout = cfg.start_timeout
+        # Each `up` is a new cluster: old etcd data would hold stale nodes and pods.
+        for stale in ("etcd-data", "pods", "pod-runner.json"):
+            path = self.dir / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
         log("generating certificates and keys")
         p = pki.generate(self.dir / "pki")
         ports = {
@@ -271,11 +279,11 @@ class ControlPlane:
         # The pod runner kills its children on SIGTERM and they carry PDEATHSIG; this catches
         # any left over if the runner itself was SIGKILLed mid-way.
         from .pod_runner import read_state
-        from .procs import kill_pid, pid_alive
+        from .procs import kill_pid, pid_runs
 
         for rec in read_state(self.dir).values():
-            pid = rec.get("pid")
-            if pid and pid_alive(pid):
+            pid, argv = rec.get("pid"), rec.get("argv") or [""]
+            if pid and pid_runs(pid, argv[0]):
                 kill_pid(pid)
 
     # -- queries & faults ----------------------------------------------------------------------

@@ -98,7 +98,7 @@ class Installer:
         """Atomically move a built binary to bin/NAME-VERSION and point bin/current/NAME at it."""
         dest = bin_path(name)
         tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copy2(built, tmp)
+        shutil.move(built, tmp)  # a move, not a copy: no second 100 MB file left in build/
         tmp.chmod(0o755)
         os.replace(tmp, dest)
         self._link_current(name)

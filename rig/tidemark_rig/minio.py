@@ -48,6 +48,12 @@ class MinioServer:
         self.console_port = 0
         self.access_key = "tidemark-" + secrets.token_hex(4)
         self.secret_key = secrets.token_urlsafe(24)
+        # Same directory again: keep its credentials, the data was written under them.
+        try:
+            saved = json.loads((self.dir / STATE_FILE).read_text())
+            self.access_key, self.secret_key = saved["access_key"], saved["secret_key"]
+        except (OSError, ValueError, KeyError):
+            pass
 
     @property
     def endpoint(self) -> str:
@@ -97,7 +103,11 @@ class MinioServer:
 
     def make_bucket(self, name: str) -> MinioInfo:
         info = MinioInfo(self.endpoint, self.access_key, self.secret_key, name)
-        info.client().create_bucket(Bucket=name)
+        s3 = info.client()
+        try:
+            s3.create_bucket(Bucket=name)
+        except s3.exceptions.BucketAlreadyOwnedByYou:
+            pass  # `cluster up` again on the same directory keeps MinIO's data
         return info
 
     def info(self, bucket: str) -> MinioInfo:

@@ -101,6 +101,16 @@ def kill_pid(pid: int, grace: float = 0.0) -> None:
             time.sleep(0.05)
 
 
+def pid_runs(pid: int, exe: str) -> bool:
+    """True if PID is alive and still runs EXE: a pid from an old pids.json may have been
+    reused by an unrelated process, which must never be killed."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid_alive(pid) and exe.encode() in argv[:3]
+
+
 @dataclass
 class Proc:
     name: str
@@ -108,11 +118,12 @@ class Proc:
     log: Path
     ports: list[int] = field(default_factory=list)
     popen: subprocess.Popen[bytes] | None = None
+    exe: str = ""
 
     def alive(self) -> bool:
         if self.popen is not None:
             return self.popen.poll() is None
-        return pid_alive(self.pid)
+        return pid_runs(self.pid, self.exe) if self.exe else pid_alive(self.pid)
 
 
 class ProcessGroup:
@@ -127,10 +138,10 @@ class ProcessGroup:
         if self.pidfile.exists():
             for rec in json.loads(self.pidfile.read_text()):
                 self.procs[rec["name"]] = Proc(rec["name"], rec["pid"], Path(rec["log"]),
-                                               rec.get("ports", []))
+                                               rec.get("ports", []), exe=rec.get("exe", ""))
 
     def _save(self) -> None:
-        recs = [{"name": p.name, "pid": p.pid, "log": str(p.log), "ports": p.ports}
+        recs = [{"name": p.name, "pid": p.pid, "log": str(p.log), "ports": p.ports, "exe": p.exe}
                 for p in self.procs.values()]
         tmp = self.pidfile.with_suffix(".tmp")
         tmp.write_text(json.dumps(recs, indent=1))
@@ -151,7 +162,7 @@ class ProcessGroup:
                 )
             except OSError as exc:
                 raise RigError(f"could not start {name} ({argv[0]}): {exc}") from exc
-        proc = Proc(name, popen.pid, log, list(ports), popen)
+        proc = Proc(name, popen.pid, log, list(ports), popen, exe=argv[0])
         self.procs[name] = proc
         self._save()
         return proc
@@ -165,7 +176,8 @@ class ProcessGroup:
         p = self.procs.pop(name, None)
         if p is None:
             return
-        kill_pid(p.pid, grace)
+        if p.popen is not None or p.alive():
+            kill_pid(p.pid, grace)
         if p.popen is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.popen.wait(timeout=5)

@@ -114,7 +114,11 @@ async def test_zone_plus_one_reads_go_on_writes_wait_then_resume(fleet):
         # Writes wait: no write quorum.
         cpl, fut = await writer.submit([Change(0, patch_payload(0, b"x" * 8))])
         await asyncio.sleep(1.0)
-        assert not fut.done(), "a commit must not complete with only 3 of 6 segments"
+        assert not fut.done(), (
+            "a commit must not complete with only 3 of 6 segments: "
+            f"{fut.exception() if fut.exception() else fut.result()}; "
+            f"scls={writer.core.trackers[0].scl} pgcl={writer.core.pgcl(0)} cpl={cpl}"
+        )
         fleet.spawn(fleet.nodes["a1"])
         assert await asyncio.wait_for(fut, timeout=20) == cpl, "writes resume with 4 of 6"
         await _assert_verified(writer, model)
@@ -164,10 +168,10 @@ async def test_stale_epoch_writer_is_refused(fleet):
         assert new.core.volume_epoch > old.core.volume_epoch
         with pytest.raises(StaleEpoch):
             await asyncio.wait_for(old.commit([Change(1, patch_payload(0, b"stale!!!"))]), timeout=10)
+        await _assert_verified(new, model)  # before writing outside the model
         await new.commit([Change(1, patch_payload(0, b"fresh!!!"))])
         page = await new.read_page(1)
         assert page[:8] == b"fresh!!!"
-        await _assert_verified(new, model)
         await new.close()
     finally:
         await old.close()

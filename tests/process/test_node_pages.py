@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(150)]
 
 PAGE_SIZE = 256
 LAYOUT = {"pg_count": 4, "pages_per_pg": 16, "page_size": PAGE_SIZE}
-ARGS = ["--gossip-interval", "5", "--materialize-interval", "0.1", "--gc-interval", "0.3",
-        "--gc-log-tail", "0"]
+ARGS = ["--gossip-interval", "5", "--materialize-interval", "0.1", "--materialize-chunk", "400",
+        "--gc-interval", "0.3", "--gc-log-tail", "0"]
 FAKE = {"TIDEMARK_FAKE_DISK_CORRUPTION": "1"}
 
 
@@ -148,3 +148,34 @@ async def test_fake_corruption_endpoint_absent_by_default(node_factory, node_cli
     await c.put_segment(0, ["n1"], layout=LAYOUT)
     status, _, _ = await c.request("POST", "/v1/debug/segments/0/fake-disk-corruption?lsn=1")
     assert status in (404, 405)
+
+
+async def test_corruption_made_offline_is_detected_after_restart(node_factory, node_client, wire):
+    """Flip a byte in RocksDB while the node is down (a disk going bad at rest)."""
+    import struct
+
+    from rocksdict import Options, Rdict
+
+    node = node_factory("n1", extra_args=ARGS)
+    c = node_client(node)
+    await c.put_segment(0, ["n1"], layout=LAYOUT)
+    _chain, records = make_records(wire, 0, 1, 10, random.Random(3))
+    log = await c.open_log()
+    assert (await log.call(wire.frame(1, [(0, 1, records)])))["results"]["0"]["scl"] == 10
+    await log.close()
+    assert node.stop() == 0
+
+    db = Rdict(str(node.data / "rocksdb"), Options(raw_mode=True))
+    key = b"L" + struct.pack(">IQ", 0, 7)
+    raw = bytearray(db[key])
+    raw[-6] ^= 0x01
+    db[key] = bytes(raw)
+    db.close()
+
+    node.start().wait_ready()
+    assert (await c.segment(0))["scl"] == 10  # the chain is rebuilt from headers
+    status, body, headers = await c.request("GET", "/v1/segments/0/records", params={"after": "0"})
+    assert status == 200 and headers["X-Tidemark-Corrupt-LSN"] == "7"
+    assert decode_records(body) == records[:6]
+    status, body, _ = await read(c, 0, records[6].page, 10)
+    assert status == 500 and b"corrupt_record" in body

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.fixtures import in_ci
 from tidemark_rig.kwok_nodes import ZONE_LABEL
@@ -179,9 +180,13 @@ def test_statefulsets_per_zone_run_local_processes_and_survive_node_loss(
         assert body["NODE_NAME"] == new.spec.node_name and body["TIDEMARK_ZONE"] == "zone-a"
         print(f"zone-a pod rescheduled {time.monotonic() - t0:.0f}s after its node was deleted")
 
-        # The zone-c pod was never disturbed.
+        # The zone-c pod was never disturbed; deleting it kills its process at once.
         c = pods["zone-c"]
         assert get_json(f"http://{c.status.pod_ip}:{PORT}/")["POD_NAME"] == "web-zone-c-0"
+        c_pid = runner_pid(c.metadata.uid)
+        assert c_pid and pid_alive(c_pid)
+        core.delete_namespaced_pod("web-zone-c-0", ns, _request_timeout=10)
+        wait_for(lambda: not pid_alive(c_pid), 15, "zone-c process killed after pod deletion")
     finally:
         for zone in ZONES:
             apps.delete_namespaced_stateful_set(f"web-{zone}", ns, _request_timeout=10)

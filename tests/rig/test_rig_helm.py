@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tidemark_rig.fixtures import require_binaries
 from tidemark_rig.versions import bin_path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tidemark_rig.minio import MinioInfo, MinioServer
 
 pytestmark = [pytest.mark.rig, pytest.mark.backup]

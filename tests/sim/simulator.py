@@ -13,6 +13,26 @@ A segment's state is durable once it acks (accept + persist + ack are one atomic
 event); a node crash loses the messages addressed to it while it is down and whatever
 was in flight to it, and a restart rebuilds `SegmentLog` from the persisted meta and
 the stored (lsn, prev) pairs, exactly like a real node.
+
+Recovery (`Sim.try_recover`, atomic in one step): fence the segments of a random read
+quorum of every PG (seal at a new epoch, no new ranges), take their reports,
+`plan_recovery`, seal a random write quorum with the plan's epoch and truncations,
+copy `plan.to_rereplicate` records to the sealed members, start
+`WriterCore(start=plan.start_state())`. The old writer's in-flight messages still
+arrive; sometimes the old writer keeps talking (a "stale" writer). Later-contacted
+segments answer `needs_seal` and the writer seals them.
+
+Gossip pulls records above the puller's SCL from a peer through `SegmentLog.accept`;
+per seed it is restricted to peers of the same volume epoch (as node/gossip.py does)
+or allowed across epochs (stray records then reach segments, and accept's filters
+must hold).
+
+Checks: VDL never decreases within a writer; recovery's VDL covers every acknowledged
+commit and its truncation range none; after healing (all nodes up, no loss, gossip and
+pings until quiet) every segment of every PG reaches the read tail at the writer's
+epoch, the pages materialized from each one's SCL chain equal a model built from the
+committed mini-transactions (no acknowledged commit lost, nothing of an uncommitted or
+truncated one visible, no mini-transaction half visible), and the writer can commit.
 """
 
 from __future__ import annotations
@@ -115,7 +135,6 @@ class Writer:
     mtrs: list[Mtr] = field(default_factory=list)
     acked_upto: int = 0  # index into mtrs of the first not yet acknowledged
     last_vdl: int = 0
-    sealed: set[tuple[int, str]] = field(default_factory=set)
 
     @property
     def epoch(self) -> int:
@@ -132,9 +151,14 @@ class SimConfig:
     lal: int = 0  # 0: pick from the seed
     p_loss: float = 0.0  # 0: pick from the seed
     max_heal_rounds: int = 60
-    # The node gossips only with peers at its own volume epoch; False lets records
-    # cross epochs (stresses SegmentLog with records of a writer it has not been sealed for).
-    gossip_same_epoch: bool | None = None  # None: pick per seed
+    # True: gossip only with peers at the same volume epoch (what node/gossip.py does);
+    # False: across epochs too (stresses SegmentLog with records of a writer it has not
+    # been sealed for). None: pick per seed.
+    gossip_same_epoch: bool | None = None
+    # Recovery seals (fences) the segments of its read quorum before they report. Without
+    # it a reporting segment left out of the sealed write quorum can still take the old
+    # writer's records, and the old writer can assemble a write quorum the plan missed.
+    fence_before_report: bool = True
 
 
 class Sim:
@@ -225,13 +249,13 @@ class Sim:
         off = rng.randint(0, size - n)
         return Change(page, patch_payload(off, bytes(rng.randrange(256) for _ in range(n))))
 
-    def start_mtr(self, w: Writer) -> None:
+    def start_mtr(self, w: Writer) -> Mtr | None:
         changes = [self._random_change() for _ in range(self.rng.randint(1, 4))]
         try:
             records = w.core.allocate(changes)
         except BackPressure:
             self.log.append(f"w{w.wid} back-pressure at next={w.core.next_lsn} vdl={w.core.vdl}")
-            return
+            return None
         mtr = Mtr(w.wid, w.epoch, records)
         w.mtrs.append(mtr)
         self.all_mtrs.append(mtr)
@@ -242,6 +266,7 @@ class Sim:
         for pg, recs in by_pg.items():
             for member in self.memberships[pg].all_members:
                 self._send_write(w, member, pg, recs)
+        return mtr
 
     def _send_write(self, w: Writer, member: str, pg: int, recs: list[Record]) -> None:
         self._send(
@@ -275,7 +300,6 @@ class Sim:
             eager = self.healing or self.rng.random() < self.p_seal
             if msg.error == "needs_seal" and not w.stale and eager:
                 # The node has not seen this writer's epoch: send it the seal.
-                w.sealed.add((msg.pg, msg.src))
                 self._send(
                     Msg(
                         "seal",
@@ -362,7 +386,9 @@ class Sim:
         fresh = sa.log.accept(offered[:50])
         if fresh:
             sa.persist(fresh)
-            self.log.append(f"gossip pg{pg} {peer}->{puller}: {[r.lsn for r in fresh]} scl={sa.log.scl}")
+            self.log.append(
+                f"gossip pg{pg} {peer}->{puller}: {[r.lsn for r in fresh]} scl={sa.log.scl}"
+            )
 
     # -- recovery ---------------------------------------------------------------------------
     def _report(self, name: str, pg: int) -> SegmentReport:
@@ -387,6 +413,7 @@ class Sim:
         rng = self.rng
         reports: dict[int, list[SegmentReport]] = {}
         seal_sets: dict[int, list[str]] = {}
+        read_sets: dict[int, list[str]] = {}
         for pg, m in self.memberships.items():
             up = [n for n in m.all_members if self.nodes[n].up]
             if not has_write_quorum(m, up):
@@ -395,14 +422,26 @@ class Sim:
             chosen = rng.sample(up, k)
             while not has_read_quorum(m, chosen):
                 chosen = rng.sample(up, min(len(up), len(chosen) + 1))
-            reports[pg] = [self._report(n, pg) for n in chosen]
+            read_sets[pg] = chosen
             k = min(len(up), 4 if rng.random() < 0.7 else rng.randint(min(4, len(up)), len(up)))
             wq = rng.sample(up, k)
             while not has_write_quorum(m, wq):
                 wq = rng.sample(up, min(len(up), len(wq) + 1))
             seal_sets[pg] = wq
+        min_epoch = self.volume_epoch
+        if self.cfg.fence_before_report:
+            # Fence first: every segment that reports is sealed at a new epoch (no new
+            # ranges) before it answers, so the old writer cannot add to what it reported.
+            min_epoch += 1
+            for pg, names in read_sets.items():
+                for name in names:
+                    seg = self.nodes[name].segments[pg]
+                    seg.log.seal(min_epoch, [])
+                    seg.persist([])
+        for pg, names in read_sets.items():
+            reports[pg] = [self._report(n, pg) for n in names]
         try:
-            plan = plan_recovery(reports, self.memberships, self.lal, min_epoch=self.volume_epoch)
+            plan = plan_recovery(reports, self.memberships, self.lal, min_epoch=min_epoch)
         except NoReadQuorum as exc:  # pragma: no cover - chosen sets are read quorums
             self.fail(f"unexpected NoReadQuorum: {exc}")
         max_acked = max(self.acked, default=0)
@@ -438,7 +477,6 @@ class Sim:
         w = self._new_writer(plan.start_state(), plan)
         for pg, names in seal_sets.items():
             for name in names:
-                w.sealed.add((pg, name))
                 w.core.on_ack(pg, name, self.nodes[name].segments[pg].log.scl)
         self._after_vdl(w)
         self.log.append(
@@ -522,10 +560,15 @@ class Sim:
                     self.resend(w)
 
     def run(self) -> None:
-        for _ in range(self.cfg.steps):
-            self.step()
-        self.heal()
-        self.check()
+        try:
+            for _ in range(self.cfg.steps):
+                self.step()
+            self.heal()
+            self.check()
+        except SimFailure:
+            raise
+        except Exception as exc:  # a protocol call blew up: report it with the seed
+            self.fail(f"unexpected {type(exc).__name__}: {exc}")
 
     # -- healing and the final check ------------------------------------------------------------
     def heal(self) -> None:
@@ -536,22 +579,32 @@ class Sim:
         for node in self.nodes.values():
             if not node.up:
                 node.restart()
-        self.net = [m for m in self.net if self.writers[m.writer].alive or m.kind in ("write", "seal")]
+        self.net = [
+            m for m in self.net if self.writers[m.writer].alive or m.kind in ("write", "seal")
+        ]
         if self.writer is None and not self.try_recover():
             self.fail("recovery impossible with every node up")
         w = self.writer
+        self._settle(w)
+        # Liveness: with everything healed, the writer must be able to commit again.
+        mtr = self.start_mtr(w)
+        if mtr is None:
+            self.fail(f"writer w{w.wid} cannot allocate after healing (back-pressure)")
+        self._settle(w)
+        if mtr.cpl not in self.acked:
+            self.fail(
+                f"after healing, a new commit {mtr.cpl} is not acknowledged (VDL {w.core.vdl})"
+            )
+
+    def _settle(self, w: Writer) -> None:
+        """Deliver everything, gossip all pairs and ping all members until nothing changes."""
         quiet = 0
         for _round in range(self.cfg.max_heal_rounds):
             before = self._fingerprint()
-            # Deliver everything in flight (reordered), no loss.
-            for _inner in range(2000):
+            for _inner in range(5000):
                 if not self.net:
                     break
-                msg = self.net.pop(self.rng.randrange(len(self.net)))
-                if msg.kind in ("write", "seal"):
-                    self._on_node_msg(msg)
-                else:
-                    self._on_writer_msg(msg)
+                self._deliver(self.net.pop(self.rng.randrange(len(self.net))))
             for pg, m in self.memberships.items():
                 members = list(m.all_members)
                 for a in members:
@@ -569,12 +622,10 @@ class Sim:
                 break
         else:
             self.fail("healing did not become quiet")
-        while self.net:
-            msg = self.net.pop(0)
-            if msg.kind in ("write", "seal"):
-                self._on_node_msg(msg)
-            else:
-                self._on_writer_msg(msg)
+        for _inner in range(5000):
+            if not self.net:
+                break
+            self._deliver(self.net.pop(0))
 
     def _deliver(self, msg: Msg) -> None:
         if msg.kind in ("write", "seal"):
@@ -597,7 +648,9 @@ class Sim:
         w = self.writer
         vdl = w.core.vdl
         if w.core.unstable and any(w.core.unstable.values()):
-            self.fail(f"after healing, records still not in a write quorum: {dict(w.core.unstable)}")
+            self.fail(
+                f"after healing, records still not in a write quorum: {dict(w.core.unstable)}"
+            )
         truncs = sorted(self.truncations)
         committed = [
             m
@@ -632,7 +685,10 @@ class Sim:
             ]
             if len(readers) != len(m.all_members):
                 behind = {
-                    n: (self.nodes[n].segments[pg].log.scl, self.nodes[n].segments[pg].log.meta.volume_epoch)
+                    n: (
+                        self.nodes[n].segments[pg].log.scl,
+                        self.nodes[n].segments[pg].log.meta.volume_epoch,
+                    )
                     for n in m.all_members
                     if n not in readers
                 }
@@ -656,7 +712,9 @@ class Sim:
                     if page in expected:
                         want = expected[page]
                     if got.get(page, empty_page(size)) != want:
-                        self.fail(f"page {page} on {name} differs from the committed model at {vdl}")
+                        self.fail(
+                            f"page {page} on {name} differs from the committed model at {vdl}"
+                        )
 
     def _read_pg(self, seg: Segment, vdl: int, truncs) -> tuple[dict[int, bytes], set[int]]:
         """Materialize a PG's pages at `vdl` the way a node serves a read: every stored

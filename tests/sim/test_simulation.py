@@ -55,6 +55,16 @@ def test_schedules_make_progress_and_hit_faults() -> None:
     assert all(v > 10 for v in totals.values()), totals
 
 
+def test_long_schedules_forget_below_the_vdl_hint() -> None:
+    """Long single-PG runs: chains pass 1,024 entries, so segments trim below the VDL
+    hint (floor), and seals, rebuilds and recovery reports run with a floor."""
+    floors = 0
+    for seed in range(3):
+        sim = run_seed(seed, SimConfig(steps=5000, pg_count=1, lal=1000, p_loss=0.02))
+        floors += sum(s.log.meta.floor > 0 for n in sim.nodes.values() for s in n.segments.values())
+    assert floors > 0
+
+
 def test_failure_message_names_the_seed() -> None:
     sim = Sim(3, SimConfig(steps=10))
     with pytest.raises(AssertionError, match="replay with SIM_SEED=3"):
@@ -71,7 +81,9 @@ def test_membership_hook_replace_segment() -> None:
         m = sim.memberships[0]
         old = m.members[0]
         zone = sim.nodes[old].zone
-        spare = next((n for n, node in sim.nodes.items() if node.zone == zone and n not in m.members), None)
+        spare = next(
+            (n for n, node in sim.nodes.items() if node.zone == zone and n not in m.members), None
+        )
         if spare is None:
             continue
         for _ in range(150):

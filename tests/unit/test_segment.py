@@ -31,7 +31,9 @@ def new_log(epoch: int = 1, **kw) -> SegmentLog:
 
 def rebuilt(log: SegmentLog, store: dict[int, Record]) -> SegmentLog:
     meta = copy.deepcopy(log.meta)
-    return SegmentLog(meta, [(r.lsn, r.prev_lsn_in_pg) for r in store.values() if r.lsn > meta.floor])
+    return SegmentLog(
+        meta, [(r.lsn, r.prev_lsn_in_pg) for r in store.values() if r.lsn > meta.floor]
+    )
 
 
 def state(log: SegmentLog) -> tuple:
@@ -145,7 +147,10 @@ def test_seal_truncates_chain_and_pending() -> None:
     assert log.meta.truncations == [(4, 10)] and log.meta.volume_epoch == 2
     # strays in the range are refused from now on; the new epoch's records link on
     assert log.accept(chain_records([5, 6])) == []
-    new = [Record(13, PG, 0, 4, 0, RecordFlags.CPL, b""), Record(14, PG, 0, 13, 0, RecordFlags.CPL, b"")]
+    new = [
+        Record(13, PG, 0, 4, 0, RecordFlags.CPL, b""),
+        Record(14, PG, 0, 13, 0, RecordFlags.CPL, b""),
+    ]
     assert [r.lsn for r in log.accept(new)] == [13, 14]
     assert log.scl == 14 and log.above == {12}
 
@@ -167,10 +172,14 @@ def test_seal_keeps_records_above_the_range_end() -> None:
     old = chain_records([1, 2, 3, 4])  # 3, 4: the crashed writer's strays above VDL 2
     new = chain_records([11, 12], first_prev=2)  # the next writer, after truncation (2, 10]
     log.accept(old)
-    log.accept(new)  # 11 (prev 2) cannot link behind 4: pending
-    assert log.scl == 4
+    # 11 follows 2 but 3 already does: a stray of one of the epochs, refused for now;
+    # 12 (prev 11) waits.
+    assert [r.lsn for r in log.accept(new)] == [12]
+    assert log.scl == 4 and log.above == {12}
     result = log.seal(2, [(2, 10)])
     assert result.dropped == [3, 4]
+    assert log.scl == 2 and log.above == {12}
+    assert [r.lsn for r in log.accept(new)] == [11]  # gossip brings it again
     assert log.scl == 12 and list(log.chain) == [1, 2, 11, 12] and not log.has_holes()
 
     log2 = new_log(epoch=1)
@@ -213,6 +222,30 @@ def test_seal_model(n1, data) -> None:
     assert log.scl == expect
     assert not any(in_ranges(lsn, [(v, e)]) for lsn in held)
     assert state(rebuilt(log, store))[:4] == state(log)[:4]
+
+
+def test_one_record_per_back_link_across_epochs() -> None:
+    """Two records claiming the same predecessor only happen across epochs (a stray of a
+    truncated epoch and the next writer's record). The first one held wins until a seal;
+    the chain and a rebuild from storage always agree."""
+    for order in ([1, 3, 11, 2], [1, 11, 3, 2], [3, 1, 2, 11], [11, 2, 1, 3]):
+        log = new_log()
+        recs = {1: (1, 0), 2: (2, 1), 3: (3, 2), 11: (11, 2)}
+        store = {}
+        for lsn in order:
+            lsn_, prev = recs[lsn]
+            for r in log.accept([Record(lsn_, PG, 0, prev, 0, RecordFlags.CPL, b"")]):
+                store[r.lsn] = r
+        assert not ({3, 11} <= set(store)), order  # never both
+        assert log.scl in (3, 11)
+        assert state(rebuilt(log, store)) == state(log)
+        result = log.seal(2, [(2, 10)])
+        assert log.scl == (11 if 11 in store else 2) and 3 not in log.above
+        for lsn in result.dropped:
+            del store[lsn]
+        log.accept([Record(11, PG, 0, 2, 0, RecordFlags.CPL, b"")])
+        assert log.scl == 11
+        assert log.accept([Record(3, PG, 0, 2, 0, RecordFlags.CPL, b"")]) == []
 
 
 # -- rebuild from storage -------------------------------------------------------------------
