@@ -36,6 +36,7 @@ class NodeStream:
         on_resync: ResyncHandler,
         frame_info: FrameInfo,
         membership_epoch: Callable[[int], int],
+        marks_since: Callable[[int], tuple[list[tuple[int, int]], int]] = lambda p: ([], p),
         max_inflight: int = 8,
         max_frame_records: int = 4096,
     ) -> None:
@@ -46,6 +47,8 @@ class NodeStream:
         self.on_resync = on_resync
         self.frame_info = frame_info
         self.membership_epoch = membership_epoch
+        self.marks_since = marks_since
+        self.marks_position = 0
         self.max_inflight = max_inflight
         self.max_frame_records = max_frame_records
         self.outbox: dict[int, list[bytes]] = {}  # pg -> encoded records
@@ -155,7 +158,8 @@ class NodeStream:
                 del self.outbox[pg]
         self.outbox_count -= taken
         self.seq += 1
-        frame = encode_batch_with_encoded_records(self.seq, epoch, vdl, pgmrpl, groups)
+        marks, self.marks_position = self.marks_since(self.marks_position)
+        frame = encode_batch_with_encoded_records(self.seq, epoch, vdl, pgmrpl, groups, marks)
         self.inflight += 1
         self.last_sent_vdl = vdl
         await ws.send_bytes(frame)

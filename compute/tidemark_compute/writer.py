@@ -9,6 +9,7 @@ to a second when the first is slow. `Writer.open()` runs crash recovery first.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -34,6 +35,9 @@ commit_latency = meter.create_histogram("tidemark.writer.commit_latency", unit="
 commits_total = meter.create_counter("tidemark.writer.commits")
 
 
+MAX_MARKS = 100_000
+
+
 class ReadFailed(Exception):
     pass
 
@@ -54,6 +58,9 @@ class Writer:
         self.hedge_after = hedge_after
         self._waiters: deque[tuple[int, asyncio.Future[int]]] = deque()
         self._vdl_moved = asyncio.Event()
+        # VDL transitions with their wall-clock time (µs), numbered from _marks_base.
+        self._marks: deque[tuple[int, int]] = deque()
+        self._marks_base = 0
         self._read_points: Counter[int] = Counter()
         self.fenced: Exception | None = None
         self._recovered: dict[int, list[Record]] = {}
@@ -66,6 +73,7 @@ class Writer:
                 on_resync=self._resync,
                 frame_info=self._frame_info,
                 membership_epoch=lambda pg: self.core.trackers[pg].membership.epoch,
+                marks_since=self.marks_since,
             )
             for name, url in topology.nodes.items()
         }
@@ -135,6 +143,14 @@ class Writer:
     def _frame_info(self) -> tuple[int, int, int]:
         return self.core.volume_epoch, self.core.vdl, self.pgmrpl()
 
+    def marks_since(self, position: int) -> tuple[list[tuple[int, int]], int]:
+        """VDL marks a stream has not sent yet, and its new position."""
+        start = max(position - self._marks_base, 0)
+        end = self._marks_base + len(self._marks)
+        if start >= len(self._marks):
+            return [], end
+        return list(itertools.islice(self._marks, start, None)), end
+
     # -- writes -----------------------------------------------------------------------
     async def commit(self, changes: Iterable[Change]) -> int:
         """Durably commit one mini-transaction; returns its CPL LSN once VDL ≥ it."""
@@ -190,6 +206,10 @@ class Writer:
 
     def _complete(self) -> None:
         vdl = self.core.vdl
+        self._marks.append((vdl, time.time_ns() // 1000))
+        if len(self._marks) > MAX_MARKS:  # a stream gone for long misses old marks
+            self._marks.popleft()
+            self._marks_base += 1
         waiters = self._waiters
         while waiters and waiters[0][0] <= vdl:
             _cpl, fut = waiters.popleft()

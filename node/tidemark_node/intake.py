@@ -16,7 +16,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from tidemark_protocol.errors import CorruptRecord, MalformedFrame, ProtocolError, UnknownSegment
-from tidemark_protocol.frames import MAGIC, MAX_FRAME
+from tidemark_protocol.frames import MAGIC, MAX_FRAME, decode_marks
 from tidemark_protocol.records import FORMAT_VERSION, MAX_PAYLOAD, RecordFlags, crc32c
 
 from . import store as keys
@@ -64,6 +64,7 @@ class Frame:
     writer_vdl: int
     pgmrpl: int
     groups: list[Group]
+    vdl_marks: list[tuple[int, int]]  # (vdl, unix time µs): kept for point-in-time restore
 
 
 def decode_records_raw(buf: bytes, offset: int, end: int, count: int | None, pg: int | None) -> tuple[list[Rec], int]:
@@ -124,9 +125,8 @@ def decode_frame(buf: bytes) -> Frame:
         offset += _GROUP.size
         records, offset = decode_records_raw(body, offset, end_body, count, pg)
         groups.append(Group(pg, mepoch, records))
-    if offset != end_body:
-        raise MalformedFrame("trailing bytes after the last group")
-    return Frame(seq, epoch, vdl, pgmrpl, groups)
+    marks = decode_marks(body, offset, end_body)
+    return Frame(seq, epoch, vdl, pgmrpl, groups, marks)
 
 
 def decode_raw_records(buf: bytes) -> list[Rec]:

@@ -5,7 +5,12 @@ sees one durable sync per batch, not per record. Frame layout (version 1):
 
     b"TMB1" | u64 seq | u64 volume_epoch | u64 writer_vdl | u64 pgmrpl | u32 groups
     then per group: u32 pg | u64 membership_epoch | u32 count | records...
+    then, optionally, the VDL marks: u32 count | (u64 vdl, u64 unix_time_us)...
     then u32 crc32c over everything before it.
+
+VDL marks are the writer's VDL transitions with the wall-clock time each happened: a
+commit is acknowledged the moment VDL passes it, so "everything acknowledged by time T"
+is exactly the last mark at or before T. Backups keep them for point-in-time restore.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from .records import Record, crc32c, decode_record
 MAGIC = b"TMB1"
 _HEAD = struct.Struct("<4sQQQQI")
 _GROUP = struct.Struct("<IQI")
+_COUNT = struct.Struct("<I")
+_MARK = struct.Struct("<QQ")
 _CRC = struct.Struct("<I")
 MAX_FRAME = 64 << 20
 
@@ -37,6 +44,7 @@ class WriteBatch:
     writer_vdl: int  # lets nodes know what is durable (materialize, backup, recovery hint)
     pgmrpl: int  # lowest read point in use: below it versions may be coalesced
     groups: list[PgBatch]
+    vdl_marks: list[tuple[int, int]] = field(default_factory=list)  # (vdl, unix time µs)
 
     def encode(self) -> bytes:
         parts = [
@@ -47,6 +55,7 @@ class WriteBatch:
         for group in self.groups:
             parts.append(_GROUP.pack(group.pg, group.membership_epoch, len(group.records)))
             parts.extend(r.encode() for r in group.records)
+        parts.append(encode_marks(self.vdl_marks))
         body = b"".join(parts)
         return body + _CRC.pack(crc32c(body))
 
@@ -57,6 +66,7 @@ def encode_batch_with_encoded_records(
     writer_vdl: int,
     pgmrpl: int,
     groups: list[tuple[int, int, list[bytes]]],
+    vdl_marks: list[tuple[int, int]] | tuple = (),
 ) -> bytes:
     """Like WriteBatch.encode, but from records already encoded once (the writer sends
     each record to six segments; encoding it six times would be wasted work)."""
@@ -64,6 +74,7 @@ def encode_batch_with_encoded_records(
     for pg, epoch, encoded in groups:
         parts.append(_GROUP.pack(pg, epoch, len(encoded)))
         parts.extend(encoded)
+    parts.append(encode_marks(vdl_marks))
     body = b"".join(parts)
     return body + _CRC.pack(crc32c(body))
 
@@ -94,9 +105,26 @@ def decode_batch(buf: bytes) -> WriteBatch:
                 raise MalformedFrame(f"record lsn={record.lsn} of pg {record.pg} in group {pg}")
             group.records.append(record)
         groups.append(group)
-    if offset != len(body):
-        raise MalformedFrame("trailing bytes after the last group")
-    return WriteBatch(seq, epoch, vdl, pgmrpl, groups)
+    marks = decode_marks(body, offset, len(body))
+    return WriteBatch(seq, epoch, vdl, pgmrpl, groups, marks)
+
+
+def encode_marks(marks: list[tuple[int, int]] | tuple) -> bytes:
+    if not marks:
+        return b""
+    return _COUNT.pack(len(marks)) + b"".join(_MARK.pack(v, t) for v, t in marks)
+
+
+def decode_marks(body: bytes | memoryview, offset: int, end: int) -> list[tuple[int, int]]:
+    """The optional VDL-marks section that ends a frame body (empty if absent)."""
+    if offset == end:
+        return []
+    if end - offset >= _COUNT.size:
+        (count,) = _COUNT.unpack_from(body, offset)
+        if end - offset == _COUNT.size + count * _MARK.size:
+            start = offset + _COUNT.size
+            return [_MARK.unpack_from(body, start + i * _MARK.size) for i in range(count)]
+    raise MalformedFrame("trailing bytes after the last group")
 
 
 def encode_records(records: list[Record]) -> bytes:

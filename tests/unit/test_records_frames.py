@@ -233,3 +233,14 @@ def test_frame_structural_errors() -> None:
         decode_batch(_frame_body(b"", 0) + b"\0\0\0\0")
     with pytest.raises(MalformedFrame, match="shorter"):
         decode_batch(b"TMB1")
+
+
+@given(batches(), st.lists(st.tuples(U64, U64), max_size=20))
+def test_batch_with_vdl_marks_round_trips(batch: WriteBatch, marks) -> None:
+    batch.vdl_marks = list(marks)
+    raw = batch.encode()
+    assert decode_batch(raw) == batch
+    groups = [(g.pg, g.membership_epoch, [r.encode() for r in g.records]) for g in batch.groups]
+    assert raw == encode_batch_with_encoded_records(
+        batch.seq, batch.volume_epoch, batch.writer_vdl, batch.pgmrpl, groups, batch.vdl_marks
+    )
