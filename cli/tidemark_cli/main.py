@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, str] = {
     "workload": "tidemark_compute.cli:workload",
     "bench": "tidemark_compute.bench_cli:bench",
     "dev": "tidemark_rig.cli:dev",
+    "chaos": "tidemark_playground.chaos:chaos",
 }
 
 

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 
 from . import bench_write as bw
-from .topology import save_topology
+from .topology import record_volume_epoch
 from .writer import Writer
 
 console = Console(stderr=True, highlight=False)
@@ -28,7 +28,7 @@ async def _bench_write(seconds: float, concurrency: int, keep: Path | None) -> d
     fleet, topology = await fleet_mod.up(directory / "fleet", 2, 4, 256, 4096, "127.0.0.200")
     try:
         writer = await Writer.open(topology)
-        save_topology(directory / "fleet", topology)
+        record_volume_epoch(directory / "fleet", topology.volume_epoch)
         try:
             console.print(f"[bold]healthy fleet, max rate[/bold]: {concurrency} commits in flight, {seconds}s")
             await bw.closed_loop(writer, min(2.0, seconds), concurrency)  # warm-up

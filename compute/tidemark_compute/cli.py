@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .topology import load_topology, save_topology
+from .topology import load_topology, membership_source, record_volume_epoch
 from .verify_model import Model
 from .workload import run_workload, summarize, verify
 from .writer import Writer
@@ -20,8 +20,8 @@ async def _workload(
 ) -> dict:
     topology = load_topology(directory)
     model = Model(log_file)
-    writer = await Writer.open(topology)
-    save_topology(directory, topology)  # the new volume epoch
+    writer = await Writer.open(topology, membership_source=membership_source(directory))
+    record_volume_epoch(directory, topology.volume_epoch)
     try:
         started = time.monotonic()
         stats = await run_workload(writer, model, seconds, concurrency=concurrency, seed=seed)

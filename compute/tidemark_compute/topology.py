@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,9 +52,38 @@ def load_topology(directory: Path) -> Topology:
     return Topology.from_json(json.loads(path.read_text()))
 
 
+@contextmanager
+def topology_lock(directory: Path) -> Iterator[None]:
+    """Serializes read-modify-write of topology.json across processes (the writer
+    records its epoch, the supervisor records membership changes)."""
+    with (directory / (TOPOLOGY_FILE + ".lock")).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def record_volume_epoch(directory: Path, epoch: int) -> None:
+    """Store the writer's new volume epoch without touching anything else."""
+    with topology_lock(directory):
+        topology = load_topology(directory)
+        topology.volume_epoch = max(topology.volume_epoch, epoch)
+        save_topology(directory, topology)
+
+
 def save_topology(directory: Path, topology: Topology) -> None:
     """Atomic replace, so a crash never leaves a half-written topology behind."""
     path = directory / TOPOLOGY_FILE
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(topology.to_json(), indent=2))
     os.replace(tmp, path)
+
+
+def membership_source(directory: Path) -> Callable[[], Awaitable[Topology]]:
+    """A Writer's view of the placement kept in `directory` (the playground's)."""
+
+    async def load() -> Topology:
+        return load_topology(directory)
+
+    return load

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import aiohttp
@@ -36,6 +36,7 @@ commits_total = meter.create_counter("tidemark.writer.commits")
 
 
 MAX_MARKS = 100_000
+MembershipSource = Callable[[], Awaitable[Topology]]
 
 
 class ReadFailed(Exception):
@@ -64,19 +65,21 @@ class Writer:
         self._read_points: Counter[int] = Counter()
         self.fenced: Exception | None = None
         self._recovered: dict[int, list[Record]] = {}
-        self.streams = {
-            name: NodeStream(
-                name,
-                url,
-                session,
-                on_ack=self._on_ack,
-                on_resync=self._resync,
-                frame_info=self._frame_info,
-                membership_epoch=lambda pg: self.core.trackers[pg].membership.epoch,
-                marks_since=self.marks_since,
-            )
-            for name, url in topology.nodes.items()
-        }
+        self.membership_source: MembershipSource | None = None
+        self._reloading: asyncio.Task | None = None
+        self.streams = {name: self._new_stream(name, url) for name, url in topology.nodes.items()}
+
+    def _new_stream(self, name: str, url: str) -> NodeStream:
+        return NodeStream(
+            name,
+            url,
+            self.session,
+            on_ack=self._on_ack,
+            on_resync=self._resync,
+            frame_info=self._frame_info,
+            membership_epoch=lambda pg: self.core.trackers[pg].membership.epoch,
+            marks_since=self.marks_since,
+        )
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -86,7 +89,10 @@ class Writer:
         session: aiohttp.ClientSession | None = None,
         lal: int = DEFAULT_LAL,
         timeout: float = 60.0,
+        membership_source: MembershipSource | None = None,
     ) -> Writer:
+        """Recover the volume and open it for writes. `membership_source` returns the
+        current topology (placement) when a segment says our membership is stale."""
         own_session = session is None
         session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         try:
@@ -97,6 +103,7 @@ class Writer:
             raise
         writer = cls(topology, session, plan, lal)
         writer._own_session = own_session
+        writer.membership_source = membership_source
         topology.volume_epoch = plan.volume_epoch
         for (pg, node), scl in sealed.items():
             writer.core.on_ack(pg, node, scl)
@@ -199,6 +206,8 @@ class Writer:
                 return
             if error == "needs_seal":
                 self.streams[node].needs_resync = True
+            if error == "stale_membership":
+                self._reload_memberships()
             if "scl" in result and pg in self.core.trackers:
                 moved |= self.core.on_ack(pg, node, int(result["scl"]))
         if moved:
@@ -216,6 +225,35 @@ class Writer:
             if not fut.done():
                 fut.set_result(_cpl)
         self._vdl_moved.set()
+
+    def _reload_memberships(self) -> None:
+        """A PG's membership changed (a segment is being replaced): fetch the new one,
+        stream to new members, and re-send what the refused frames carried."""
+        if self.membership_source is None:
+            log.error("stale_membership_without_source")
+            return
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self._reload())
+
+    async def _reload(self) -> None:
+        topology = await self.membership_source()
+        for name, url in topology.nodes.items():
+            if name not in self.streams:
+                self.topology.nodes[name] = url
+                self.streams[name] = stream = self._new_stream(name, url)
+                stream.start()
+        changed = False
+        for pg, membership in topology.memberships.items():
+            if membership.epoch > self.core.trackers[pg].membership.epoch:
+                self.topology.memberships[pg] = membership
+                self.core.set_membership(pg, membership)
+                changed = True
+        if changed:
+            log.info("memberships_reloaded", epochs={pg: m.epoch for pg, m in self.topology.memberships.items()})
+            self._complete()
+            for stream in self.streams.values():
+                stream.needs_resync = True
+                stream.poke()
 
     def _fence(self, exc: Exception) -> None:
         if self.fenced is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from tidemark_compute.topology import load_topology, save_topology
+from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import read_all_pages, run_workload, verify
 from tidemark_compute.writer import Writer
@@ -50,8 +50,8 @@ async def run_demo(directory: Path, phase_seconds: float = 4.0) -> bool:
             narrator.say(f"  node {node.name} zone {node.zone} at {node.url} (pid {node.pid})")
         for pg, m in sorted(topology.memberships.items()):
             narrator.say(f"  pg {pg}: segments on {', '.join(m.members)}")
-        writer = await Writer.open(topology)
-        save_topology(directory, topology)
+        writer = await Writer.open(topology, membership_source=membership_source(directory))
+        record_volume_epoch(directory, topology.volume_epoch)
         narrator.say(f"Writer open: volume epoch {topology.volume_epoch}, VDL {writer.vdl}")
         model = Model(directory / "workload.log")
         stop = asyncio.Event()

@@ -141,7 +141,35 @@ class Fleet:
         self.kill(name)
         self.spawn(self.nodes[name])
 
+    def spawn_supervisor(self) -> None:
+        """The repair loop runs as its own process, like an operator's daemon."""
+        repair = self.options.get("repair", {})
+        cmd = [sys.executable, "-m", "tidemark_cli.main", "playground", "supervise", "--dir", str(self.dir)]
+        for key, value in repair.items():
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
+        self.log_file("supervisor").parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file("supervisor").open("ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        self.options["supervisor_pid"] = proc.pid
+        self.save()
+
+    def stop_supervisor(self) -> None:
+        pid = int(self.options.get("supervisor_pid", 0))
+        if pid_state(pid) != "dead":
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while pid_state(pid) != "dead" and time.monotonic() < deadline:
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                time.sleep(0.02)
+
     def down(self) -> None:
+        self.stop_supervisor()
         for name in self.nodes:
             if self.state(name) == "paused":
                 self.resume(name)
@@ -214,7 +242,10 @@ async def up(
     page_size: int = 4096,
     base_ip: str = "127.0.0.10",
     gossip_interval: float | None = None,
+    repair: dict | None = None,
 ) -> tuple[Fleet, Topology]:
+    """`repair`: None for no automatic repair, else the supervisor's options
+    (node_loss_timeout, max_concurrent, bandwidth)."""
     """Start a fleet in `directory` (or restart the stopped nodes of an existing one)."""
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / FLEET_FILE).exists():
@@ -223,6 +254,8 @@ async def up(
             if fleet.state(name) == "dead":
                 fleet.spawn(fleet.nodes[name])
         await wait_ready(list(fleet.nodes.values()))
+        if "repair" in fleet.options and pid_state(int(fleet.options.get("supervisor_pid", 0))) == "dead":
+            fleet.spawn_supervisor()
         return fleet, load_topology(directory)
     fleet = build_fleet(directory, nodes_per_zone, base_ip)
     if gossip_interval is not None:
@@ -238,6 +271,9 @@ async def up(
         fleet.down()
         raise
     save_topology(directory, topology)
+    if repair is not None:
+        fleet.options["repair"] = repair
+        fleet.spawn_supervisor()
     return fleet, topology
 
 

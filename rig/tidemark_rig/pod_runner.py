@@ -148,6 +148,14 @@ class PodRunner:
             return
         cwd = Path(c.get("workingDir") or self.work_dir / r.namespace / r.name)
         cwd.mkdir(parents=True, exist_ok=True)
+        # Volume mounts become per-pod directories: an argument at or under a mountPath
+        # (e.g. `--data /data`) is rewritten to the same path under the pod's directory.
+        for mount in c.get("volumeMounts") or []:
+            mp = str(mount.get("mountPath", "")).rstrip("/")
+            if mp:
+                local = str(cwd / mp.lstrip("/"))
+                argv = [local + a[len(mp):] if a == mp or a.startswith(mp + "/") else a
+                        for a in argv]
         logf = self.log_dir / f"{r.namespace}_{r.name}.log"
         r.log = str(logf)
         with logf.open("ab") as fh:

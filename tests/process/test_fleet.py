@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tidemark_compute.topology import load_topology, save_topology
+from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import read_all_pages, run_workload, verify
 from tidemark_compute.writer import Writer
@@ -47,8 +47,8 @@ async def fleet(tmp_path: Path):
 
 async def _open(fl: fleet_mod.Fleet) -> Writer:
     topology = load_topology(fl.dir)
-    writer = await Writer.open(topology, timeout=30)
-    save_topology(fl.dir, topology)
+    writer = await Writer.open(topology, timeout=30, membership_source=membership_source(fl.dir))
+    record_volume_epoch(fl.dir, topology.volume_epoch)
     return writer
 
 

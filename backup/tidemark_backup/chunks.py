@@ -1,0 +1,98 @@
+"""Codec of backup objects (log chunks, snapshots, marks): self-checking with CRC32C.
+
+    b"TMK1" | u32 header_len | header JSON | body | u32 crc32c(everything before)
+
+Header: {"kind", "pg", "start", "end", "epoch", "node", "gen", "created_us", ...}.
+Bodies: chunk = concatenated encoded records (each with its own CRC); snap = repeated
+(u64 page | page image) of the non-zero pages; marks = repeated (u64 vdl | u64 unix µs).
+A truncated or mangled object fails `decode` and is never restored from.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+from tidemark_protocol.frames import decode_records
+from tidemark_protocol.records import Record, crc32c
+
+MAGIC = b"TMK1"
+_LEN = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_MARK = struct.Struct("<QQ")
+
+
+class BadObject(Exception):
+    pass
+
+
+def encode(header: dict, body: bytes) -> bytes:
+    head = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    data = MAGIC + _LEN.pack(len(head)) + head + body
+    return data + _LEN.pack(crc32c(data))
+
+
+def decode(data: bytes, kind: str | None = None) -> tuple[dict, bytes]:
+    if len(data) < 12 or data[:4] != MAGIC:
+        raise BadObject("not a tidemark backup object (bad magic or too short)")
+    (stored,) = _LEN.unpack_from(data, len(data) - 4)
+    if crc32c(data[:-4]) != stored:
+        raise BadObject("crc32c mismatch (truncated or corrupt object)")
+    (hlen,) = _LEN.unpack_from(data, 4)
+    if 8 + hlen > len(data) - 4:
+        raise BadObject("header length beyond the object")
+    try:
+        header = json.loads(data[8 : 8 + hlen])
+    except ValueError as exc:
+        raise BadObject(f"header is not JSON: {exc}") from exc
+    if kind is not None and header.get("kind") != kind:
+        raise BadObject(f"expected a {kind} object, got {header.get('kind')!r}")
+    return header, data[8 + hlen : -4]
+
+
+def encode_chunk(header: dict, raw_records: list[bytes]) -> bytes:
+    return encode({**header, "kind": "chunk", "count": len(raw_records)}, b"".join(raw_records))
+
+
+def decode_chunk(data: bytes) -> tuple[dict, list[Record]]:
+    header, body = decode(data, "chunk")
+    try:
+        records = decode_records(body)
+    except Exception as exc:
+        raise BadObject(f"chunk records do not decode: {exc}") from exc
+    if len(records) != header.get("count"):
+        raise BadObject("chunk record count mismatch")
+    start, end, pg = header["start"], header["end"], header["pg"]
+    if any(not (start < r.lsn <= end) or r.pg != pg for r in records):
+        raise BadObject("chunk holds records outside its range or PG")
+    return header, records
+
+
+def encode_snap(header: dict, pages: dict[int, bytes]) -> bytes:
+    body = b"".join(_U64.pack(p) + img for p, img in sorted(pages.items()))
+    return encode({**header, "kind": "snap", "pages": len(pages)}, body)
+
+
+def decode_snap(data: bytes) -> tuple[dict, dict[int, bytes]]:
+    header, body = decode(data, "snap")
+    size = int(header["page_size"])
+    step = 8 + size
+    if len(body) != step * int(header["pages"]):
+        raise BadObject("snapshot body length mismatch")
+    pages = {}
+    for off in range(0, len(body), step):
+        (page,) = _U64.unpack_from(body, off)
+        pages[page] = body[off + 8 : off + step]
+    return header, pages
+
+
+def encode_marks(header: dict, marks: list[tuple[int, int]]) -> bytes:
+    return encode({**header, "kind": "marks", "count": len(marks)},
+                  b"".join(_MARK.pack(v, t) for v, t in marks))
+
+
+def decode_marks(data: bytes) -> tuple[dict, list[tuple[int, int]]]:
+    header, body = decode(data, "marks")
+    if len(body) != _MARK.size * int(header["count"]):
+        raise BadObject("marks body length mismatch")
+    return header, [_MARK.unpack_from(body, i) for i in range(0, len(body), _MARK.size)]

@@ -1,0 +1,281 @@
+"""One reconcile pass of an AuroraCluster: converge objects, placement and segments, and
+compute the status. Idempotent, so it is safe to run on every event, on a timer, and
+after an operator restart at any point."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from . import placement as pl
+from .model import (
+    SPEC_HASH,
+    ZONE_LABEL,
+    ZONE_POD_LABEL,
+    ClusterSpec,
+    placement_name,
+    resolve_zones,
+    selector_labels,
+)
+from .resources import desired_objects, owner_reference
+from .status import PodObs, compute_status
+
+log = logging.getLogger("tidemark_operator")
+
+Event = Callable[[str, str, str], None]  # (type, reason, message)
+
+
+@dataclass
+class Settings:
+    node_command: Sequence[str] = ("tidemark",)
+    http_timeout: float = 1.5
+
+
+@dataclass
+class Memory:
+    """What this operator process already told each node (lost on restart: then re-sent,
+    which is harmless since segment PUTs are idempotent)."""
+
+    applied: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
+    guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self.guard:
+            return self.locks.setdefault(key, threading.Lock())
+
+
+MEMORY = Memory()
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 1.5) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - pod IPs
+        return json.loads(resp.read() or b"null")
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api or client.ApiClient()
+        self.core = client.CoreV1Api(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.policy = client.PolicyV1Api(self.api)
+
+    def ser(self, obj: Any) -> Any:
+        return self.api.sanitize_for_serialization(obj)
+
+    def ready_nodes_by_zone(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for n in self.core.list_node(_request_timeout=10).items:
+            ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+            zone = (n.metadata.labels or {}).get(ZONE_LABEL)
+            if ready and zone and not n.spec.unschedulable:
+                out[zone] = out.get(zone, 0) + 1
+        return out
+
+    def _read(self, kind: str, name: str, ns: str) -> Any:
+        fn = {"Service": self.core.read_namespaced_service,
+              "StatefulSet": self.apps.read_namespaced_stateful_set,
+              "PodDisruptionBudget": self.policy.read_namespaced_pod_disruption_budget,
+              "ConfigMap": self.core.read_namespaced_config_map}[kind]
+        try:
+            return self.ser(fn(name, ns, _request_timeout=10))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _create(self, obj: dict[str, Any]) -> None:
+        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        fn = {"Service": self.core.create_namespaced_service,
+              "StatefulSet": self.apps.create_namespaced_stateful_set,
+              "PodDisruptionBudget": self.policy.create_namespaced_pod_disruption_budget,
+              "ConfigMap": self.core.create_namespaced_config_map}[kind]
+        fn(ns, obj, _request_timeout=10)
+
+    def _patch(self, obj: dict[str, Any]) -> None:
+        ns, kind, name = obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"]
+        fn = {"Service": self.core.patch_namespaced_service,
+              "StatefulSet": self.apps.patch_namespaced_stateful_set,
+              "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget}[kind]
+        fn(name, ns, obj, _request_timeout=10)
+
+    def ensure(self, obj: dict[str, Any], event: Event) -> str | None:
+        """Create OBJ if missing, patch it if our hash differs. Returns what was done."""
+        kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
+        cur = self._read(kind, name, ns)
+        if cur is None:
+            try:
+                self._create(obj)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                return None
+            event("Normal", "Created", f"created {kind} {name}")
+            return "created"
+        if (cur["metadata"].get("annotations") or {}).get(SPEC_HASH) != obj["metadata"]["annotations"][SPEC_HASH]:
+            if kind == "StatefulSet":
+                # selector and volumeClaimTemplates are immutable: patch what may change
+                patch = {"metadata": {"annotations": obj["metadata"]["annotations"],
+                                      "labels": obj["metadata"]["labels"]},
+                         "spec": {"replicas": obj["spec"]["replicas"],
+                                  "template": obj["spec"]["template"]}}
+                self._patch({**patch, "kind": kind, "metadata": {**patch["metadata"],
+                             "name": name, "namespace": ns}})
+            else:
+                self._patch(obj)
+            event("Normal", "Updated", f"updated {kind} {name}")
+            return "updated"
+        return None
+
+    def pods(self, cluster: str, ns: str) -> list[PodObs]:
+        sel = ",".join(f"{k}={v}" for k, v in selector_labels(cluster).items())
+        out = []
+        for p in self.core.list_namespaced_pod(ns, label_selector=sel, _request_timeout=10).items:
+            running = (p.status.phase == "Running" and bool(p.status.pod_ip)
+                       and p.metadata.deletion_timestamp is None)
+            out.append(PodObs(p.metadata.name, (p.metadata.labels or {}).get(ZONE_POD_LABEL, ""),
+                              p.status.pod_ip, running))
+        return out
+
+
+def ensure_placement(kube: Kube, body: Mapping[str, Any], zones: Sequence[str], spec: ClusterSpec,
+                     event: Event) -> dict[str, Any]:
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+    cm_name = placement_name(name)
+
+    def read() -> Any:
+        return kube._read("ConfigMap", cm_name, ns)
+
+    def write(fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise pl.Conflict(f"placement {cm_name} changed concurrently") from exc
+            raise
+
+    doc, changed = pl.compare_and_swap(
+        read,
+        lambda obj: write(kube.core.create_namespaced_config_map, ns, obj),
+        lambda obj: write(kube.core.replace_namespaced_config_map, cm_name, ns, obj),
+        lambda cur: pl.desired_placement(name, zones, spec, cur),
+        lambda doc, rv: pl.configmap(name, ns, doc, body, rv),
+    )
+    if changed:
+        event("Normal", "PlacementUpdated",
+              f"placement {cm_name}: {len(doc['pgs'])} PGs on {len(pl.pods_of(doc))} pods")
+    return doc
+
+
+def node_statuses(pods: Sequence[PodObs], timeout: float) -> dict[str, dict[str, Any] | None]:
+    out: dict[str, dict[str, Any] | None] = {}
+    for p in pods:
+        if not p.running:
+            out[p.name] = None
+            continue
+        try:
+            out[p.name] = http_json("GET", f"{p.url}/v1/status", timeout=timeout)
+        except (OSError, urllib.error.URLError, ValueError):
+            out[p.name] = None
+    return out
+
+
+def ensure_segments(ns: str, doc: Mapping[str, Any], pods: Sequence[PodObs],
+                    statuses: Mapping[str, Mapping[str, Any] | None], event: Event,
+                    timeout: float) -> int:
+    """PUT every PG's segment on each member pod that is up and lacks it or has stale
+    peers. Returns the number of PUTs that were needed and made."""
+    urls = {p.name: p.url for p in pods if statuses.get(p.name) is not None}
+    done = 0
+    for pg, ms in pl.memberships(doc).items():
+        peers = {m: urls[m] for m in ms.all_members if m in urls}
+        body = {"layout": doc["layout"], "membership": ms.to_json(), "peers": peers,
+                "volume_epoch": int(doc.get("volume_epoch", 0))}
+        fingerprint = json.dumps([body["membership"], peers], sort_keys=True)
+        for member in ms.all_members:
+            st = statuses.get(member)
+            if st is None:
+                continue
+            has = any(int(s["pg"]) == pg for s in st.get("segments", []))
+            key = (ns, member, pg)
+            if has and MEMORY.applied.get(key) == f"{st.get('generation')}:{fingerprint}":
+                continue
+            try:
+                http_json("PUT", f"{urls[member]}/v1/segments/{pg}", body, timeout=max(timeout, 5))
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                event("Warning", "SegmentCreateFailed", f"pg {pg} on {member}: {exc}")
+                continue
+            MEMORY.applied[key] = f"{st.get('generation')}:{fingerprint}"
+            if not has:
+                done += 1
+                event("Normal", "SegmentCreated", f"pg {pg} segment on {member}")
+    return done
+
+
+def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
+              settings: Settings | None = None) -> dict[str, Any]:
+    """Converge one AuroraCluster; returns its new status."""
+    settings = settings or Settings()
+    meta = body["metadata"]
+    name, ns, gen = meta["name"], meta["namespace"], int(meta.get("generation", 1))
+    old = dict(body.get("status") or {})
+    old.pop("kopf", None)
+    spec = ClusterSpec.from_dict(body.get("spec") or {})
+    with MEMORY.lock((ns, name)):
+        zones, reason, msg = resolve_zones(spec, kube.ready_nodes_by_zone())
+        existing = kube._read("ConfigMap", placement_name(name), ns)
+        if zones is None and existing is None:
+            # Nothing built yet and the spec cannot be satisfied: build nothing.
+            if (old.get("conditions") or [{}])[0].get("reason") != reason:
+                event("Warning", reason, msg)
+            return compute_status(gen, None, None, [], {}, old, now_iso(), blocked=(reason, msg))
+        if zones is None:
+            # Already built: keep running on the zones the placement names (a zone that
+            # lost all nodes is a failure to ride out, not a reason to tear down).
+            zones = sorted(pl.parse_configmap(existing)[0]["zones"])
+        owner = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": meta}
+        actions = []
+        for obj in desired_objects(name, ns, zones, spec, owner, settings.node_command):
+            done = kube.ensure(obj, event)
+            if done:
+                actions.append(f"{done} {obj['kind']} {obj['metadata']['name']}")
+        progressing = None
+        try:
+            doc = ensure_placement(kube, body, zones, spec, event)
+        except pl.Conflict as exc:
+            event("Normal", "PlacementConflict", f"{exc}; retrying")
+            doc = pl.parse_configmap(kube._read("ConfigMap", placement_name(name), ns))[0]
+            progressing = ("PlacementConflict", str(exc))
+        pods = kube.pods(name, ns)
+        statuses = node_statuses(pods, settings.http_timeout)
+        created = ensure_segments(ns, doc, pods, statuses, event, settings.http_timeout)
+        if created:
+            statuses = node_statuses(pods, settings.http_timeout)
+        want = pl.pods_of(doc)
+        missing = sorted(want - {p.name for p in pods if statuses.get(p.name) is not None})
+        if actions:
+            progressing = ("Reconciling", "; ".join(actions))
+        elif missing and len(missing) == len(want):
+            progressing = ("WaitingForPods", f"waiting for storage pods: {', '.join(missing)}")
+        return compute_status(gen, zones, doc, pods, statuses, old, now_iso(),
+                              progressing=progressing)
+
+
+__all__ = ["Kube", "Settings", "reconcile", "owner_reference"]

@@ -1,0 +1,175 @@
+"""Desired Kubernetes objects for an AuroraCluster (pure functions, plain dicts)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .model import (
+    NODE_PORT,
+    RUN_LOCAL_LABEL,
+    SPEC_HASH,
+    ZONE_LABEL,
+    ZONE_POD_LABEL,
+    ClusterSpec,
+    cluster_labels,
+    pdb_name,
+    selector_labels,
+    service_name,
+    statefulset_name,
+)
+
+
+def spec_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", "tidemark.dev/v1alpha1"),
+        "kind": owner.get("kind", "AuroraCluster"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """Record a hash of the desired object so drift in what we manage is detectable."""
+    h = spec_hash({k: v for k, v in obj.items() if k != "status"})
+    obj["metadata"].setdefault("annotations", {})[SPEC_HASH] = h
+    return obj
+
+
+def _meta(name: str, namespace: str, cluster: str, owner: Mapping[str, Any] | None,
+          extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace,
+                            "labels": {**cluster_labels(cluster), **(extra_labels or {})}}
+    if owner is not None:
+        meta["ownerReferences"] = [owner_reference(owner)]
+    return meta
+
+
+def headless_service(cluster: str, namespace: str, owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return _stamp({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(service_name(cluster), namespace, cluster, owner),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(cluster),
+            "ports": [{"name": "node", "port": NODE_PORT, "targetPort": NODE_PORT}],
+        },
+    })
+
+
+def statefulset(
+    cluster: str,
+    namespace: str,
+    zone: str,
+    spec: ClusterSpec,
+    owner: Mapping[str, Any] | None = None,
+    node_command: Sequence[str] = ("tidemark",),
+) -> dict[str, Any]:
+    """One StatefulSet per zone, pinned there; pod i is `<cluster>-<zone>-i`."""
+    name = statefulset_name(cluster, zone)
+    sel = {**selector_labels(cluster), ZONE_POD_LABEL: zone}
+    pod_labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "ZONE", "value": zone},
+    ]
+    probe = {"httpGet": {"path": "/readyz", "port": NODE_PORT}, "periodSeconds": 5,
+             "failureThreshold": 3}
+    container: dict[str, Any] = {
+        "name": "node",
+        "image": spec.image,
+        "imagePullPolicy": spec.image_pull_policy,
+        "command": [*node_command, "node", "run", "--name", "$(POD_NAME)", "--zone", "$(ZONE)",
+                    "--host", "$(POD_IP)", "--port", str(NODE_PORT), "--data", "/data"],
+        "env": env,
+        "ports": [{"name": "node", "containerPort": NODE_PORT}],
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10,
+                          "failureThreshold": 6, "initialDelaySeconds": 10},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+    }
+    if spec.resources:
+        container["resources"] = dict(spec.resources)
+    pod_spec: dict[str, Any] = {
+        "affinity": {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [
+                    {"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}},
+            "podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": selector_labels(cluster)}},
+            }]},
+        },
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        "terminationGracePeriodSeconds": 10,
+        "containers": [container],
+    }
+    sts_spec: dict[str, Any] = {
+        "replicas": spec.nodes_per_zone,
+        "serviceName": service_name(cluster),
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": sel},
+        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+    }
+    if spec.ephemeral_storage:
+        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+    else:
+        pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                    "resources": {"requests": {"storage": spec.storage_size}}}
+        if spec.storage_class:
+            pvc_spec["storageClassName"] = spec.storage_class
+        sts_spec["volumeClaimTemplates"] = [{"metadata": {"name": "data"}, "spec": pvc_spec}]
+        policy = "Delete" if spec.deletion_policy == "Delete" else "Retain"
+        sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": policy,
+                                                             "whenScaled": "Retain"}
+    return _stamp({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, namespace, cluster, owner, {ZONE_POD_LABEL: zone}),
+        "spec": sts_spec,
+    })
+
+
+def pod_disruption_budget(cluster: str, namespace: str, spec: ClusterSpec,
+                          owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """At most ONE storage pod of the cluster down by voluntary disruption at a time.
+
+    Every PG has 2 segments in each zone and writes need 4 of 6. Per-zone budgets of
+    maxUnavailable 1 would allow 3 evictions at once (one per zone), which can take 3
+    segments of one PG: write quorum lost. A cluster-wide budget of 1 keeps every PG at
+    >= 5/6 during drains, so one more unplanned failure still leaves a write quorum.
+    minAvailable (an integer) avoids the disruption controller's scale lookups across the
+    three StatefulSets.
+    """
+    total = 3 * spec.nodes_per_zone
+    return _stamp({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(pdb_name(cluster), namespace, cluster, owner),
+        "spec": {"minAvailable": total - 1, "selector": {"matchLabels": selector_labels(cluster)}},
+    })
+
+
+def desired_objects(cluster: str, namespace: str, zones: Sequence[str], spec: ClusterSpec,
+                    owner: Mapping[str, Any] | None = None,
+                    node_command: Sequence[str] = ("tidemark",)) -> list[dict[str, Any]]:
+    objs = [headless_service(cluster, namespace, owner)]
+    objs += [statefulset(cluster, namespace, z, spec, owner, node_command) for z in zones]
+    objs.append(pod_disruption_budget(cluster, namespace, spec, owner))
+    return objs

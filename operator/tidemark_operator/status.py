@@ -1,0 +1,114 @@
+"""Status of an AuroraCluster from what was observed (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tidemark_protocol.quorum import SEGMENTS_PER_PG, WRITE_QUORUM
+
+from .model import NODE_PORT
+from .placement import memberships
+
+
+@dataclass(frozen=True)
+class PodObs:
+    name: str
+    zone: str
+    ip: str | None
+    running: bool
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ip}:{NODE_PORT}"
+
+
+def condition(type_: str, status: bool, reason: str, message: str, generation: int,
+              old: Sequence[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    s = "True" if status else "False"
+    prev = next((c for c in old if c.get("type") == type_), None)
+    since = prev["lastTransitionTime"] if prev and prev.get("status") == s else now
+    return {"type": type_, "status": s, "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": since}
+
+
+def healthy_segments(doc: Mapping[str, Any], node_status: Mapping[str, Mapping[str, Any] | None]) -> dict[int, int]:
+    """PG -> number of its members whose node answers and holds the segment."""
+    held: dict[str, set[int]] = {}
+    for pod, st in node_status.items():
+        if st is not None:
+            held[pod] = {int(s["pg"]) for s in st.get("segments", [])}
+    return {pg: sum(1 for m in ms.members if pg in held.get(m, set()))
+            for pg, ms in memberships(doc).items()}
+
+
+def compute_status(
+    generation: int,
+    zones: Sequence[str] | None,
+    doc: Mapping[str, Any] | None,
+    pods: Sequence[PodObs],
+    node_status: Mapping[str, Mapping[str, Any] | None],
+    old: Mapping[str, Any] | None,
+    now: str,
+    blocked: tuple[str, str] | None = None,
+    progressing: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The status subresource. `blocked` = (reason, message) when the spec cannot be
+    satisfied (nothing is built); `progressing` = (reason, message) while the operator is
+    still creating or changing things."""
+    old = old or {}
+    old_conds = old.get("conditions") or []
+    planned = sum(len(v) for v in (doc or {}).get("zones", {}).values()) if doc else 0
+    up = sum(1 for p in pods if node_status.get(p.name) is not None)
+    st: dict[str, Any] = {"observedGeneration": generation, "zones": list(zones or []),
+                          "readyNodes": f"{up}/{planned}"}
+    if blocked is not None:
+        reason, msg = blocked
+        st.update({
+            "phase": "Blocked", "healthyPGs": "0/0", "vdl": int(old.get("vdl", 0) or 0),
+            "conditions": [
+                condition("Ready", False, reason, msg, generation, old_conds, now),
+                condition("Progressing", False, reason, msg, generation, old_conds, now),
+                condition("Degraded", True, reason, msg, generation, old_conds, now),
+            ],
+        })
+        return st
+    healthy = healthy_segments(doc, node_status) if doc else {}
+    full = sum(1 for n in healthy.values() if n == SEGMENTS_PER_PG)
+    writable = sum(1 for n in healthy.values() if n >= WRITE_QUORUM)
+    total = len(healthy)
+    vdls = [int(s.get("vdl_hint", 0)) for st_ in node_status.values() if st_ is not None
+            for s in st_.get("segments", [])]
+    vdl = max([*vdls, int(old.get("vdl", 0) or 0)])
+    st.update({
+        "healthyPGs": f"{full}/{total}",
+        "writablePGs": writable,
+        "segments": {str(pg): n for pg, n in sorted(healthy.items())},
+        "vdl": vdl,
+    })
+    ready = total > 0 and writable == total and progressing is None
+    if total == 0:
+        r_reason, r_msg = "Creating", "placement not created yet"
+    elif writable < total:
+        r_reason = "WriteQuorumLost"
+        r_msg = f"{total - writable} PG(s) below the write quorum of {WRITE_QUORUM}/{SEGMENTS_PER_PG}"
+    elif progressing is not None:
+        r_reason, r_msg = progressing
+    else:
+        r_reason, r_msg = "QuorumAvailable", f"all {total} PGs have a write quorum"
+    degraded = full < total
+    d_msg = (f"{total - full} PG(s) below {SEGMENTS_PER_PG} healthy segments; {up}/{planned} nodes up"
+             if degraded else "all segments healthy")
+    p_reason, p_msg = progressing or ("Reconciled", "desired state reached")
+    st["phase"] = "Ready" if ready and not degraded else ("Degraded" if ready else "NotReady")
+    st["conditions"] = [
+        condition("Ready", ready, "QuorumAvailable" if ready else r_reason,
+                  r_msg if not ready else (f"all {total} PGs writable" + ("" if not degraded else
+                                                                          " (degraded)")),
+                  generation, old_conds, now),
+        condition("Progressing", progressing is not None, p_reason, p_msg, generation, old_conds, now),
+        condition("Degraded", degraded, "SegmentsMissing" if degraded else "AllSegmentsHealthy",
+                  d_msg, generation, old_conds, now),
+    ]
+    return st
