@@ -16,6 +16,10 @@ SUBCOMMANDS: dict[str, str] = {
     "workload": "tidemark_compute.cli:workload",
     "bench": "tidemark_compute.bench_cli:bench",
     "dev": "tidemark_rig.cli:dev",
+    "restore": "tidemark_backup.cli:restore",
+    "snapshot": "tidemark_backup.cli:snapshot",
+    "backup": "tidemark_backup.cli:backup",
+    "operator": "tidemark_operator.cli:operator",
     "chaos": "tidemark_playground.chaos:chaos",
 }
 

@@ -16,12 +16,21 @@ from .writer import Writer
 
 
 async def _workload(
-    directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int
+    directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int,
+    from_cluster: str | None = None, namespace: str | None = None,
 ) -> dict:
-    topology = load_topology(directory)
+    if from_cluster:  # an AuroraCluster's placement ConfigMap + pod IPs (tidemark_operator)
+        from tidemark_operator.topology import cluster_membership_source
+
+        source = cluster_membership_source(from_cluster, namespace)
+        topology = await source()
+    else:
+        topology = load_topology(directory)
+        source = membership_source(directory)
     model = Model(log_file)
-    writer = await Writer.open(topology, membership_source=membership_source(directory))
-    record_volume_epoch(directory, topology.volume_epoch)
+    writer = await Writer.open(topology, membership_source=source)
+    if not from_cluster:
+        record_volume_epoch(directory, topology.volume_epoch)
     try:
         started = time.monotonic()
         stats = await run_workload(writer, model, seconds, concurrency=concurrency, seed=seed)
@@ -45,9 +54,13 @@ async def _workload(
               help="Append intents and acks here; a later run with the same log verifies them too.")
 @click.option("--seed", type=int, default=1, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def workload(directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int, as_json: bool) -> None:
-    """Run mini-transactions against the fleet in DIR."""
-    out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed))
+@click.option("--from-cluster", default=None, metavar="NAME",
+              help="Use the AuroraCluster NAME (placement ConfigMap + pod IPs) instead of DIR.")
+@click.option("--namespace", default=None, help="Namespace of --from-cluster (default: in-cluster/kubeconfig).")
+def workload(directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int, as_json: bool,
+             from_cluster: str | None = None, namespace: str | None = None) -> None:
+    """Run mini-transactions against the fleet in DIR (or an AuroraCluster)."""
+    out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed, from_cluster, namespace))
     if as_json:
         click.echo(json.dumps(out))
     else:

@@ -17,10 +17,13 @@ SLOT = 64
 _HEAD = struct.Struct("<QQI")  # mtr id, page, slot
 
 
+_FILL = SLOT - _HEAD.size
+_RAMP = bytes(range(256)) * 2  # a byte ramp: any window of it is cheap to slice
+
+
 def slot_content(mtr: int, page: int, slot: int) -> bytes:
-    head = _HEAD.pack(mtr, page, slot)
-    fill = bytes(((mtr * 131 + page * 17 + slot * 7 + i) & 0xFF) for i in range(SLOT - len(head)))
-    return head + fill
+    start = (mtr * 131 + page * 17 + slot * 7) & 0xFF
+    return _HEAD.pack(mtr, page, slot) + _RAMP[start : start + _FILL]
 
 
 def parse_slot(data: bytes, page: int, slot: int) -> int | None:

@@ -68,6 +68,7 @@ class Writer:
         self.membership_source: MembershipSource | None = None
         self._reloading: asyncio.Task | None = None
         self.streams = {name: self._new_stream(name, url) for name, url in topology.nodes.items()}
+        self._member_streams: dict[int, tuple[int, list[NodeStream]]] = {}
 
     def _new_stream(self, name: str, url: str) -> NodeStream:
         return NodeStream(
@@ -183,12 +184,11 @@ class Writer:
             except BackPressure:
                 self._vdl_moved.clear()
                 await self._vdl_moved.wait()
+        streams_of = self._streams_of
         for record in records:
             encoded = record.encode()
-            for member in self.core.trackers[record.pg].membership.all_members:
-                stream = self.streams.get(member)
-                if stream is not None:
-                    stream.enqueue(record.pg, encoded)
+            for stream in streams_of(record.pg):
+                stream.enqueue(record.pg, encoded)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.append((records[-1].lsn, fut))
         return records[-1].lsn, fut
@@ -225,6 +225,15 @@ class Writer:
             if not fut.done():
                 fut.set_result(_cpl)
         self._vdl_moved.set()
+
+    def _streams_of(self, pg: int) -> list[NodeStream]:
+        """The streams of a PG's members, cached per membership epoch (hot path)."""
+        membership = self.core.trackers[pg].membership
+        cached = self._member_streams.get(pg)
+        if cached is None or cached[0] != membership.epoch:
+            streams = [self.streams[m] for m in membership.all_members if m in self.streams]
+            cached = self._member_streams[pg] = (membership.epoch, streams)
+        return cached[1]
 
     def _reload_memberships(self) -> None:
         """A PG's membership changed (a segment is being replaced): fetch the new one,

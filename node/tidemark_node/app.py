@@ -127,6 +127,7 @@ async def status(request: web.Request) -> web.Response:
             "generation": state.generation,
             "disk_bytes": state.store.disk_bytes(),
             "segments": [s.status() for s in sorted(state.segments.values(), key=lambda s: s.pg)],
+            "backup": state.backup_status.to_json() if getattr(state, "backup_status", None) else None,
         }
     )
 
@@ -406,6 +407,10 @@ async def start(state: NodeState, app: web.Application) -> None:
         loop.create_task(materialize_loop(state), name="materialize"),
         loop.create_task(gc_loop(state), name="gc"),
     ]
+    if state.settings.backup:  # continuous backup (tidemark_backup.uploader)
+        from tidemark_backup.uploader import start_uploader
+
+        app[TASKS].append(start_uploader(state))
     state.ready = True
     log.info("node_started", node=state.name, zone=state.settings.zone, generation=state.generation,
              segments=len(state.segments), pid=os.getpid())

@@ -49,6 +49,13 @@ def node() -> None:
 @click.option("--gc-log-tail", type=int, default=100_000, show_default=True,
               help="LSNs of log kept below SCL for lagging peers")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--backup", "backup_url", default=None, envvar="TIDEMARK_BACKUP",
+              help="continuous backup target: s3://bucket/prefix or file:///path")
+@click.option("--backup-interval", type=float, default=2.0, show_default=True,
+              help="seconds between log chunk uploads")
+@click.option("--backup-snapshot-interval", type=float, default=60.0, show_default=True,
+              help="seconds between automated snapshots of a PG")
+@click.option("--backup-retention-days", type=click.FloatRange(1, 35), default=1.0, show_default=True)
 def run(
     name: str,
     zone: str,
@@ -62,6 +69,10 @@ def run(
     gc_interval: float,
     gc_log_tail: int,
     log_level: str,
+    backup_url: str | None,
+    backup_interval: float,
+    backup_snapshot_interval: float,
+    backup_retention_days: float,
 ) -> None:
     """Run a storage node until SIGTERM/SIGINT."""
     setup_logging(name, zone, log_level)
@@ -80,6 +91,9 @@ def run(
         materialize_chunk=materialize_chunk,
         gc_interval=gc_interval,
         gc_log_tail=gc_log_tail,
+        backup=backup_url,
+        backup_options={"interval": backup_interval, "snapshot_interval": backup_snapshot_interval,
+                        "retention_days": backup_retention_days},
     )
     app = make_app(settings)
     # aiohttp turns SIGTERM/SIGINT into a graceful exit: on_shutdown/on_cleanup run.

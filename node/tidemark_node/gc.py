@@ -29,7 +29,11 @@ MAX_DELETES = 20_000  # per step, so one GC step never holds the committer long
 def gc_horizon(seg: Segment) -> int:
     """Highest materialization boundary at or below PGMRPL."""
     bounds = seg.boundaries
-    i = bisect_right(bounds, seg.pgmrpl)
+    limit = seg.pgmrpl
+    pinned = seg.pin_limit()  # a snapshot being served or used for a rebuild
+    if pinned is not None:
+        limit = min(limit, pinned)
+    i = bisect_right(bounds, limit)
     return bounds[i - 1] if i else 0
 
 
@@ -86,6 +90,9 @@ async def gc_segment(state: NodeState, seg: Segment) -> int:
         await state.committer.submit([seg], deletes=garbage)
         deleted += len(garbage)
     cutoff = min(seg.gc_lsn, seg.meta.floor, seg.durable_scl - state.settings.gc_log_tail)
+    holds = getattr(state, "backup_holds", None)  # backup: log not yet in the bucket stays
+    if holds is not None:
+        cutoff = min(cutoff, holds.get(seg.pg, 0))
     if cutoff > seg.log_gc_lsn:
         garbage, count, last = await loop.run_in_executor(
             state.reader, log_garbage, state.store, seg.pg, seg.log_gc_lsn, cutoff
@@ -105,6 +112,8 @@ async def gc_loop(state: NodeState) -> None:
     while True:
         await asyncio.sleep(state.settings.gc_interval)
         for seg in list(state.segments.values()):
+            if seg.hydrating():
+                continue
             try:
                 await gc_segment(state, seg)
             except asyncio.CancelledError:

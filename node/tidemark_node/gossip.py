@@ -78,6 +78,8 @@ async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
     )
     pulled = 0
     for seg in list(state.segments.values()):
+        if seg.hydrating():
+            continue  # its base comes from a snapshot first (hydrate.py)
         best: tuple[int, str] | None = None
         for name in seg.membership.all_members:
             peer = statuses.get(name, {}).get(seg.pg)

@@ -181,6 +181,9 @@ def apply_frame(state: NodeState, frame: Frame, nbytes: int) -> tuple[asyncio.Fu
             seg.pgmrpl = frame.pgmrpl
         touched.append(seg)
         results[group.pg] = {}
+    marks = getattr(state, "backup_marks", None)  # backup: VDL marks map time -> LSN
+    if marks is not None and frame.vdl_marks:
+        marks.extend(frame.vdl_marks)
     fut = state.committer.submit(touched, puts=puts, records=fresh, nbytes=nbytes, frames=1)
     return fut, results
 

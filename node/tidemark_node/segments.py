@@ -48,6 +48,12 @@ class Segment:
     boundaries: list[int] = field(default_factory=list)
     corrupt_lsn: int | None = None  # first corrupt record met by a background task
     deleted: bool = False
+    # Rebuild progress while this segment hydrates from peers (hydrate.py); None: idle.
+    hydration: dict | None = None
+    # Snapshot pins (snapshot.py): token -> (LSN, expiry); GC keeps page versions at them.
+    pins: dict = field(default_factory=dict)
+    corruptions_detected: int = 0  # scrub.py
+    corruptions_repaired: int = 0
 
     @property
     def pg(self) -> int:
@@ -108,7 +114,25 @@ class Segment:
             "records": self.records,
             "backlog": self.backlog(),
             "corrupt_lsn": self.corrupt_lsn,
+            "hydration": dict(self.hydration) if self.hydration is not None else {
+                "state": "idle", "bytes": 0, "total_bytes": 0, "pct": 0.0, "error": None},
+            "corruptions_detected": self.corruptions_detected,
+            "corruptions_repaired": self.corruptions_repaired,
         }
+
+    def hydrating(self) -> bool:
+        """True while the segment's base (snapshot) or log backfill is being fetched:
+        gossip, GC and scrub leave it alone until then."""
+        return self.hydration is not None and self.hydration.get("state") in ("snapshot", "log")
+
+    def pin_limit(self) -> int | None:
+        """Lowest LSN pinned by a live snapshot (GC's horizon may not pass it)."""
+        import time
+
+        now = time.monotonic()
+        for token in [t for t, (_lsn, exp) in self.pins.items() if exp is not None and exp < now]:
+            del self.pins[token]
+        return min((lsn for lsn, _exp in self.pins.values()), default=None)
 
 
 def new_segment(

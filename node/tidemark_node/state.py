@@ -26,6 +26,8 @@ class Settings:
     materialize_chunk: int = 20_000  # records per materialization step (at most)
     materialize_min_batch: int = 5000  # backlog that triggers materialization before lingering
     gossip_chunk: int = 5000  # records per gossip pull
+    backup: str | None = None  # backup target URL (s3://bucket/prefix or file:///path)
+    backup_options: dict = field(default_factory=dict)  # tidemark_backup.uploader.BackupSettings
 
 
 @dataclass

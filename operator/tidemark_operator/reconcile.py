@@ -204,10 +204,16 @@ def ensure_segments(ns: str, doc: Mapping[str, Any], pods: Sequence[PodObs],
     peers. Returns the number of PUTs that were needed and made."""
     urls = {p.name: p.url for p in pods if statuses.get(p.name) is not None}
     done = 0
+    seen_epoch: dict[int, int] = {}
+    for st in statuses.values():
+        for s in (st or {}).get("segments", []):
+            seen_epoch[int(s["pg"])] = max(seen_epoch.get(int(s["pg"]), 0), int(s.get("volume_epoch", 0)))
     for pg, ms in pl.memberships(doc).items():
         peers = {m: urls[m] for m in ms.all_members if m in urls}
+        # A segment created after a writer sealed the volume starts at the sealed epoch.
+        epoch = max(int(doc.get("volume_epoch", 0)), seen_epoch.get(pg, 0))
         body = {"layout": doc["layout"], "membership": ms.to_json(), "peers": peers,
-                "volume_epoch": int(doc.get("volume_epoch", 0))}
+                "volume_epoch": epoch}
         fingerprint = json.dumps([body["membership"], peers], sort_keys=True)
         for member in ms.all_members:
             st = statuses.get(member)

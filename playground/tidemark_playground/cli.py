@@ -37,6 +37,8 @@ def playground() -> None:
 @click.option("--pages-per-pg", type=int, default=64, show_default=True)
 @click.option("--page-size", type=int, default=4096, show_default=True)
 @click.option("--base-ip", default="127.0.0.10", show_default=True, help="first node address")
+@click.option("--backup", default=None,
+              help="continuous backup target for every node: s3://bucket/prefix or file:///path")
 @click.option("--repair/--no-repair", default=True, show_default=True, help="rebuild lost segments automatically")
 @click.option("--node-loss-timeout", type=float, default=30.0, show_default=True, help="seconds a node may be down before its segments are rebuilt")
 @click.option("--max-concurrent-rebuilds", type=int, default=4, show_default=True)
@@ -45,6 +47,7 @@ def playground() -> None:
 def up(
     directory: Path, nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: int, base_ip: str,
     repair: bool, node_loss_timeout: float, max_concurrent_rebuilds: int, rebuild_bandwidth: int, as_json: bool,
+    backup: str | None = None,
 ) -> None:  # fmt: skip
     """Start a fleet; returns when every node is ready and segments exist."""
     repair_options = (
@@ -53,7 +56,8 @@ def up(
         else None
     )
     fleet, topology = asyncio.run(
-        fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options)
+        fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options,
+                     backup=backup)
     )
     status = asyncio.run(fleet_status(fleet, topology))
     _print_status(status, as_json)

@@ -97,7 +97,9 @@ class Fleet:
             "--host", node.host, "--port", str(node.port),
             "--data", str(self.data_dir(node.name)),
         ]  # fmt: skip
-        for flag, key in (("--gossip-interval", "gossip_interval"),):
+        for flag, key in (("--gossip-interval", "gossip_interval"), ("--backup", "backup"),
+                          ("--backup-interval", "backup_interval"),
+                          ("--backup-snapshot-interval", "backup_snapshot_interval")):
             if key in self.options:
                 cmd += [flag, str(self.options[key])]
         with self.log_file(node.name).open("ab") as out:
@@ -243,6 +245,8 @@ async def up(
     base_ip: str = "127.0.0.10",
     gossip_interval: float | None = None,
     repair: dict | None = None,
+    backup: str | None = None,
+    backup_options: dict | None = None,
 ) -> tuple[Fleet, Topology]:
     """`repair`: None for no automatic repair, else the supervisor's options
     (node_loss_timeout, max_concurrent, bandwidth)."""
@@ -260,6 +264,9 @@ async def up(
     fleet = build_fleet(directory, nodes_per_zone, base_ip)
     if gossip_interval is not None:
         fleet.options["gossip_interval"] = gossip_interval
+    if backup:  # every node streams backups there (`tidemark node run --backup URL`)
+        fleet.options["backup"] = backup
+        fleet.options.update(backup_options or {})
     fleet.save()
     for node in fleet.nodes.values():
         fleet.spawn(node)

@@ -1,0 +1,389 @@
+"""The node's backup uploader: an asyncio task started by the node when `--backup` is given.
+
+Every `interval` seconds, off the foreground path (reads in the node's reader pool,
+S3 calls in a thread):
+- registers this node generation (`nodes/{node}/g{gen}.json`) once; if a newer
+  generation of the same node name is registered the uploader is *fenced*: it stops
+  uploading and never deletes anything again;
+- uploads the VDL marks the node received since the last upload (`marks/...`);
+- for every hosted PG for which it is the designated uploader (the first live member
+  in a per-PG rotation of the membership; a dead one's successor takes over), uploads
+  log chunks of records <= the certified end (see `certified_end`) contiguously from
+  where the bucket's coverage ends, and takes a snapshot of the PG's pages by policy;
+- holds back the node's log GC above the bucket's coverage so nothing is lost while
+  the store is unreachable (backups lag, then catch up with no gap);
+- applies retention (designated uploader only, unfenced only).
+A failed upload is retried on the next round (tenacity inside a round); it never stops
+later ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import aiohttp
+import structlog
+from tenacity import retry, stop_after_attempt, wait_exponential
+
+from . import chunks, layout
+from .catalog import catalog
+from .objstore import Exists, ObjStore, open_store
+from .retention import plan_deletes
+
+log = structlog.get_logger("tidemark.backup.uploader")
+
+MAX_CHUNK_RECORDS = 20_000
+MARKS_MAX = 1_000_000
+
+
+@dataclass
+class BackupSettings:
+    url: str
+    interval: float = 2.0
+    snapshot_interval: float = 60.0  # seconds between automated snapshots of a PG
+    snapshot_log_bytes: int = 64 << 20  # or after this much log since the last one
+    retention_days: float = 1.0
+    retention_interval: float = 30.0
+
+
+@dataclass
+class PgProgress:
+    covered: int = -1  # bucket coverage end known to us (-1: unknown)
+    last_snap_time: float = 0.0
+    log_bytes_since_snap: int = 0
+    designated: bool = False
+    refreshed: float = 0.0
+    manifest_written: bool = False
+
+
+@dataclass
+class UploaderStatus:
+    fenced: bool = False
+    last_successful_upload: float | None = None
+    last_error: str | None = None
+    last_error_time: float | None = None
+    uploaded_objects: int = 0
+    uploaded_bytes: int = 0
+    pending_marks: int = 0
+    pgs: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {
+            "fenced": self.fenced,
+            "lastSuccessfulUpload": self.last_successful_upload,
+            "lastError": self.last_error,
+            "lastErrorTime": self.last_error_time,
+            "uploadedObjects": self.uploaded_objects,
+            "uploadedBytes": self.uploaded_bytes,
+            "pendingMarks": self.pending_marks,
+            "pgs": self.pgs,
+        }
+
+
+def designation_order(pg: int, members: list[str]) -> list[str]:
+    """Members in the order they take the uploader role for `pg` (spread over nodes)."""
+    ordered = sorted(members)
+    k = pg % len(ordered) if ordered else 0
+    return ordered[k:] + ordered[:k]
+
+
+class Uploader:
+    def __init__(self, state, settings: BackupSettings, store: ObjStore | None = None) -> None:
+        self.state = state
+        self.settings = settings
+        self.store = store or open_store(settings.url)
+        self.status = UploaderStatus()
+        self.progress: dict[int, PgProgress] = {}
+        self.marks: deque[tuple[int, int]] = deque(maxlen=MARKS_MAX)
+        self.marks_seq = 0
+        self.registered = False
+        self.last_retention = 0.0
+        # Intake appends VDL marks here; GC respects the holds.
+        state.backup_marks = self.marks
+        state.backup_holds = {}
+        state.backup_status = self.status
+
+    # -- store calls (threads) --------------------------------------------------------
+    async def _io(self, fn, *args):
+        @retry(stop=stop_after_attempt(3), wait=wait_exponential(0.1, max=1.0), reraise=True)
+        def call():
+            return fn(*args)
+
+        return await asyncio.to_thread(call)
+
+    async def _put(self, key: str, data: bytes) -> None:
+        try:
+            await self._io(self.store.put, key, data)
+        except Exists:
+            pass  # same key = same content from us (deterministic keys per generation)
+        self.status.uploaded_objects += 1
+        self.status.uploaded_bytes += len(data)
+        self.status.last_successful_upload = time.time()
+
+    def _header(self, pg: int, start: int, end: int, seg) -> dict:
+        return {"pg": pg, "start": start, "end": end, "epoch": seg.meta.volume_epoch,
+                "node": self.state.name, "gen": self.state.generation,
+                "created_us": int(time.time() * 1e6), "format": layout.FORMAT_VERSION}
+
+    # -- the loop ------------------------------------------------------------------------
+    async def run(self) -> None:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5))
+        try:
+            while True:
+                try:
+                    await self.round(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._error(exc)
+                await asyncio.sleep(self.settings.interval)
+        finally:
+            await session.close()
+
+    def _error(self, exc: BaseException) -> None:
+        self.status.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.status.last_error_time = time.time()
+        log.warning("backup_error", error=self.status.last_error)
+
+    async def round(self, session: aiohttp.ClientSession) -> None:
+        state = self.state
+        if self.status.fenced:
+            return
+        await self._check_fence()
+        if self.status.fenced:
+            return
+        await self._upload_marks()
+        live = await self._live_nodes(session)
+        for pg, seg in sorted(state.segments.items()):
+            if seg.deleted or getattr(seg, "hydrating", lambda: False)():
+                continue  # a rebuilding segment is not complete yet
+            prog = self.progress.setdefault(pg, PgProgress())
+            order = designation_order(pg, list(seg.membership.all_members))
+            mine = state.name in order
+            ahead = order[: order.index(state.name)] if mine else order
+            prog.designated = mine and not any(n in live for n in ahead)
+            try:
+                if prog.designated:
+                    await self._upload_pg(session, seg, prog)
+                elif time.monotonic() - prog.refreshed > 5 * self.settings.interval:
+                    await self._refresh_coverage(seg, prog)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._error(exc)
+            if prog.covered >= 0 and state.backup_holds is not None:
+                state.backup_holds[pg] = prog.covered
+            self.status.pgs[str(pg)] = {"designated": prog.designated, "covered": prog.covered}
+        if time.monotonic() - self.last_retention > self.settings.retention_interval:
+            self.last_retention = time.monotonic()
+            await self._retention()
+
+    async def _check_fence(self) -> None:
+        state = self.state
+        if not self.registered:
+            body = json.dumps({"node": state.name, "generation": state.generation,
+                               "zone": state.settings.zone, "started": time.time(),
+                               "format": layout.FORMAT_VERSION}).encode()
+            await self._put(layout.node_key(state.name, state.generation), body)
+            try:
+                await self._io(self.store.put, layout.format_key(), json.dumps(
+                    {"format": "tidemark-backup", "version": layout.FORMAT_VERSION}).encode())
+            except Exists:
+                pass
+            self.registered = True
+        objs = await self._io(self.store.list, f"nodes/{state.name}/")
+        newer = [o.gen for o in objs if o.kind == "node" and o.node == state.name
+                 and o.gen > state.generation]
+        if newer:
+            self.status.fenced = True
+            state.backup_holds = None  # a fenced uploader holds nothing back
+            self.status.last_error = (f"fenced: generation {max(newer)} of node {state.name} "
+                                      f"supersedes ours ({state.generation})")
+            log.warning("backup_fenced", newer=max(newer), ours=state.generation)
+
+    async def _upload_marks(self) -> None:
+        if not self.marks:
+            return
+        batch = list(self.marks)
+        self.status.pending_marks = len(batch)
+        self.marks_seq += 1
+        hdr = {"node": self.state.name, "gen": self.state.generation,
+               "created_us": int(time.time() * 1e6)}
+        await self._put(layout.marks_key(self.state.name, self.state.generation, self.marks_seq),
+                        chunks.encode_marks(hdr, batch))
+        for _ in range(len(batch)):
+            self.marks.popleft()
+        self.status.pending_marks = len(self.marks)
+
+    async def _live_nodes(self, session: aiohttp.ClientSession) -> set[str]:
+        state = self.state
+        names: dict[str, str] = {}
+        for seg in state.segments.values():
+            for m in seg.membership.all_members:
+                url = state.peer_url(seg, m)
+                if url:
+                    names[m] = url
+
+        async def alive(name: str, url: str) -> str | None:
+            if name == state.name:
+                return name
+            try:
+                async with session.get(f"{url}/readyz") as resp:
+                    return name if resp.status == 200 else None
+            except (aiohttp.ClientError, OSError, TimeoutError):
+                return None
+
+        res = await asyncio.gather(*(alive(n, u) for n, u in names.items()))
+        return {n for n in res if n}
+
+    async def _peer_statuses(self, session: aiohttp.ClientSession, seg) -> list[dict]:
+        out = []
+
+        async def one(name: str) -> None:
+            url = self.state.peer_url(seg, name)
+            if not url:
+                return
+            try:
+                async with session.get(f"{url}/v1/status") as resp:
+                    data = await resp.json()
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+                return
+            for s in data.get("segments", []):
+                if s.get("pg") == seg.pg:
+                    out.append(s)
+
+        await asyncio.gather(*(one(n) for n in seg.membership.all_members if n != self.state.name))
+        return out
+
+    async def certified_end(self, session: aiohttp.ClientSession, seg) -> int:
+        """Highest LSN L such that this segment holds every record of its PG <= L and
+        L <= VDL hint (durable, never truncated). If SCL passed the VDL hint, that is
+        the hint; else the hint when a read quorum of members holds nothing beyond our
+        SCL (the PG's last durable record is in a write quorum, which meets any read
+        quorum); else our SCL."""
+        scl, vdl = seg.durable_scl, seg.meta.vdl_hint
+        if scl >= vdl:
+            return vdl
+        peers = await self._peer_statuses(session, seg)
+        quiet = [p for p in peers if p.get("max_lsn", 1 << 62) <= scl]
+        if seg.log.max_lsn <= scl and len(quiet) + 1 >= 3:
+            return vdl
+        return scl
+
+    async def _refresh_coverage(self, seg, prog: PgProgress) -> None:
+        objs = await self._io(self.store.list, layout.pg_dir(seg.pg))
+        cat = catalog(objs).get(seg.pg)
+        prog.refreshed = time.monotonic()
+        if cat is None:
+            prog.covered = 0 if seg.log_gc_lsn == 0 else -1
+            return
+        bases = cat.bases()
+        prog.covered = max((cat.reach(b) for b in bases), default=0 if seg.log_gc_lsn == 0 else -1)
+        if cat.snaps:
+            prog.last_snap_time = max(prog.last_snap_time, cat.snaps[-1].mtime)
+
+    async def _upload_pg(self, session: aiohttp.ClientSession, seg, prog: PgProgress) -> None:
+        state = self.state
+        if prog.covered < 0 or time.monotonic() - prog.refreshed > 30:
+            await self._refresh_coverage(seg, prog)
+        if not prog.manifest_written:
+            body = json.dumps({"format": layout.FORMAT_VERSION, "pg": seg.pg,
+                               "layout": seg.layout.to_json(), "node": state.name,
+                               "generation": state.generation}).encode()
+            await self._put(layout.manifest_key(seg.pg, state.name, state.generation), body)
+            prog.manifest_written = True
+        end = await self.certified_end(session, seg)
+        if prog.covered < 0 or prog.covered < seg.log_gc_lsn:
+            # The log we would need is gone here: restart the chain with a snapshot.
+            await self._snapshot(seg, prog, end)
+            return
+        loop = asyncio.get_running_loop()
+        from tidemark_node import reads
+
+        while prog.covered < end:
+            start = prog.covered
+            body, corrupt = await loop.run_in_executor(
+                state.reader, reads.read_records, state.store, seg.pg, start, end,
+                MAX_CHUNK_RECORDS)
+            if corrupt is not None:
+                raise RuntimeError(f"pg {seg.pg}: stored record {corrupt} is corrupt; not uploaded")
+            raws = _split(body)
+            stop = end
+            if len(raws) >= MAX_CHUNK_RECORDS:
+                stop = _lsn_of(raws[-1])
+            hdr = self._header(seg.pg, start, stop, seg)
+            await self._put(layout.chunk_key(seg.pg, start, stop, seg.meta.volume_epoch,
+                                             state.name, state.generation),
+                            chunks.encode_chunk(hdr, raws))
+            prog.covered = stop
+            prog.log_bytes_since_snap += len(body)
+            if state.backup_holds is not None:
+                state.backup_holds[seg.pg] = stop
+        now = time.time()
+        if prog.log_bytes_since_snap and (
+            now - prog.last_snap_time >= self.settings.snapshot_interval
+            or prog.log_bytes_since_snap >= self.settings.snapshot_log_bytes
+        ):
+            await self._snapshot(seg, prog, prog.covered)
+
+    async def _snapshot(self, seg, prog: PgProgress, at: int) -> None:
+        state = self.state
+        if at < seg.gc_lsn or at > seg.durable_scl and at > seg.meta.vdl_hint:
+            return
+        from tidemark_node import reads
+
+        lay = seg.layout
+        first = seg.pg * lay.pages_per_pg
+
+        def read_all() -> dict[int, bytes]:
+            zero = bytes(lay.page_size)
+            out = {}
+            for page in range(first, first + lay.pages_per_pg):
+                img = reads.read_page(state.store, seg.pg, page, at, lay.page_size)
+                if img != zero:
+                    out[page] = img
+            return out
+
+        pages = await asyncio.get_running_loop().run_in_executor(state.reader, read_all)
+        hdr = {**self._header(seg.pg, at, at, seg), "page_size": lay.page_size, "lsn": at,
+               "layout": lay.to_json()}
+        await self._put(layout.snap_key(seg.pg, at, seg.meta.volume_epoch, state.name,
+                                        state.generation), chunks.encode_snap(hdr, pages))
+        prog.last_snap_time = time.time()
+        prog.log_bytes_since_snap = 0
+        prog.covered = max(prog.covered, at)
+
+    async def _retention(self) -> None:
+        if self.status.fenced:
+            return
+        mine = [pg for pg, p in self.progress.items() if p.designated]
+        if not mine:
+            return
+        objs = await self._io(self.store.list, "")
+        deletes = plan_deletes(objs, time.time(), self.settings.retention_days * 86400.0, set(mine))
+        for key in deletes:
+            await self._io(self.store.delete, key)
+        if deletes:
+            log.info("backup_retention", deleted=len(deletes))
+
+
+def _split(body: bytes) -> list[bytes]:
+    from tidemark_node.intake import decode_raw_records
+
+    return [r.raw for r in decode_raw_records(body)]
+
+
+def _lsn_of(raw: bytes) -> int:
+    return int.from_bytes(raw[8:16], "little")
+
+
+def start_uploader(state) -> asyncio.Task:
+    """Called by the node's start sequence when `--backup URL` is given."""
+    settings = BackupSettings(state.settings.backup, **state.settings.backup_options)
+    uploader = Uploader(state, settings)
+    state.backup_uploader = uploader
+    return asyncio.get_running_loop().create_task(uploader.run(), name="backup")

@@ -1,0 +1,450 @@
+"""Segment hydration (rebuild): fill a freshly created segment from its peers.
+
+`POST /v1/segments/{pg}/hydrate` starts a background task on a segment just created
+with the new membership (`PUT /v1/segments/{pg}`):
+
+1. snapshot: stream a page snapshot at S (snapshot.py) from one source; every page
+   version is CRC-checked and stored as is; a bad one is fetched from another source
+   as a page read at the snapshot's base B. Then the segment's chain is re-based:
+   floor = SCL = B (the PG's last record <= S), materialized = GC horizons = B.
+2. log: the records in (S, T] (T = lowest SCL among the usable sources) are fetched
+   from SEVERAL sources in parallel: the LSN range is split into chunks that workers
+   (one per source) take in order, each preferring its own source; a chunk a source
+   cannot serve (error, refusal, bad CRC in transit, `X-Tidemark-Corrupt-LSN`) is
+   re-fetched from the next source. Records go through intake's `ingest`: accepted into
+   the chain (records from the writer meanwhile wait in `pending` and link as the gaps
+   fill) and synced before they count.
+3. catching_up: pull from the most advanced peer until the SCL reaches what the peers
+   had when this phase began; then `done`. Gossip takes over from there.
+
+A token bucket (ratelimit.py) caps the bytes per second over all of it. While the
+segment is in `snapshot` or `log`, gossip, GC and the scrubber skip it; the writer's
+frames are accepted throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from array import array
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from tidemark_protocol.errors import CorruptRecord, MalformedFrame, ProtocolError
+from tidemark_protocol.records import crc32c
+from tidemark_protocol.segment import SegmentLog, SegmentMeta, in_ranges
+
+from . import snapshot as snap
+from . import store as keys
+from .intake import decode_raw_records, ingest
+from .ratelimit import TokenBucket
+from .reads import decode_version, encode_version
+from .segments import Segment, peek_header
+from .state import NodeState
+
+log = structlog.get_logger("tidemark.node.hydrate")
+
+FLUSH_BYTES = 1 << 20
+AVG_RECORD_GUESS = 128
+RUNNING = ("snapshot", "log", "catching_up")
+_READ_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
+
+
+class SourceError(Exception):
+    """One source could not serve a piece; another may."""
+
+
+class HydrationError(Exception):
+    pass
+
+
+class Progress:
+    """The `hydration` dict shown in /v1/status, plus the estimate behind `total_bytes`."""
+
+    def __init__(self, seg: Segment, sources: dict[str, str], bandwidth: int) -> None:
+        self.h = {
+            "state": "snapshot", "bytes": 0, "total_bytes": 0, "pct": 0.0, "error": None,
+            "sources": sorted(sources), "bandwidth_bytes_per_s": bandwidth,
+            "snapshot_lsn": None, "base_lsn": None, "target_lsn": None,
+            "pages": 0, "records": 0, "refetched": 0, "started_at": time.time(),
+            "seconds": 0.0,
+        }
+        seg.hydration = self.h
+        self.t0 = time.monotonic()
+        self.snapshot_bytes = 0
+        self.log_bytes = 0
+        self.log_records = 0
+        self.log_records_est = 0
+
+    def add(self, n: int, log_records: int = 0) -> None:
+        self.h["bytes"] += n
+        if log_records:
+            self.log_bytes += n
+            self.log_records += log_records
+        self.update()
+
+    def update(self) -> None:
+        avg = self.log_bytes / self.log_records if self.log_records else AVG_RECORD_GUESS
+        remaining = max(0, self.log_records_est - self.log_records) * avg
+        total = max(self.h["bytes"], int(self.snapshot_bytes + self.log_bytes + remaining))
+        self.h["total_bytes"] = total
+        self.h["pct"] = round(min(99.9, 100.0 * self.h["bytes"] / total), 1) if total else 0.0
+        self.h["seconds"] = round(time.monotonic() - self.t0, 3)
+
+    def phase(self, name: str) -> None:
+        self.h["state"] = name
+        log.info("hydration_phase", state=name, bytes=self.h["bytes"])
+
+
+# -- HTTP -----------------------------------------------------------------------------
+async def post_hydrate(request: web.Request) -> web.Response:
+    from .app import TASKS, read_json, segment_of
+    from .state import STATE
+
+    state: NodeState = request.app[STATE]
+    seg = segment_of(state, request)
+    body = await read_json(request)
+    sources = body.get("sources")
+    if not isinstance(sources, dict) or not sources or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in sources.items()
+    ):
+        raise MalformedFrame("sources must map at least one node name to its URL")
+    try:
+        bandwidth = int(body.get("bandwidth_bytes_per_s", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise MalformedFrame("bandwidth_bytes_per_s must be an integer") from exc
+    if bandwidth < 0:
+        raise MalformedFrame("bandwidth_bytes_per_s must be >= 0")
+    sources = {k: v.rstrip("/") for k, v in sources.items() if k != state.name}
+    if not sources:
+        raise MalformedFrame("sources must name at least one other node")
+    if seg.hydration is not None and seg.hydration.get("state") in RUNNING:
+        return web.json_response({"error": "hydration_running", "message": f"pg {seg.pg} is hydrating",
+                                  "hydration": seg.hydration}, status=409)
+    progress = Progress(seg, sources, bandwidth)
+    task = asyncio.get_running_loop().create_task(hydrate(state, seg, sources, bandwidth, progress),
+                                                  name=f"hydrate-{seg.pg}")
+    tasks = request.app[TASKS]
+    tasks[:] = [t for t in tasks if not t.done()]
+    tasks.append(task)
+    log.info("hydration_started", pg=seg.pg, sources=sorted(sources), bandwidth=bandwidth)
+    return web.json_response({"pg": seg.pg, "hydration": seg.hydration}, status=202)
+
+
+# -- the task ---------------------------------------------------------------------------
+async def hydrate(state: NodeState, seg: Segment, sources: dict[str, str], bandwidth: int,
+                  progress: Progress) -> None:
+    bucket = TokenBucket(bandwidth)
+    try:
+        async with aiohttp.ClientSession() as session:
+            info = await fetch_snapshot_any(state, session, seg, sources, bucket, progress)
+            progress.phase("log")
+            await fetch_log(state, session, seg, sources, bucket, progress, info)
+            progress.phase("catching_up")
+            await catch_up(state, session, seg, sources, bucket, progress, info)
+        progress.h["total_bytes"] = progress.h["bytes"]
+        progress.h["pct"] = 100.0
+        progress.h["seconds"] = round(time.monotonic() - progress.t0, 3)
+        progress.phase("done")
+        log.info("hydration_done", pg=seg.pg, scl=seg.durable_scl, bytes=progress.h["bytes"],
+                 seconds=progress.h["seconds"], throttled=round(bucket.waited, 3))
+    except asyncio.CancelledError:
+        progress.h.update(state="failed", error="cancelled")
+        raise
+    except Exception as exc:
+        progress.h.update(state="failed", error=f"{type(exc).__name__}: {exc}")
+        log.error("hydration_failed", pg=seg.pg, error=repr(exc))
+
+
+def _check_live(seg: Segment) -> None:
+    if seg.deleted:
+        raise HydrationError(f"pg {seg.pg} was deleted")
+
+
+async def _flush(state: NodeState, seg: Segment, puts: list) -> None:
+    if puts:
+        _check_live(seg)
+        await state.committer.submit([], puts=list(puts))
+        puts.clear()
+
+
+async def fetch_snapshot_any(state, session, seg, sources, bucket, progress) -> dict:
+    errors = []
+    for name, url in sources.items():
+        try:
+            return await fetch_snapshot(state, session, seg, name, url, sources, bucket, progress)
+        except (SourceError, aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError,
+                ValueError, KeyError) as exc:
+            errors.append(f"{name}: {exc!r}")
+            log.warning("snapshot_source_failed", pg=seg.pg, source=name, error=repr(exc))
+            _check_live(seg)
+    raise HydrationError("no source could serve a snapshot: " + "; ".join(errors))
+
+
+async def fetch_snapshot(state, session, seg, name, url, sources, bucket, progress) -> dict:
+    pg = seg.pg
+    async with session.get(f"{url}/v1/segments/{pg}/snapshot", timeout=_READ_TIMEOUT) as resp:
+        if resp.status != 200:
+            raise SourceError(f"snapshot: HTTP {resp.status} {(await resp.read())[:200]!r}")
+        rd = resp.content
+        head = await rd.readexactly(8)
+        if head[:4] != snap.MAGIC:
+            raise SourceError("snapshot: bad magic")
+        blob = await rd.readexactly(snap.U32.unpack_from(head, 4)[0])
+        (crc,) = snap.U32.unpack(await rd.readexactly(4))
+        if crc32c(head + blob) != crc:
+            raise SourceError("snapshot: header crc32c mismatch")
+        info = json.loads(blob)
+        if int(info["pg"]) != pg or int(info["page_size"]) != seg.layout.page_size:
+            raise SourceError(f"snapshot: pg/page size mismatch {info['pg']}/{info['page_size']}")
+        s, base = int(info["snapshot_lsn"]), int(info["base_lsn"])
+        progress.h.update(snapshot_lsn=s, base_lsn=base)
+        progress.snapshot_bytes = int(info["est_bytes"])
+        progress.log_records_est = int(info.get("log_records_above", 0))
+        progress.update()
+        nbytes = 8 + len(blob) + 4
+        await bucket.consume(nbytes)
+        progress.add(nbytes)
+        puts: list = []
+        pending = 0
+        good = 0
+        bad: list[tuple[int, int]] = []
+        while True:
+            tag = await rd.readexactly(1)
+            if tag == b"P":
+                page, lsn, n = snap.ENTRY.unpack(await rd.readexactly(snap.ENTRY.size))
+                value = await rd.readexactly(n)
+                size = 1 + snap.ENTRY.size + n
+                await bucket.consume(size)
+                progress.add(size)
+                if seg.layout.pg_of(page) != pg or lsn > base:
+                    raise SourceError(f"snapshot: page {page}@{lsn} outside pg {pg} / base {base}")
+                try:
+                    decode_version(value, pg, page, lsn)
+                except CorruptRecord:
+                    bad.append((page, lsn))  # damaged in transit: fetch elsewhere
+                    continue
+                puts.append((keys.version_key(pg, page, lsn), value))
+                good += 1
+                pending += n
+                if pending >= FLUSH_BYTES:
+                    await _flush(state, seg, puts)
+                    pending = 0
+            elif tag == b"B":
+                bad.append(snap.BAD.unpack(await rd.readexactly(snap.BAD.size)))
+            elif tag == b"E":
+                body = await rd.readexactly(snap.TRAILER.size)
+                (tcrc,) = snap.U32.unpack(await rd.readexactly(4))
+                if crc32c(tag + body) != tcrc:
+                    raise SourceError("snapshot: trailer crc32c mismatch")
+                count, ts, tb = snap.TRAILER.unpack(body)
+                if (count, ts, tb) != (good + len(bad), s, base):
+                    raise SourceError(f"snapshot: trailer {count, ts, tb} != {good + len(bad), s, base}")
+                break
+            elif tag == b"X":
+                msg = await rd.readexactly(snap.U32.unpack(await rd.readexactly(4))[0])
+                raise SourceError(f"snapshot aborted by source: {msg.decode(errors='replace')}")
+            else:
+                raise SourceError(f"snapshot: unknown entry tag {tag!r}")
+    await _flush(state, seg, puts)
+    others = {k: v for k, v in sources.items() if k != name}
+    for page, lsn in bad:
+        image = await fetch_page_elsewhere(session, seg, others, page, base, bucket, progress)
+        puts.append((keys.version_key(pg, page, lsn), encode_version(image)))
+        progress.h["refetched"] += 1
+    await _flush(state, seg, puts)
+    progress.h["pages"] = good + len(bad)
+    progress.snapshot_bytes = progress.h["bytes"]
+    await install_base(state, seg, info)
+    log.info("snapshot_installed", pg=pg, source=name, snapshot_lsn=s, base_lsn=base,
+             pages=good + len(bad), refetched=len(bad), scl=seg.durable_scl)
+    return info | {"source_name": name}
+
+
+async def fetch_page_elsewhere(session, seg, sources, page, at, bucket, progress) -> bytes:
+    for name, url in sources.items():
+        try:
+            params = {"at": str(at), "tail": str(at)}
+            async with session.get(f"{url}/v1/segments/{seg.pg}/pages/{page}", params=params,
+                                   timeout=_READ_TIMEOUT) as resp:
+                body = await resp.read()
+            await bucket.consume(len(body))
+            progress.add(len(body))
+            if resp.status == 200 and len(body) == seg.layout.page_size:
+                return body
+            log.info("page_refetch_refused", pg=seg.pg, page=page, source=name, status=resp.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.info("page_refetch_failed", pg=seg.pg, page=page, source=name, error=repr(exc))
+    raise SourceError(f"no other source could serve page {page} at {at}")
+
+
+async def install_base(state: NodeState, seg: Segment, info: dict) -> None:
+    """Re-base the segment's chain on the snapshot: floor = SCL = base. Synchronous up
+    to the commit, so no intake interleaves; records that arrived meanwhile are kept
+    (those above the base relink; any at or below it are covered by the snapshot)."""
+    _check_live(seg)
+    base = int(info["base_lsn"])
+    src = info.get("meta", {})
+    src_meta = SegmentMeta.from_json(src["seg"]) if "seg" in src else SegmentMeta(seg.pg)
+    old = seg.log
+    meta = old.meta
+    for r in src_meta.truncations:
+        if r not in meta.truncations:
+            meta.truncations.append(r)
+    meta.vdl_hint = max(meta.vdl_hint, src_meta.vdl_hint)
+    seg.pgmrpl = max(seg.pgmrpl, int(src.get("pgmrpl", 0)))
+    deletes: list[bytes] = []
+    if base > meta.scl:
+        held: list[tuple[int, int]] = []
+        prev = meta.floor
+        for lsn in old.chain:
+            held.append((lsn, prev))
+            prev = lsn
+        held.extend((lsn, p) for p, lsn in old.pending.items())
+        keep = [(lsn, p) for lsn, p in held if lsn > base and not in_ranges(lsn, meta.truncations)]
+        drop = [lsn for lsn, _p in held if lsn <= base]
+        for lsn in drop:
+            key = keys.log_key(seg.pg, lsn)
+            deletes.append(key)
+            raw = state.store.get(key)
+            if raw is not None:
+                try:
+                    deletes.append(keys.index_key(seg.pg, peek_header(raw)[1], lsn))
+                except ValueError:
+                    pass
+        meta.floor = base
+        meta.scl = base
+        seg.log = SegmentLog(meta, keep)
+        seg.records -= len(drop)
+        seg.materialized_lsn = base
+        seg.gc_lsn = max(seg.gc_lsn, base)
+        seg.log_gc_lsn = max(seg.log_gc_lsn, base)
+        seg.boundaries = [base]
+        seg.unmaterialized = array("Q", (x for x in seg.unmaterialized if x > base))
+    await state.committer.submit([seg], deletes=deletes)
+
+
+async def _statuses(session, seg: Segment, sources: dict[str, str]) -> dict[str, dict]:
+    from .gossip import _peer_status
+
+    names = list(sources)
+    got = await asyncio.gather(*(_peer_status(session, sources[n]) for n in names))
+    out = {}
+    for name, st in zip(names, got, strict=True):
+        peer = st.get(seg.pg)
+        if peer and int(peer.get("volume_epoch", -1)) == seg.meta.volume_epoch:
+            out[name] = peer
+    return out
+
+
+async def fetch_range(state, session, seg, a: int, b: int, order: list[tuple[str, str]],
+                      bucket, progress, limit: int) -> None:
+    """Records in (a, b] from the sources in `order` (first preferred), CRC-checked."""
+    after = a
+    i = 0
+    failures = 0
+    while after < b:
+        _check_live(seg)
+        name, url = order[i % len(order)]
+        params = {"after": str(after), "upto": str(b), "limit": str(limit)}
+        try:
+            async with session.get(f"{url}/v1/segments/{seg.pg}/records", params=params,
+                                   timeout=_READ_TIMEOUT) as resp:
+                body = await resp.read()
+                corrupt = resp.headers.get("X-Tidemark-Corrupt-LSN")
+                if resp.status != 200:
+                    raise SourceError(f"records: HTTP {resp.status} {body[:200]!r}")
+            await bucket.consume(len(body))
+            try:
+                recs = decode_raw_records(body)
+            except ProtocolError as exc:  # damaged in transit: the whole answer goes
+                progress.add(len(body))
+                raise SourceError(f"records: {exc}") from exc
+            recs = [r for r in recs if r.pg == seg.pg and after < r.lsn <= b]
+            progress.add(len(body), len(recs))
+            if recs:
+                _check_live(seg)
+                await ingest(state, seg, recs)
+                after = recs[-1].lsn
+            if corrupt is not None:
+                raise SourceError(f"records: source copy of lsn {corrupt} is corrupt")
+            failures = 0
+            if len(recs) < limit:
+                return
+        except (SourceError, aiohttp.ClientError, TimeoutError) as exc:
+            failures += 1
+            progress.h["refetched"] += 1
+            log.info("records_refetch", pg=seg.pg, source=name, after=after, upto=b, error=str(exc))
+            if failures >= 2 * len(order):
+                raise HydrationError(f"no source could serve records ({after}, {b}]: {exc}") from exc
+            i += 1
+            if failures >= len(order):
+                await asyncio.sleep(0.2)
+
+
+async def fetch_log(state, session, seg, sources, bucket, progress, info) -> None:
+    s = int(info["snapshot_lsn"])
+    statuses = await _statuses(session, seg, sources)
+    usable = [(n, sources[n]) for n, st in statuses.items() if int(st.get("scl", 0)) >= s]
+    if not usable:
+        progress.h["target_lsn"] = s
+        return
+    target = min(int(statuses[n]["scl"]) for n, _u in usable)
+    progress.h["target_lsn"] = target
+    if target <= s:
+        return
+    src_scl = int(info.get("scl", s))
+    est = int(info.get("log_records_above", 0))
+    if src_scl > s and target > src_scl:
+        est = int(est * (target - s) / (src_scl - s))
+    progress.log_records_est = est
+    progress.update()
+    limit = state.settings.gossip_chunk
+    n_chunks = max(2 * len(usable), math.ceil(est / limit) if est else 1)
+    width = max(1, math.ceil((target - s) / n_chunks))
+    queue: asyncio.Queue = asyncio.Queue()
+    lo = s
+    while lo < target:
+        queue.put_nowait((lo, min(target, lo + width)))
+        lo += width
+
+    async def worker(k: int) -> None:
+        order = usable[k:] + usable[:k]
+        while not queue.empty():
+            a, b = queue.get_nowait()
+            await fetch_range(state, session, seg, a, b, order, bucket, progress, limit)
+
+    await asyncio.gather(*(worker(k) for k in range(len(usable))))
+    log.info("hydration_log_fetched", pg=seg.pg, after=s, upto=target, sources=[n for n, _ in usable],
+             records=progress.log_records, scl=seg.durable_scl)
+
+
+async def catch_up(state, session, seg, sources, bucket, progress, info) -> None:
+    """Pull until the SCL reaches what the peers had when this phase began."""
+    s = int(info["snapshot_lsn"])
+    peers = dict(sources)
+    for name in seg.membership.all_members:
+        url = state.peer_url(seg, name) if name != state.name else None
+        if url:
+            peers.setdefault(name, url)
+    statuses = await _statuses(session, seg, peers)
+    if not statuses:
+        return
+    target = max(int(st.get("scl", 0)) for st in statuses.values())
+    progress.h["target_lsn"] = max(target, progress.h["target_lsn"] or 0)
+    order = sorted(((n, peers[n]) for n in statuses), key=lambda nu: -int(statuses[nu[0]]["scl"]))
+    for _ in range(50):
+        if seg.durable_scl >= target:
+            return
+        # No record of the PG lies in (base, S]: asking above S is the same and is
+        # never below a source's log GC horizon (its snapshot pin held it at S).
+        await fetch_range(state, session, seg, max(seg.durable_scl, s), target, order, bucket,
+                          progress, state.settings.gossip_chunk)
+        if seg.durable_scl >= target:
+            return
+        await asyncio.sleep(0.1)  # holes: records still arriving at the sources
+    raise HydrationError(f"SCL {seg.durable_scl} did not reach the peers' {target}")

@@ -1,0 +1,61 @@
+"""A writer's Topology from an AuroraCluster's placement ConfigMap and its pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidemark_compute.topology import Topology
+from tidemark_protocol.layout import VolumeLayout
+
+from . import placement as pl
+from .model import NODE_PORT, placement_name, selector_labels, service_name
+
+
+def topology_from_objects(doc: dict[str, Any], pod_ips: dict[str, str | None], namespace: str,
+                          cluster: str) -> Topology:
+    """Pods with an IP are addressed by it; others by their headless-Service DNS name."""
+    nodes = {}
+    for pod in sorted(pl.pods_of(doc)):
+        ip = pod_ips.get(pod)
+        host = ip or f"{pod}.{service_name(cluster)}.{namespace}.svc"
+        nodes[pod] = f"http://{host}:{NODE_PORT}"
+    return Topology(VolumeLayout.from_json(doc["layout"]), nodes, pl.memberships(doc),
+                    int(doc.get("volume_epoch", 0)))
+
+
+def cluster_topology(core: Any, namespace: str, cluster: str) -> Topology:
+    """core: a kubernetes CoreV1Api."""
+    cm = core.api_client.sanitize_for_serialization(
+        core.read_namespaced_config_map(placement_name(cluster), namespace, _request_timeout=10))
+    doc, _rv = pl.parse_configmap(cm)
+    sel = ",".join(f"{k}={v}" for k, v in selector_labels(cluster).items())
+    pods = core.list_namespaced_pod(namespace, label_selector=sel, _request_timeout=10).items
+    ips = {p.metadata.name: p.status.pod_ip for p in pods
+           if p.status.phase == "Running" and p.metadata.deletion_timestamp is None}
+    return topology_from_objects(doc, ips, namespace, cluster)
+
+
+def load_cluster_topology(cluster: str, namespace: str | None = None,
+                          kubeconfig: str | None = None) -> Topology:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+        ns = namespace or open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read().strip()
+    except config.ConfigException:
+        config.load_kube_config(config_file=kubeconfig)
+        ns = namespace or (config.list_kube_config_contexts(config_file=kubeconfig)[1]
+                           .get("context", {}).get("namespace") or "default")
+    return cluster_topology(client.CoreV1Api(), ns, cluster)
+
+
+def cluster_membership_source(cluster: str, namespace: str | None = None,
+                              kubeconfig: str | None = None) -> Any:
+    """An async callable returning the cluster's current Topology (a Writer's
+    membership_source: re-read when a PG's membership changes)."""
+    import asyncio
+
+    async def load() -> Topology:
+        return await asyncio.to_thread(load_cluster_topology, cluster, namespace, kubeconfig)
+
+    return load

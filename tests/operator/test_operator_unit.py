@@ -1,0 +1,238 @@
+"""Pure logic of the operator: desired objects, placement CAS, status."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidemark_operator import placement as pl
+from tidemark_operator.model import (
+    RUN_LOCAL_LABEL,
+    SPEC_HASH,
+    ZONE_LABEL,
+    ClusterSpec,
+    resolve_zones,
+)
+from tidemark_operator.resources import desired_objects, pod_disruption_budget, statefulset
+from tidemark_operator.status import PodObs, compute_status, healthy_segments
+from tidemark_operator.topology import topology_from_objects
+
+pytestmark = [pytest.mark.unit, pytest.mark.operator]
+
+ZONES = ["zone-a", "zone-b", "zone-c"]
+OWNER = {"apiVersion": "tidemark.dev/v1alpha1", "kind": "AuroraCluster",
+         "metadata": {"name": "demo", "uid": "u-1"}}
+
+
+def spec(**kw: object) -> ClusterSpec:
+    return ClusterSpec.from_dict({"nodesPerZone": 2, "volume": {"pgCount": 4}, **kw})
+
+
+def test_spec_defaults() -> None:
+    s = ClusterSpec.from_dict({})
+    assert (s.nodes_per_zone, s.pg_count, s.pages_per_pg, s.page_size) == (2, 4, 64, 4096)
+    assert s.zones is None and s.deletion_policy == "Retain"
+
+
+def test_statefulset_pinned_to_zone_with_command_probes_and_owner() -> None:
+    sts = statefulset("demo", "ns", "zone-b", spec(), OWNER, node_command=("/venv/bin/tidemark",))
+    assert sts["metadata"]["name"] == "demo-zone-b"
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert sts["spec"]["replicas"] == 2
+    pod = sts["spec"]["template"]
+    assert pod["metadata"]["labels"][RUN_LOCAL_LABEL] == "true"
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert terms["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": ZONE_LABEL, "operator": "In", "values": ["zone-b"]}]
+    assert pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    c = pod["spec"]["containers"][0]
+    assert c["command"][:3] == ["/venv/bin/tidemark", "node", "run"]
+    assert "$(POD_NAME)" in c["command"] and "$(POD_IP)" in c["command"]
+    assert {"name": "ZONE", "value": "zone-b"} in c["env"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # PVCs by default, emptyDir when ephemeral
+    assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    eph = statefulset("demo", "ns", "zone-b", spec(storage={"ephemeral": True}))
+    assert "volumeClaimTemplates" not in eph["spec"]
+    assert eph["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+
+
+def test_deletion_policy_maps_to_pvc_retention() -> None:
+    keep = statefulset("d", "ns", "z", spec())
+    drop = statefulset("d", "ns", "z", spec(deletionPolicy="Delete"))
+    assert keep["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    assert drop["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+
+
+def test_spec_hash_changes_with_spec_only() -> None:
+    a = statefulset("d", "ns", "z", spec())
+    b = statefulset("d", "ns", "z", spec())
+    c = statefulset("d", "ns", "z", spec(nodesPerZone=3))
+    assert a["metadata"]["annotations"][SPEC_HASH] == b["metadata"]["annotations"][SPEC_HASH]
+    assert a["metadata"]["annotations"][SPEC_HASH] != c["metadata"]["annotations"][SPEC_HASH]
+
+
+def test_pdb_never_lets_a_pg_lose_write_quorum() -> None:
+    for n in (2, 3, 5):
+        pdb = pod_disruption_budget("d", "ns", spec(nodesPerZone=n))
+        total = 3 * n
+        allowed_down = total - pdb["spec"]["minAvailable"]
+        # worst case: every evicted pod holds a segment of the same PG; 6 - down >= 4 and
+        # one more unplanned failure must still leave a write quorum
+        assert 6 - allowed_down - 1 >= 4
+
+
+def test_desired_objects() -> None:
+    objs = desired_objects("demo", "ns", ZONES, spec(), OWNER)
+    kinds = [o["kind"] for o in objs]
+    assert kinds == ["Service", "StatefulSet", "StatefulSet", "StatefulSet", "PodDisruptionBudget"]
+    svc = objs[0]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"]
+    assert all(o["metadata"]["ownerReferences"][0]["name"] == "demo" for o in objs)
+
+
+def test_resolve_zones() -> None:
+    nodes = {"zone-a": 2, "zone-b": 2, "zone-c": 1}
+    assert resolve_zones(spec(), nodes)[0] == ZONES
+    zones, reason, msg = resolve_zones(spec(), {"zone-a": 2, "zone-b": 2})
+    assert zones is None and reason == "ZoneDiscoveryFailed" and "exactly 3" in msg
+    zones, reason, msg = resolve_zones(spec(zones=["zone-a", "zone-b", "zone-x"]), nodes)
+    assert zones is None and reason == "ZoneUnavailable" and "zone-x" in msg
+
+
+def test_placement_two_per_zone_and_growth_keeps_existing() -> None:
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    assert len(doc["pgs"]) == 4
+    for m in doc["pgs"].values():
+        assert m["epoch"] == 1 and len(set(m["members"])) == 6
+        for z in ZONES:
+            assert sum(1 for p in m["members"] if f"-{z}-" in p) == 2
+    # same spec again: nothing changes
+    assert pl.desired_placement("demo", ZONES, spec(), doc) == doc
+    # scale nodes up and add PGs: old PGs keep members, new PGs use the new pods
+    grown = pl.desired_placement("demo", ZONES, spec(nodesPerZone=4, volume={"pgCount": 6}), doc)
+    for k, v in doc["pgs"].items():
+        assert grown["pgs"][k] == v
+    new_members = set(grown["pgs"]["4"]["members"]) | set(grown["pgs"]["5"]["members"])
+    assert "demo-zone-a-2" in new_members and "demo-zone-a-3" in new_members
+    assert grown["zones"]["zone-a"] == [f"demo-zone-a-{i}" for i in range(4)]
+
+
+def test_compare_and_swap_create_replace_and_conflict() -> None:
+    store: dict[str, object] = {"cm": None, "rv": 0}
+
+    def read():
+        return store["cm"]
+
+    def create(obj):
+        if store["cm"] is not None:
+            raise pl.Conflict("exists")
+        store["rv"] += 1
+        obj["metadata"]["resourceVersion"] = str(store["rv"])
+        store["cm"] = obj
+
+    def replace(obj):
+        if obj["metadata"]["resourceVersion"] != store["cm"]["metadata"]["resourceVersion"]:
+            raise pl.Conflict("rv mismatch")
+        store["rv"] += 1
+        obj["metadata"]["resourceVersion"] = str(store["rv"])
+        store["cm"] = obj
+
+    def build(doc, rv):
+        return pl.configmap("demo", "ns", doc, resource_version=rv)
+
+    def upd(cur):
+        return pl.desired_placement("demo", ZONES, spec(), cur)
+
+    doc, changed = pl.compare_and_swap(read, create, replace, upd, build)
+    assert changed and store["rv"] == 1
+    doc2, changed = pl.compare_and_swap(read, create, replace, upd, build)
+    assert not changed and doc2 == doc and store["rv"] == 1
+
+    # a concurrent writer bumps the version between our read and our write: Conflict
+    def racing_read():
+        cm = read()
+        store["cm"] = {**cm, "metadata": {**cm["metadata"], "resourceVersion": "99"}}
+        return cm
+
+    def grow(cur):
+        return pl.desired_placement("demo", ZONES, spec(volume={"pgCount": 5}), cur)
+
+    with pytest.raises(pl.Conflict):
+        pl.compare_and_swap(racing_read, create, replace, grow, build)
+    # the next round, with a fresh read, succeeds
+    doc3, changed = pl.compare_and_swap(read, create, replace, grow, build)
+    assert changed and len(doc3["pgs"]) == 5
+
+
+def _statuses(doc, up: set[str], vdl: int = 7):
+    out = {}
+    for pod in pl.pods_of(doc):
+        if pod in up:
+            segs = [{"pg": int(pg), "vdl_hint": vdl, "volume_epoch": 0}
+                    for pg, m in doc["pgs"].items() if pod in m["members"]]
+            out[pod] = {"node": pod, "generation": 1, "segments": segs}
+        else:
+            out[pod] = None
+    return out
+
+
+def _pods(doc):
+    return [PodObs(p, p.split("-")[1] + "-" + p.split("-")[2], "127.0.0.1", True)
+            for p in sorted(pl.pods_of(doc))]
+
+
+def test_status_ready_degraded_and_quorum_lost() -> None:
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    pods = _pods(doc)
+    everyone = {p.name for p in pods}
+    st = compute_status(3, ZONES, doc, pods, _statuses(doc, everyone), None, "T0")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Degraded"]["status"] == "False"
+    assert st["healthyPGs"] == "4/4" and st["readyNodes"] == "6/6" and st["vdl"] == 7
+    assert st["observedGeneration"] == 3 and conds["Ready"]["observedGeneration"] == 3
+
+    # one pod down: every PG still writable (5/6): Ready, Degraded
+    st2 = compute_status(3, ZONES, doc, pods, _statuses(doc, everyone - {"demo-zone-a-0"}), st, "T1")
+    c2 = {c["type"]: c for c in st2["conditions"]}
+    assert c2["Ready"]["status"] == "True" and c2["Ready"]["lastTransitionTime"] == "T0"
+    assert c2["Degraded"]["status"] == "True" and c2["Degraded"]["lastTransitionTime"] == "T1"
+    assert st2["healthyPGs"] == "0/4" and st2["readyNodes"] == "5/6"
+
+    # three pods down (one whole zone + one more): write quorum lost
+    down = {"demo-zone-a-0", "demo-zone-a-1", "demo-zone-b-0"}
+    st3 = compute_status(3, ZONES, doc, pods, _statuses(doc, everyone - down), st2, "T2")
+    c3 = {c["type"]: c for c in st3["conditions"]}
+    assert c3["Ready"]["status"] == "False" and c3["Ready"]["reason"] == "WriteQuorumLost"
+    assert st3["vdl"] == 7  # never goes backwards
+
+
+def test_status_blocked_and_progressing() -> None:
+    st = compute_status(1, None, None, [], {}, None, "T", blocked=("ZoneUnavailable", "no nodes"))
+    c = {x["type"]: x for x in st["conditions"]}
+    assert c["Ready"]["status"] == "False" and c["Ready"]["reason"] == "ZoneUnavailable"
+    assert c["Progressing"]["status"] == "False"
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    pods = _pods(doc)
+    st = compute_status(1, ZONES, doc, pods, _statuses(doc, {p.name for p in pods}), None, "T",
+                        progressing=("Reconciling", "created StatefulSet x"))
+    c = {x["type"]: x for x in st["conditions"]}
+    assert c["Progressing"]["status"] == "True" and c["Ready"]["status"] == "False"
+
+
+def test_healthy_segments_counts_only_members_holding_the_segment() -> None:
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    statuses = _statuses(doc, set(pl.pods_of(doc)))
+    statuses["demo-zone-b-1"]["segments"] = []
+    assert healthy_segments(doc, statuses) == {0: 5, 1: 5, 2: 5, 3: 5}
+
+
+def test_topology_from_placement() -> None:
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    ips = {p: f"127.0.0.{i + 1}" for i, p in enumerate(sorted(pl.pods_of(doc)))}
+    ips["demo-zone-c-1"] = None
+    topo = topology_from_objects(doc, ips, "ns", "demo")
+    assert topo.layout.pg_count == 4 and len(topo.memberships) == 4
+    assert topo.nodes["demo-zone-a-0"] == "http://127.0.0.1:7000"
+    assert topo.nodes["demo-zone-c-1"] == "http://demo-zone-c-1.demo-nodes.ns.svc:7000"
