@@ -102,7 +102,7 @@ class S3Store(ObjStore):
             aws_access_key_id=access_key or os.environ.get("AWS_ACCESS_KEY_ID"),
             aws_secret_access_key=secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY"),
             region_name=region or os.environ.get("AWS_REGION", "us-east-1"),
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, max_pool_connections=32,
                           connect_timeout=timeout, read_timeout=max(timeout, 30)),
         )  # fmt: skip
         self._conditional = True

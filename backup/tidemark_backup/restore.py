@@ -114,7 +114,10 @@ def rebuild_pg(store: ObjStore, cat: PgCatalog, target: int, page_size: int,
         if chain is None:
             raise RestoreError(f"pg {cat.pg}: no intact snapshot + log chain reaches LSN {target}")
         base, used = chain
+        pool = ThreadPoolExecutor(8)
         try:
+            # Start every chunk download now; the snapshot downloads meanwhile.
+            futures = [(c, pool.submit(_get, store, c)) for c in used]
             pages: dict[int, bytes] = {}
             if base > 0:
                 snaps = [s for s in live.snaps if s.start == base]
@@ -131,10 +134,9 @@ def rebuild_pg(store: ObjStore, cat: PgCatalog, target: int, page_size: int,
                         bad.add(s.key)
                 else:
                     continue
-            with ThreadPoolExecutor(4) as pool:
-                datas = list(pool.map(lambda c: (c, _get(store, c)), used))
             applied = base
-            for c, data in datas:
+            for c, fut in futures:
+                data = fut.result()
                 if data is None:
                     raise _Retry(c.key, "missing")
                 on_bytes(len(data))
@@ -153,6 +155,8 @@ def rebuild_pg(store: ObjStore, cat: PgCatalog, target: int, page_size: int,
         except _Retry as exc:
             problems.append(f"skipped {exc.key}: {exc.why}")
             bad.add(exc.key)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _Retry(Exception):

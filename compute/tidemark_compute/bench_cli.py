@@ -90,3 +90,17 @@ def write(seconds: float, concurrency: int, keep: Path | None, as_json: bool) ->
     """6 nodes, 200-byte records: throughput and latency, healthy and with a node stopped."""
     out = asyncio.run(_bench_write(seconds, concurrency, keep))
     click.echo(json.dumps(out, indent=None if as_json else 2))
+
+
+@bench.command("backup")
+@click.option("--seconds", type=float, default=5.0, show_default=True)
+@click.option("--concurrency", type=int, default=64, show_default=True)
+@click.option("--volume-mb", type=int, default=64, show_default=True, help="restore benchmark volume size")
+@click.option("--keep", type=click.Path(path_type=Path), default=None, help="keep the work dir here")
+@click.option("--json", "as_json", is_flag=True)
+def backup_bench(seconds: float, concurrency: int, volume_mb: int, keep: Path | None, as_json: bool) -> None:
+    """Commit throughput with continuous backup on vs off; restore vs raw download (MinIO)."""
+    from tidemark_backup.bench import run  # the backup component owns this benchmark
+
+    out = asyncio.run(run(seconds, concurrency, volume_mb, keep))
+    click.echo(json.dumps(out, indent=None if as_json else 2))

@@ -26,9 +26,12 @@ from . import store as keys
 from .commit import Committer
 from .gc import gc_loop
 from .gossip import gossip_loop
+from .hydrate import post_hydrate
 from .intake import log_stream
 from .materialize import materialize_loop
+from .scrub import fake_page_corruption, request_scrub, scrub_loop, scrubber
 from .segments import Segment, load_segment, new_segment, peek_header
+from .snapshot import get_snapshot
 from .state import STATE, NodeState, Settings
 from .store import Store
 from .telemetry import Telemetry
@@ -128,6 +131,7 @@ async def status(request: web.Request) -> web.Response:
             "disk_bytes": state.store.disk_bytes(),
             "segments": [s.status() for s in sorted(state.segments.values(), key=lambda s: s.pg)],
             "backup": state.backup_status.to_json() if getattr(state, "backup_status", None) else None,
+            **(state.scrubber.status() if state.scrubber is not None else {}),
         }
     )
 
@@ -167,9 +171,13 @@ async def put_segment(request: web.Request) -> web.Response:
         state.segments[pg] = seg
         log.info("segment_created", pg=pg, volume_epoch=volume_epoch, membership_epoch=membership.epoch)
     elif membership.epoch >= seg.membership.epoch:
+        newer = membership.epoch > seg.membership.epoch
         seg.membership = membership
-        seg.log.note_membership_epoch(membership.epoch)
+        seg.log.note_membership_epoch(membership.epoch)  # frames of older epochs: stale_membership
         seg.peers.update(peers)
+        if newer:
+            log.info("segment_membership", pg=pg, membership_epoch=membership.epoch,
+                     members=list(membership.all_members))
     await state.committer.submit([seg])
     return web.json_response({"pg": pg, "scl": seg.durable_scl})
 
@@ -177,8 +185,11 @@ async def put_segment(request: web.Request) -> web.Response:
 async def delete_segment(request: web.Request) -> web.Response:
     state = request.app[STATE]
     seg = segment_of(state, request)
-    seg.deleted = True
+    seg.deleted = True  # hydration, scrub and background steps check it and stop
     del state.segments[seg.pg]
+    for task in request.app[TASKS]:
+        if task.get_name() == f"hydrate-{seg.pg}" and not task.done():
+            task.cancel()
     ranges = [(keys.pg_prefix(t, seg.pg), keys.prefix_end(keys.pg_prefix(t, seg.pg))) for t in (b"L", b"X", b"V")]
     await state.committer.submit([], deletes=[keys.meta_key(seg.pg)], ranges=ranges)
     log.info("segment_deleted", pg=seg.pg)
@@ -296,6 +307,7 @@ async def get_records(request: web.Request) -> web.Response:
     if corrupt is not None:
         state.telemetry.corrupt.add(1)
         log.error("corrupt_record", pg=seg.pg, lsn=corrupt, during="records")
+        request_scrub(state)
         if not body:
             return error(500, CorruptRecord.code, f"stored record pg={seg.pg} lsn={corrupt} fails its CRC",
                          lsn=corrupt)
@@ -340,6 +352,7 @@ async def get_page(request: web.Request) -> web.Response:
     except CorruptRecord as exc:
         state.telemetry.corrupt.add(1)
         log.error("corrupt_record", pg=seg.pg, page=page, during="page_read", error=str(exc))
+        request_scrub(state)  # repair soon; this read is refused, never served bad bytes
         raise
     state.telemetry.page_reads.add(1)
     return web.Response(body=image, content_type="application/octet-stream",
@@ -407,6 +420,8 @@ async def start(state: NodeState, app: web.Application) -> None:
         loop.create_task(materialize_loop(state), name="materialize"),
         loop.create_task(gc_loop(state), name="gc"),
     ]
+    scrubber(state)
+    app[TASKS].append(loop.create_task(scrub_loop(state), name="scrub"))
     if state.settings.backup:  # continuous backup (tidemark_backup.uploader)
         from tidemark_backup.uploader import start_uploader
 
@@ -452,8 +467,11 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/seal", seal)
     app.router.add_get("/v1/segments/{pg}/records", get_records)
     app.router.add_get("/v1/segments/{pg}/pages/{page}", get_page)
+    app.router.add_get("/v1/segments/{pg}/snapshot", get_snapshot)
+    app.router.add_post("/v1/segments/{pg}/hydrate", post_hydrate)
     if os.environ.get(FAKE_CORRUPTION_ENV) == "1":
         app.router.add_post("/v1/debug/segments/{pg}/fake-disk-corruption", fake_disk_corruption)
+        app.router.add_post("/v1/debug/segments/{pg}/fake-page-corruption", fake_page_corruption)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

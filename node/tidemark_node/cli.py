@@ -49,6 +49,8 @@ def node() -> None:
 @click.option("--gc-log-tail", type=int, default=100_000, show_default=True,
               help="LSNs of log kept below SCL for lagging peers")
 @click.option("--log-level", default="INFO", show_default=True)
+@click.option("--scrub-interval", type=float, default=300.0, show_default=True,
+              help="seconds between scrub passes (CRC checks of stored data; 0: off)")
 @click.option("--backup", "backup_url", default=None, envvar="TIDEMARK_BACKUP",
               help="continuous backup target: s3://bucket/prefix or file:///path")
 @click.option("--backup-interval", type=float, default=2.0, show_default=True,
@@ -69,6 +71,7 @@ def run(
     gc_interval: float,
     gc_log_tail: int,
     log_level: str,
+    scrub_interval: float,
     backup_url: str | None,
     backup_interval: float,
     backup_snapshot_interval: float,
@@ -91,6 +94,7 @@ def run(
         materialize_chunk=materialize_chunk,
         gc_interval=gc_interval,
         gc_log_tail=gc_log_tail,
+        scrub_interval=scrub_interval,
         backup=backup_url,
         backup_options={"interval": backup_interval, "snapshot_interval": backup_snapshot_interval,
                         "retention_days": backup_retention_days},

@@ -71,10 +71,11 @@ class Progress:
             "sources": sorted(sources), "bandwidth_bytes_per_s": bandwidth,
             "snapshot_lsn": None, "base_lsn": None, "target_lsn": None,
             "pages": 0, "records": 0, "refetched": 0, "started_at": time.time(),
-            "seconds": 0.0,
+            "seconds": 0.0, "phase_seconds": {},
         }
         seg.hydration = self.h
         self.t0 = time.monotonic()
+        self.t_phase = self.t0
         self.snapshot_bytes = 0
         self.log_bytes = 0
         self.log_records = 0
@@ -85,6 +86,7 @@ class Progress:
         if log_records:
             self.log_bytes += n
             self.log_records += log_records
+            self.h["records"] = self.log_records
         self.update()
 
     def update(self) -> None:
@@ -96,6 +98,9 @@ class Progress:
         self.h["seconds"] = round(time.monotonic() - self.t0, 3)
 
     def phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.h["phase_seconds"][self.h["state"]] = round(now - self.t_phase, 3)
+        self.t_phase = now
         self.h["state"] = name
         log.info("hydration_phase", state=name, bytes=self.h["bytes"])
 
@@ -140,8 +145,14 @@ async def hydrate(state: NodeState, seg: Segment, sources: dict[str, str], bandw
                   progress: Progress) -> None:
     bucket = TokenBucket(bandwidth)
     try:
+        await state.committer.submit([seg])  # the meta says "hydrating" (see load_segment)
         async with aiohttp.ClientSession() as session:
-            info = await fetch_snapshot_any(state, session, seg, sources, bucket, progress)
+            # The snapshot from the most materialized source first (stable: given order).
+            statuses = await _statuses(session, seg, sources)
+            ranked = sorted(sources, key=lambda n: (n not in statuses,
+                                                    -int(statuses.get(n, {}).get("materialized_lsn", 0))))
+            ordered = {n: sources[n] for n in ranked}
+            info = await fetch_snapshot_any(state, session, seg, ordered, bucket, progress)
             progress.phase("log")
             await fetch_log(state, session, seg, sources, bucket, progress, info)
             progress.phase("catching_up")
@@ -150,6 +161,8 @@ async def hydrate(state: NodeState, seg: Segment, sources: dict[str, str], bandw
         progress.h["pct"] = 100.0
         progress.h["seconds"] = round(time.monotonic() - progress.t0, 3)
         progress.phase("done")
+        if not seg.deleted:
+            await state.committer.submit([seg])
         log.info("hydration_done", pg=seg.pg, scl=seg.durable_scl, bytes=progress.h["bytes"],
                  seconds=progress.h["seconds"], throttled=round(bucket.waited, 3))
     except asyncio.CancelledError:
@@ -389,6 +402,8 @@ async def fetch_range(state, session, seg, a: int, b: int, order: list[tuple[str
 async def fetch_log(state, session, seg, sources, bucket, progress, info) -> None:
     s = int(info["snapshot_lsn"])
     statuses = await _statuses(session, seg, sources)
+    if not statuses:
+        raise HydrationError(f"no source answers for pg {seg.pg} at volume epoch {seg.meta.volume_epoch}")
     usable = [(n, sources[n]) for n, st in statuses.items() if int(st.get("scl", 0)) >= s]
     if not usable:
         progress.h["target_lsn"] = s
@@ -418,7 +433,12 @@ async def fetch_log(state, session, seg, sources, bucket, progress, info) -> Non
             a, b = queue.get_nowait()
             await fetch_range(state, session, seg, a, b, order, bucket, progress, limit)
 
-    await asyncio.gather(*(worker(k) for k in range(len(usable))))
+    try:
+        async with asyncio.TaskGroup() as tg:  # one failing worker stops the others
+            for k in range(len(usable)):
+                tg.create_task(worker(k))
+    except* HydrationError as eg:
+        raise eg.exceptions[0] from None
     log.info("hydration_log_fetched", pg=seg.pg, after=s, upto=target, sources=[n for n, _ in usable],
              records=progress.log_records, scl=seg.durable_scl)
 

@@ -31,7 +31,14 @@ from tidemark_protocol.pages import apply_redo, empty_page
 
 from . import store as keys
 from .intake import decode_raw_records
-from .reads import decode_version, encode_version, latest_version, page_records, parse_stored, read_record
+from .reads import (
+    decode_version,
+    encode_version,
+    latest_version,
+    page_records,
+    parse_stored,
+    read_record,
+)
 from .segments import Segment
 from .state import NodeState
 from .store import Store
@@ -135,11 +142,14 @@ def rebuild_version(store: Store, pg: int, page: int, lsn: int, page_size: int, 
     blsn, image = base if base is not None else (0, empty_page(page_size))
     if blsn < log_gc_lsn:
         return None  # records of the page in (blsn, log_gc_lsn] may be gone
-    for rl in page_records(store, pg, page, blsn, lsn):
-        record = read_record(store, pg, rl)  # CRC-checked: raises on a bad copy
-        if record is None:
-            return None
-        image = apply_redo(image, record, page_size)
+    try:
+        for rl in page_records(store, pg, page, blsn, lsn):
+            record = read_record(store, pg, rl)  # CRC-checked
+            if record is None:
+                return None
+            image = apply_redo(image, record, page_size)
+    except ProtocolError:
+        return None  # a bad record on the way: a peer's page then
     return image
 
 
@@ -276,6 +286,8 @@ async def scrub_pass(state: NodeState, session: aiohttp.ClientSession) -> tuple[
     for seg in list(state.segments.values()):
         if seg.deleted or seg.hydrating():
             continue
+        if seg.hydration is not None and seg.hydration.get("state") == "failed":
+            continue  # incomplete data, to be hydrated again: nothing to trust a rebuild on
         try:
             f, r = await scrub_segment(state, session, seg)
             found += f

@@ -94,6 +94,7 @@ class Segment:
             "log_gc_lsn": self.log_gc_lsn,
             "pgmrpl": self.pgmrpl,
             "records": self.records,
+            "hydration_state": self.hydration.get("state") if self.hydration is not None else None,
         }
 
     def meta_bytes(self) -> bytes:
@@ -175,6 +176,10 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
         boundaries=[materialized],
     )
     seg.records = int(data["records"]) if "records" in data else count_records(store, pg)
+    if data.get("hydration_state") in ("snapshot", "log", "catching_up"):
+        # A rebuild does not survive a restart: say so; the executor hydrates it again.
+        seg.hydration = {"state": "failed", "bytes": 0, "total_bytes": 0, "pct": 0.0,
+                         "error": "interrupted by a node restart: hydrate again"}
     return seg
 
 

@@ -157,16 +157,24 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         await resp.write(head + U32.pack(keys_crc(head)))
         bad_total = 0
-        for i in range(0, len(pages), PAGES_PER_STEP):
-            if seg.deleted:
-                break
-            chunk, bad = await loop.run_in_executor(
-                state.reader, encode_pages, state.store, seg.pg, pages[i : i + PAGES_PER_STEP]
-            )
-            bad_total += bad
-            await resp.write(chunk)
-        if seg.deleted or seg.gc_lsn > s:
-            msg = f"pg {seg.pg}: snapshot at {s} no longer consistent (deleted or GC moved)".encode()
+        failure = None
+        try:
+            for i in range(0, len(pages), PAGES_PER_STEP):
+                if seg.deleted:
+                    break
+                chunk, bad = await loop.run_in_executor(
+                    state.reader, encode_pages, state.store, seg.pg, pages[i : i + PAGES_PER_STEP]
+                )
+                bad_total += bad
+                await resp.write(chunk)
+        except (ConnectionError, asyncio.CancelledError):
+            raise  # the client went away
+        except Exception as exc:  # the headers are out: say it in the stream
+            log.exception("snapshot_failed", pg=seg.pg)
+            failure = repr(exc)
+        if failure or seg.deleted or seg.gc_lsn > s:
+            why = failure or "deleted or GC moved past it"
+            msg = f"pg {seg.pg}: snapshot at {s} failed: {why}".encode()
             await resp.write(b"X" + U32.pack(len(msg)) + msg)
         else:
             tail = b"E" + TRAILER.pack(len(pages), s, base)

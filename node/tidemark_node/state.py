@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -26,6 +27,7 @@ class Settings:
     materialize_chunk: int = 20_000  # records per materialization step (at most)
     materialize_min_batch: int = 5000  # backlog that triggers materialization before lingering
     gossip_chunk: int = 5000  # records per gossip pull
+    scrub_interval: float = 300.0  # seconds between scrub passes (0: no scrubbing)
     backup: str | None = None  # backup target URL (s3://bucket/prefix or file:///path)
     backup_options: dict = field(default_factory=dict)  # tidemark_backup.uploader.BackupSettings
 
@@ -42,6 +44,7 @@ class NodeState:
     ready: bool = False
     load_error: str | None = None
     sockets: set = field(default_factory=set)  # open log streams, closed on shutdown
+    scrubber: Any = None  # scrub.Scrubber, created when the node starts
     # Reads and background scans run here so the event loop never blocks on RocksDB.
     reader: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="read")

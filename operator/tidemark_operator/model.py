@@ -16,6 +16,7 @@ RUN_LOCAL_LABEL = "tidemark.dev/run-local"
 CLUSTER_LABEL = "tidemark.dev/cluster"
 ZONE_POD_LABEL = "tidemark.dev/zone"
 SPEC_HASH = "tidemark.dev/spec-hash"
+TEMPLATE_HASH = "tidemark.dev/template-hash"
 NODE_PORT = 7000
 DEFAULT_IMAGE = "ghcr.io/tidemark/tidemark:0.1.0"
 

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -17,9 +18,13 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tidemark_protocol.quorum import SEGMENTS_PER_PG
+from tidemark_protocol.repair import RepairLimits
+
 from . import placement as pl
 from .model import (
     SPEC_HASH,
+    TEMPLATE_HASH,
     ZONE_LABEL,
     ZONE_POD_LABEL,
     ClusterSpec,
@@ -27,8 +32,9 @@ from .model import (
     resolve_zones,
     selector_labels,
 )
-from .resources import desired_objects, owner_reference
-from .status import PodObs, compute_status
+from .repairs import Change, hydration_state, parse_duration, parse_quantity, plan_changes
+from .resources import desired_objects, owner_reference, template_rollout_allowed
+from .status import PodObs, compute_status, healthy_segments
 
 log = logging.getLogger("tidemark_operator")
 
@@ -47,6 +53,7 @@ class Memory:
     which is harmless since segment PUTs are idempotent)."""
 
     applied: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    unhealthy_since: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     guard: threading.Lock = field(default_factory=threading.Lock)
 
@@ -116,10 +123,13 @@ class Kube:
               "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget}[kind]
         fn(name, ns, obj, _request_timeout=10)
 
-    def ensure(self, obj: dict[str, Any], event: Event) -> str | None:
-        """Create OBJ if missing, patch it if our hash differs. Returns what was done."""
+    def ensure(self, obj: dict[str, Any], event: Event, cur: Any = ...,
+               template_change_allowed: bool = True) -> str | None:
+        """Create OBJ if missing, patch it if our hash differs. Returns what was done
+        ("created", "updated", "deferred": a StatefulSet template change waits its turn)."""
         kind, name, ns = obj["kind"], obj["metadata"]["name"], obj["metadata"]["namespace"]
-        cur = self._read(kind, name, ns)
+        if cur is ...:
+            cur = self._read(kind, name, ns)
         if cur is None:
             try:
                 self._create(obj)
@@ -136,6 +146,15 @@ class Kube:
                                       "labels": obj["metadata"]["labels"]},
                          "spec": {"replicas": obj["spec"]["replicas"],
                                   "template": obj["spec"]["template"]}}
+                cur_tpl = (cur["metadata"].get("annotations") or {}).get(TEMPLATE_HASH)
+                if cur_tpl != obj["metadata"]["annotations"][TEMPLATE_HASH] and not template_change_allowed:
+                    if cur["spec"].get("replicas") == obj["spec"]["replicas"]:
+                        return "deferred"
+                    # scaling is safe now; the template (and our hashes) wait their turn
+                    patch = {"metadata": {}, "spec": {"replicas": obj["spec"]["replicas"]}}
+                    self._patch({**patch, "kind": kind, "metadata": {"name": name, "namespace": ns}})
+                    event("Normal", "Scaled", f"scaled {kind} {name} to {obj['spec']['replicas']}")
+                    return "deferred"
                 self._patch({**patch, "kind": kind, "metadata": {**patch["metadata"],
                              "name": name, "namespace": ns}})
             else:
@@ -199,9 +218,11 @@ def node_statuses(pods: Sequence[PodObs], timeout: float) -> dict[str, dict[str,
 
 def ensure_segments(ns: str, doc: Mapping[str, Any], pods: Sequence[PodObs],
                     statuses: Mapping[str, Mapping[str, Any] | None], event: Event,
-                    timeout: float) -> int:
+                    timeout: float, bandwidth: int = 0) -> int:
     """PUT every PG's segment on each member pod that is up and lacks it or has stale
-    peers. Returns the number of PUTs that were needed and made."""
+    peers. A member that lost its copy (e.g. an emptyDir pod rescheduled) while the PG
+    already holds data gets its segment rebuilt from the other members (hydrate).
+    Returns the number of segments created."""
     urls = {p.name: p.url for p in pods if statuses.get(p.name) is not None}
     done = 0
     seen_epoch: dict[int, int] = {}
@@ -232,7 +253,114 @@ def ensure_segments(ns: str, doc: Mapping[str, Any], pods: Sequence[PodObs],
             if not has:
                 done += 1
                 event("Normal", "SegmentCreated", f"pg {pg} segment on {member}")
+                holders = {m: urls[m] for m in ms.members if m != member and m in urls
+                           and any(int(x["pg"]) == pg and int(x.get("scl", 0)) > 0
+                                   for x in (statuses.get(m) or {}).get("segments", []))}
+                if member in ms.members and holders:
+                    try:
+                        http_json("POST", f"{urls[member]}/v1/segments/{pg}/hydrate",
+                                  {"sources": holders, "bandwidth_bytes_per_s": bandwidth},
+                                  timeout=max(timeout, 5))
+                        event("Normal", "Hydrating", f"pg {pg}: {member} lost its copy; rebuilding "
+                              f"from {', '.join(sorted(holders))}")
+                    except (OSError, urllib.error.URLError, ValueError) as exc:
+                        event("Warning", "HydrateFailed", f"pg {pg} on {member}: {exc}")
     return done
+
+
+def run_repairs(kube: Kube, body: Mapping[str, Any], spec: ClusterSpec, doc: dict[str, Any],
+                statuses: Mapping[str, Mapping[str, Any] | None], event: Event) -> tuple[dict[str, Any], list[str]]:
+    """Begin/finish segment replacements (placement CAS). Returns (placement, what is in
+    progress or waiting, for the status)."""
+    name, ns = body["metadata"]["name"], body["metadata"]["namespace"]
+    now = time.monotonic()
+    since = MEMORY.unhealthy_since.setdefault((ns, name), {})
+    zone_of = {p: z for z, ps in doc.get("zones", {}).items() for p in ps}
+    for p in zone_of:
+        if statuses.get(p) is None:
+            since.setdefault(p, now)
+        else:
+            since.pop(p, None)
+    limits = RepairLimits(node_loss_timeout=parse_duration(spec.node_loss_timeout),
+                          max_concurrent=spec.max_concurrent_rebuilds,
+                          bandwidth_bytes_per_s=parse_quantity(spec.rebuild_bandwidth))
+    made: list[Change] = []
+    waits: list[str] = []
+
+    def update(cur: dict[str, Any] | None) -> dict[str, Any] | None:
+        if cur is None:
+            return None
+        new, changes, w = plan_changes(cur, zone_of, statuses, since, now, limits)
+        made[:] = changes
+        waits[:] = w
+        return new if changes else None
+
+    cm_name = placement_name(name)
+
+    def replace(obj: dict[str, Any]) -> None:
+        try:
+            kube.core.replace_namespaced_config_map(cm_name, ns, obj, _request_timeout=10)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise pl.Conflict(f"placement {cm_name} changed concurrently") from exc
+            raise
+
+    new_doc, changed = pl.compare_and_swap(
+        lambda: kube._read("ConfigMap", cm_name, ns), lambda obj: None, replace, update,
+        lambda d, rv: pl.configmap(name, ns, d, {"apiVersion": body.get("apiVersion"),
+                                                 "kind": body.get("kind"), "metadata": body["metadata"]}, rv))
+    doc = new_doc if changed and new_doc is not None else doc
+    for c in made if changed else []:
+        if c.kind == "begin":
+            event("Warning", "RepairStarted", f"pg {c.pg}: replacing lost segment on {c.lost} by {c.target}")
+        else:
+            event("Normal", "RepairFinished", f"pg {c.pg}: {c.target} replaced {c.lost}")
+    progress = [f"pg {pg}: {'+'.join(set(m.next_members or ()) - set(m.members))} replacing "
+                f"{'+'.join(set(m.members) - set(m.next_members or ()))}"
+                for pg, m in pl.memberships(doc).items() if m.next_members is not None]
+    return doc, progress + waits
+
+
+def drive_hydration(doc: Mapping[str, Any], pods: Sequence[PodObs],
+                    statuses: Mapping[str, Mapping[str, Any] | None], spec: ClusterSpec,
+                    event: Event, timeout: float) -> None:
+    """Start (or restart after a failure) the rebuild of each new member's segment."""
+    urls = {p.name: p.url for p in pods if statuses.get(p.name) is not None}
+    for pg, m in pl.memberships(doc).items():
+        if m.next_members is None:
+            continue
+        sources = {s: urls[s] for s in m.members if s in urls and s in m.next_members}
+        for new in set(m.next_members) - set(m.members):
+            state = hydration_state(statuses.get(new), pg)
+            if new not in urls or state not in ("idle", "failed") or not sources:
+                continue
+            body = {"sources": sources, "bandwidth_bytes_per_s": parse_quantity(spec.rebuild_bandwidth)}
+            try:
+                http_json("POST", f"{urls[new]}/v1/segments/{pg}/hydrate", body, timeout=max(timeout, 5))
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                event("Warning", "HydrateFailed", f"pg {pg} on {new}: {exc}")
+                continue
+            event("Normal", "Hydrating", f"pg {pg}: {new} rebuilding from {', '.join(sorted(sources))}")
+
+
+def drop_orphans(doc: Mapping[str, Any], pods: Sequence[PodObs],
+                 statuses: Mapping[str, Mapping[str, Any] | None], event: Event, timeout: float) -> None:
+    """A pod that came back after its segment was moved away holds a stale copy: drop it
+    (only when the placement's membership epoch is newer than the copy's)."""
+    ms = pl.memberships(doc)
+    for p in pods:
+        st = statuses.get(p.name)
+        for seg in (st or {}).get("segments", []):
+            pg = int(seg["pg"])
+            m = ms.get(pg)
+            if m is None or p.name in m.all_members or int(seg.get("membership_epoch", 0)) >= m.epoch:
+                continue
+            try:
+                http_json("DELETE", f"{p.url}/v1/segments/{pg}", timeout=max(timeout, 5))
+            except (OSError, urllib.error.URLError, ValueError) as exc:
+                event("Warning", "SegmentDeleteFailed", f"pg {pg} on {p.name}: {exc}")
+                continue
+            event("Normal", "SegmentDeleted", f"pg {pg}: dropped the stale copy on {p.name}")
 
 
 def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
@@ -257,11 +385,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
             # lost all nodes is a failure to ride out, not a reason to tear down).
             zones = sorted(pl.parse_configmap(existing)[0]["zones"])
         owner = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": meta}
-        actions = []
-        for obj in desired_objects(name, ns, zones, spec, owner, settings.node_command):
-            done = kube.ensure(obj, event)
-            if done:
-                actions.append(f"{done} {obj['kind']} {obj['metadata']['name']}")
+        actions, deferred = [], []
         progressing = None
         try:
             doc = ensure_placement(kube, body, zones, spec, event)
@@ -271,11 +395,42 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
             progressing = ("PlacementConflict", str(exc))
         pods = kube.pods(name, ns)
         statuses = node_statuses(pods, settings.http_timeout)
-        created = ensure_segments(ns, doc, pods, statuses, event, settings.http_timeout)
+        healthy = healthy_segments(doc, statuses)
+        all_healthy = bool(healthy) and all(n == SEGMENTS_PER_PG for n in healthy.values())
+        objs = desired_objects(name, ns, zones, spec, owner, settings.node_command)
+        current_sts = {o["metadata"]["labels"][ZONE_POD_LABEL]: kube._read("StatefulSet", o["metadata"]["name"], ns)
+                       for o in objs if o["kind"] == "StatefulSet"}
+        rolled = False
+        for obj in objs:
+            if obj["kind"] == "StatefulSet":
+                zone = obj["metadata"]["labels"][ZONE_POD_LABEL]
+                allowed = not rolled and template_rollout_allowed(zone, current_sts, all_healthy)
+                done = kube.ensure(obj, event, current_sts[zone], allowed)
+                rolled = rolled or (done == "updated")
+            else:
+                done = kube.ensure(obj, event)
+            if done == "deferred":
+                deferred.append(obj["metadata"]["name"])
+            elif done:
+                actions.append(f"{done} {obj['kind']} {obj['metadata']['name']}")
+        repairing: list[str] = []
+        try:
+            doc, repairing = run_repairs(kube, body, spec, doc, statuses, event)
+        except pl.Conflict as exc:
+            progressing = ("PlacementConflict", str(exc))
+        created = ensure_segments(ns, doc, pods, statuses, event, settings.http_timeout,
+                                  parse_quantity(spec.rebuild_bandwidth))
         if created:
             statuses = node_statuses(pods, settings.http_timeout)
+        drive_hydration(doc, pods, statuses, spec, event, settings.http_timeout)
+        drop_orphans(doc, pods, statuses, event, settings.http_timeout)
         want = pl.pods_of(doc)
         missing = sorted(want - {p.name for p in pods if statuses.get(p.name) is not None})
+        if deferred:
+            progressing = ("RollingZones", "pod template change waits, one zone at a time, for "
+                           f"healthy segments and settled zones: {', '.join(deferred)}")
+        if repairing:
+            progressing = ("Repairing", "; ".join(repairing))
         if actions:
             progressing = ("Reconciling", "; ".join(actions))
         elif missing and len(missing) == len(want):

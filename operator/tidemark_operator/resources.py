@@ -11,6 +11,7 @@ from .model import (
     NODE_PORT,
     RUN_LOCAL_LABEL,
     SPEC_HASH,
+    TEMPLATE_HASH,
     ZONE_LABEL,
     ZONE_POD_LABEL,
     ClusterSpec,
@@ -99,7 +100,7 @@ def statefulset(
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10,
                           "failureThreshold": 6, "initialDelaySeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -119,6 +120,7 @@ def statefulset(
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {}}],  # the root filesystem is read-only
     }
     sts_spec: dict[str, Any] = {
         "replicas": spec.nodes_per_zone,
@@ -128,7 +130,7 @@ def statefulset(
         "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
     }
     if spec.ephemeral_storage:
-        pod_spec["volumes"] = [{"name": "data", "emptyDir": {}}]
+        pod_spec["volumes"].append({"name": "data", "emptyDir": {}})
     else:
         pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
                                     "resources": {"requests": {"storage": spec.storage_size}}}
@@ -138,12 +140,35 @@ def statefulset(
         policy = "Delete" if spec.deletion_policy == "Delete" else "Retain"
         sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": policy,
                                                              "whenScaled": "Retain"}
-    return _stamp({
-        "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
-        "metadata": _meta(name, namespace, cluster, owner, {ZONE_POD_LABEL: zone}),
-        "spec": sts_spec,
-    })
+    meta = _meta(name, namespace, cluster, owner, {ZONE_POD_LABEL: zone})
+    meta["annotations"] = {TEMPLATE_HASH: spec_hash(sts_spec["template"])}
+    return _stamp({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
+                   "spec": sts_spec})
+
+
+def statefulset_settled(sts: Mapping[str, Any] | None) -> bool:
+    """Its pods all run the current template and are ready (no rollout in progress)."""
+    if sts is None:
+        return False
+    spec, st = sts.get("spec") or {}, sts.get("status") or {}
+    want = int(spec.get("replicas", 0))
+    return (int(st.get("observedGeneration", 0)) >= int(sts["metadata"].get("generation", 0))
+            and st.get("currentRevision") == st.get("updateRevision")
+            and int(st.get("readyReplicas", 0) or 0) == want
+            and int(st.get("updatedReplicas", 0) or 0) == want)
+
+
+def template_rollout_allowed(zone: str, current: Mapping[str, Mapping[str, Any] | None],
+                             all_segments_healthy: bool) -> bool:
+    """May zone ZONE's StatefulSet get a new pod template now?
+
+    A template change restarts the zone's pods (StatefulSets roll on their own, ignoring
+    PDBs). Rolling all zones at once could restart 3 segments of one PG together (one per
+    zone): write quorum lost. So zones roll one at a time: only when every other zone's
+    StatefulSet is settled and every PG has all 6 segments served again."""
+    if not all_segments_healthy:
+        return False
+    return all(statefulset_settled(sts) for z, sts in current.items() if z != zone)
 
 
 def pod_disruption_budget(cluster: str, namespace: str, spec: ClusterSpec,

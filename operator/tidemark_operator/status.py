@@ -87,13 +87,16 @@ def compute_status(
         "segments": {str(pg): n for pg, n in sorted(healthy.items())},
         "vdl": vdl,
     })
-    ready = total > 0 and writable == total and progressing is None
+    # Ready = every PG writable. While first being built (not Ready yet) any progress
+    # keeps it False; once Ready, repairs, rollouts and spec changes do not flip it.
+    was_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in old_conds)
+    ready = total > 0 and writable == total and (progressing is None or was_ready)
     if total == 0:
         r_reason, r_msg = "Creating", "placement not created yet"
     elif writable < total:
         r_reason = "WriteQuorumLost"
         r_msg = f"{total - writable} PG(s) below the write quorum of {WRITE_QUORUM}/{SEGMENTS_PER_PG}"
-    elif progressing is not None:
+    elif progressing is not None and not was_ready:
         r_reason, r_msg = progressing
     else:
         r_reason, r_msg = "QuorumAvailable", f"all {total} PGs have a write quorum"

@@ -148,7 +148,20 @@ async def corrupt(run: Run) -> None:
                 ) as resp:
                     damaged += resp.status < 300
     run.event("fault", f"corrupt {damaged} stored records on c1 (fake disk corruption)")
-    await run.watch(6)
+    await run.watch(3)
+    deadline = time.monotonic() + 60
+    counters: dict = {}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        while time.monotonic() < deadline:
+            async with session.get(f"{url}/v1/status") as resp:
+                counters = await resp.json()
+            if counters.get("corruptions_repaired", 0) >= damaged:
+                break
+            await asyncio.sleep(0.5)
+    detected, repaired = counters.get("corruptions_detected", 0), counters.get("corruptions_repaired", 0)
+    run.event("recover", f"scrubber on c1: {detected} corruptions detected, {repaired} repaired from peers")
+    if repaired < damaged:
+        raise RuntimeError(f"only {repaired} of {damaged} corruptions repaired")
 
 
 async def restart_writer(run: Run) -> None:
@@ -200,7 +213,9 @@ async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip:
         shutil.rmtree(directory)
     os.environ["TIDEMARK_FAKE_DISK_CORRUPTION"] = "1"  # lets the corrupt experiment damage data
     repair = {"node_loss_timeout": 2.0, "max_concurrent": 4, "bandwidth": 0}
-    fleet, topology = await fleet_mod.up(directory, 3, 4, 64, 4096, base_ip, gossip_interval=0.5, repair=repair)
+    fleet, topology = await fleet_mod.up(
+        directory, 3, 4, 64, 4096, base_ip, gossip_interval=0.5, repair=repair, scrub_interval=1.0
+    )
     try:
         writer = await Writer.open(topology, membership_source=membership_source(directory))
         record_volume_epoch(directory, topology.volume_epoch)
@@ -238,12 +253,14 @@ def plot_run(run: Run, name: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     bucket = 0.5
-    end = max([t for t, _ in run.commits] + [e[0] for e in run.events] + [1.0])
-    n = int(end / bucket) + 1
+    end = max([t for t, _ in run.commits] + [1.0])
+    n = int(end / bucket)  # whole buckets only: a partial last one would look like a drop
     counts = [0] * n
     lat: list[list[float]] = [[] for _ in range(n)]
     for t, latency in run.commits:
         i = int(t / bucket)
+        if i >= n:
+            continue
         counts[i] += 1
         lat[i].append(latency)
     xs = [i * bucket for i in range(n)]

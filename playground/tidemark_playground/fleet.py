@@ -99,7 +99,8 @@ class Fleet:
         ]  # fmt: skip
         for flag, key in (("--gossip-interval", "gossip_interval"), ("--backup", "backup"),
                           ("--backup-interval", "backup_interval"),
-                          ("--backup-snapshot-interval", "backup_snapshot_interval")):
+                          ("--backup-snapshot-interval", "backup_snapshot_interval"),
+                          ("--scrub-interval", "scrub_interval")):
             if key in self.options:
                 cmd += [flag, str(self.options[key])]
         with self.log_file(node.name).open("ab") as out:
@@ -244,13 +245,15 @@ async def up(
     page_size: int = 4096,
     base_ip: str = "127.0.0.10",
     gossip_interval: float | None = None,
+    scrub_interval: float | None = None,
     repair: dict | None = None,
     backup: str | None = None,
     backup_options: dict | None = None,
 ) -> tuple[Fleet, Topology]:
-    """`repair`: None for no automatic repair, else the supervisor's options
+    """Start a fleet in `directory` (or restart the stopped nodes of an existing one).
+
+    `repair`: None for no automatic repair, else the supervisor's options
     (node_loss_timeout, max_concurrent, bandwidth)."""
-    """Start a fleet in `directory` (or restart the stopped nodes of an existing one)."""
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / FLEET_FILE).exists():
         fleet = Fleet.load(directory)
@@ -264,6 +267,8 @@ async def up(
     fleet = build_fleet(directory, nodes_per_zone, base_ip)
     if gossip_interval is not None:
         fleet.options["gossip_interval"] = gossip_interval
+    if scrub_interval is not None:
+        fleet.options["scrub_interval"] = scrub_interval
     if backup:  # every node streams backups there (`tidemark node run --backup URL`)
         fleet.options["backup"] = backup
         fleet.options.update(backup_options or {})

@@ -55,7 +55,7 @@ def test_statefulset_pinned_to_zone_with_command_probes_and_owner() -> None:
     assert sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     eph = statefulset("demo", "ns", "zone-b", spec(storage={"ephemeral": True}))
     assert "volumeClaimTemplates" not in eph["spec"]
-    assert eph["spec"]["template"]["spec"]["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert {"name": "data", "emptyDir": {}} in eph["spec"]["template"]["spec"]["volumes"]
 
 
 def test_deletion_policy_maps_to_pvc_retention() -> None:
@@ -219,6 +219,12 @@ def test_status_blocked_and_progressing() -> None:
                         progressing=("Reconciling", "created StatefulSet x"))
     c = {x["type"]: x for x in st["conditions"]}
     assert c["Progressing"]["status"] == "True" and c["Ready"]["status"] == "False"
+    # once Ready, progress (a repair, a rollout) does not flip Ready
+    ok = compute_status(1, ZONES, doc, pods, _statuses(doc, {p.name for p in pods}), None, "T")
+    st = compute_status(2, ZONES, doc, pods, _statuses(doc, {p.name for p in pods}), ok, "T2",
+                        progressing=("Repairing", "pg 0: x replacing y"))
+    c = {x["type"]: x for x in st["conditions"]}
+    assert c["Ready"]["status"] == "True" and c["Progressing"]["reason"] == "Repairing"
 
 
 def test_healthy_segments_counts_only_members_holding_the_segment() -> None:
@@ -236,3 +242,75 @@ def test_topology_from_placement() -> None:
     assert topo.layout.pg_count == 4 and len(topo.memberships) == 4
     assert topo.nodes["demo-zone-a-0"] == "http://127.0.0.1:7000"
     assert topo.nodes["demo-zone-c-1"] == "http://demo-zone-c-1.demo-nodes.ns.svc:7000"
+
+
+def _sts(gen: int = 1, replicas: int = 2, ready: int = 2, cur: str = "r1", upd: str = "r1") -> dict:
+    return {"metadata": {"generation": gen}, "spec": {"replicas": replicas},
+            "status": {"observedGeneration": gen, "readyReplicas": ready, "updatedReplicas": ready,
+                       "currentRevision": cur, "updateRevision": upd}}
+
+
+def test_template_changes_roll_one_zone_at_a_time() -> None:
+    from tidemark_operator.resources import statefulset_settled, template_rollout_allowed
+
+    assert statefulset_settled(_sts())
+    assert not statefulset_settled(_sts(ready=1))
+    assert not statefulset_settled(_sts(upd="r2"))
+    assert not statefulset_settled(None)
+    settled = {"zone-a": _sts(), "zone-b": _sts(), "zone-c": _sts()}
+    assert template_rollout_allowed("zone-a", settled, all_segments_healthy=True)
+    assert not template_rollout_allowed("zone-a", settled, all_segments_healthy=False)
+    rolling_b = {**settled, "zone-b": _sts(upd="r2", ready=1)}
+    assert not template_rollout_allowed("zone-a", rolling_b, True)
+    assert template_rollout_allowed("zone-b", rolling_b, True)  # its own rollout is fine
+
+
+def test_template_hash_ignores_replicas() -> None:
+    from tidemark_operator.model import TEMPLATE_HASH
+
+    a = statefulset("d", "ns", "z", spec())
+    b = statefulset("d", "ns", "z", spec(nodesPerZone=3))
+    c = statefulset("d", "ns", "z", spec(resources={"requests": {"cpu": "1"}}))
+    assert a["metadata"]["annotations"][TEMPLATE_HASH] == b["metadata"]["annotations"][TEMPLATE_HASH]
+    assert a["metadata"]["annotations"][TEMPLATE_HASH] != c["metadata"]["annotations"][TEMPLATE_HASH]
+
+
+def test_repair_plan_begins_then_finishes_replacements() -> None:
+    from tidemark_operator.repairs import parse_duration, parse_quantity, plan_changes
+    from tidemark_protocol.repair import RepairLimits
+
+    assert parse_duration("90s") == 90 and parse_duration("1h30m") == 5400
+    assert parse_quantity("50Mi") == 50 * 2**20 and parse_quantity(7) == 7
+    with pytest.raises(ValueError):
+        parse_duration("five minutes")
+    doc = pl.desired_placement("demo", ZONES, spec(nodesPerZone=3, volume={"pgCount": 6}), None)
+    zone_of = {p: z for z, ps in doc["zones"].items() for p in ps}
+    lost = "demo-zone-a-0"
+    up = set(zone_of) - {lost}
+    statuses = _statuses(doc, up)
+    limits = RepairLimits(node_loss_timeout=10, max_concurrent=2)
+    # not lost long enough: nothing
+    new, changes, _ = plan_changes(doc, zone_of, statuses, {lost: 95.0}, 100.0, limits)
+    assert changes == [] and new["pgs"] == doc["pgs"]
+    new, changes, waits = plan_changes(doc, zone_of, statuses, {lost: 0.0}, 100.0, limits)
+    affected = [int(pg) for pg, m in doc["pgs"].items() if lost in m["members"]]
+    assert len(changes) == min(2, len(affected)) and all(c.kind == "begin" for c in changes)
+    assert len(waits) == len(affected) - len(changes)  # concurrency limit
+    for c in changes:
+        m = new["pgs"][str(c.pg)]
+        assert m["epoch"] == 2 and lost in m["members"] and c.target in m["next_members"]
+        assert zone_of[c.target] == "zone-a" and c.target not in m["members"]
+        assert lost not in c.sources
+    # a PG with a change in progress finishes once the target's hydration is done
+    c = changes[0]
+    st2 = _statuses(new, up)
+    for seg in st2[c.target]["segments"]:
+        seg["hydration"] = {"state": "done" if seg["pg"] == c.pg else "snapshot"}
+    if not any(seg["pg"] == c.pg for seg in st2[c.target]["segments"]):
+        st2[c.target]["segments"].append({"pg": c.pg, "hydration": {"state": "done"}})
+    done, changes2, _ = plan_changes(new, zone_of, st2, {lost: 0.0}, 100.0, limits)
+    fin = [x for x in changes2 if x.kind == "finish"]
+    assert [x.pg for x in fin] == [c.pg]
+    m = done["pgs"][str(c.pg)]
+    assert m["epoch"] == 3 and m["next_members"] is None and lost not in m["members"]
+    assert c.target in m["members"]

@@ -1,0 +1,146 @@
+"""`tidemark bench backup`: what continuous backup costs the foreground, and how fast a
+restore is against a raw parallel download of the same objects (same run, same MinIO)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rich.console import Console
+
+console = Console(stderr=True, highlight=False)
+
+
+async def _fill(writer, pages: int, page_size: int, concurrency: int = 32, per_commit: int = 8) -> float:
+    from tidemark_protocol.writer_core import Change
+
+    t0 = time.monotonic()
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(first: int) -> None:
+        async with sem:
+            changes = [Change(p, os.urandom(64) * (page_size // 64), full_image=True)
+                       for p in range(first, min(first + per_commit, pages))]
+            await writer.commit(changes)
+
+    await asyncio.gather(*(one(p) for p in range(0, pages, per_commit)))
+    return time.monotonic() - t0
+
+
+async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | None, rounds: int = 3) -> dict:
+    from tidemark_backup.catalog import catalog
+    from tidemark_backup.objstore import open_store
+    from tidemark_backup.restore import load_inventory, rebuild_volume
+    from tidemark_compute import bench_write as bw
+    from tidemark_compute.writer import Writer
+    from tidemark_playground import fleet as fleet_mod
+    from tidemark_rig.minio import MinioServer
+
+    directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-backup-"))
+    server = MinioServer(directory / "minio")
+    server.start()
+    info = server.make_bucket("bench-backup")
+    os.environ.update(AWS_ACCESS_KEY_ID=info.access_key, AWS_SECRET_ACCESS_KEY=info.secret_key,
+                      TIDEMARK_S3_ENDPOINT=info.endpoint)
+    url = "s3://bench-backup/vol"
+    fleets = []
+    try:
+        # -- foreground cost: the same workload on a fleet without and with backup ----
+        off, topo_off = await fleet_mod.up(directory / "off", 2, 4, 256, 4096, "127.0.0.140")
+        fleets.append(off)
+        on, topo_on = await fleet_mod.up(directory / "on", 2, 4, 256, 4096, "127.0.0.150", backup=url,
+                                         backup_options={"backup_interval": 2.0,
+                                                         "backup_snapshot_interval": 10.0})
+        fleets.append(on)
+        w_off, w_on = await Writer.open(topo_off), await Writer.open(topo_on)
+        rates: dict[str, list[float]] = {"off": [], "on": []}
+        try:
+            await bw.closed_loop(w_off, 1.0, concurrency)
+            await bw.closed_loop(w_on, 1.0, concurrency)
+            for rnd in range(rounds):
+                for name, w in (("off", w_off), ("on", w_on)) if rnd % 2 == 0 else (("on", w_on), ("off", w_off)):
+                    res = await bw.closed_loop(w, seconds, concurrency)
+                    rates[name].append(res["commits_per_s"])
+                    console.print(f"  backup {name}: {res['commits_per_s']} commits/s p99 {res['p99_ms']} ms")
+        finally:
+            await w_off.close()
+            await w_on.close()
+        off.down()
+        on.down()
+        fleets.clear()
+        ratio = statistics.mean(rates["on"]) / max(statistics.mean(rates["off"]), 1e-9)
+        # Adjacent on/off runs share the machine's load at that moment: their ratios are
+        # less noisy than the means on a shared CPU.
+        paired = statistics.median(a / max(b, 1e-9) for a, b in zip(rates["on"], rates["off"], strict=True))
+
+        # -- restore vs raw download --------------------------------------------------
+        pages_per_pg = max(16, volume_mb * 256 // 4)
+        url2 = "s3://bench-backup/restore"
+        src, topo = await fleet_mod.up(directory / "src", 2, 4, pages_per_pg, 4096, "127.0.0.160",
+                                       backup=url2, backup_options={"backup_interval": 1.0,
+                                                                    "backup_snapshot_interval": 5.0})
+        fleets.append(src)
+        w = await Writer.open(topo)
+        try:
+            fill_s = await _fill(w, 4 * pages_per_pg, 4096)
+            console.print(f"  filled {volume_mb} MB in {fill_s:.1f}s")
+            final_vdl = w.vdl
+        finally:
+            await w.close()
+        store = open_store(url2)
+        deadline = time.monotonic() + 300
+        while True:  # until the backup covers the whole fill
+            inv = load_inventory(store)
+            if any(hi >= final_vdl for _lo, hi in inv.intervals()):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("backup did not catch up with the fill in time")
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(12.0)  # two snapshot intervals: the fill's last pages get a snapshot
+        src.down()
+        fleets.clear()
+        inv = load_inventory(store)
+        _first, latest = inv.window()
+        target = inv.lsn_for(latest)
+        chain_objs = []
+        for _pg, cat in catalog(inv.objs).items():
+            base, used = cat.chain(target)
+            chain_objs += [s for s in cat.snaps if s.start == base][:1] + used
+        nbytes = sum(o.size for o in chain_objs)
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(16) as pool:
+            got = sum(len(b) for b in pool.map(lambda o: store.get(o.key), chain_objs))
+        raw_s = time.monotonic() - t0
+        t0 = time.monotonic()
+        pages = rebuild_volume(store, inv, target, workers=16)
+        rebuild_s = time.monotonic() - t0
+        console.print(f"  raw download {got / 1e6:.1f} MB in {raw_s:.2f}s; rebuild {len(pages)} pages in {rebuild_s:.2f}s")
+        return {
+            "benchmark": "backup",
+            "seconds": seconds,
+            "concurrency": concurrency,
+            "commits_per_s_backup_off": rates["off"],
+            "commits_per_s_backup_on": rates["on"],
+            "foreground_ratio": round(ratio, 3),
+            "foreground_ratio_paired_median": round(paired, 3),
+            "volume_mb": volume_mb,
+            "restore_objects": len(chain_objs),
+            "restore_bytes": nbytes,
+            "raw_download_s": round(raw_s, 3),
+            "restore_rebuild_s": round(rebuild_s, 3),
+            "restore_ratio": round(raw_s / max(rebuild_s, 1e-9), 3),
+            "restored_pages": len(pages),
+            "fill_s": round(fill_s, 2),
+        }
+    finally:
+        for f in fleets:
+            f.down()
+        server.stop()
+        if keep is None:
+            shutil.rmtree(directory, ignore_errors=True)

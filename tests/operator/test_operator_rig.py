@@ -1,0 +1,482 @@
+"""The operator on the rig: real apiserver, kwok nodes, storage-node processes per pod.
+
+The tests share one operator and one AuroraCluster (module scope) and run in file order:
+schema refusals, an unsatisfiable spec, a Ready cluster with a verified workload, drift
+(a deleted zone StatefulSet) under load, node loss under load, operator restart during a
+spec change, and deletion."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tidemark_compute.verify_model import Model
+from tidemark_compute.workload import run_workload, verify
+from tidemark_compute.writer import Writer
+from tidemark_operator.model import GROUP, PLURAL, VERSION, ZONE_LABEL, ZONE_POD_LABEL
+from tidemark_operator.topology import cluster_topology
+from tidemark_rig.control_plane import ControlPlane
+from tidemark_rig.fixtures import in_ci
+from tidemark_rig.procs import tail, wait_for
+
+pytestmark = [pytest.mark.rig, pytest.mark.operator]
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = ROOT / "crds" / "auroraclusters.tidemark.dev.yaml"
+NAME = "demo"
+TIDEMARK = str(Path(sys.executable).with_name("tidemark"))
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        if in_ci():
+            pytest.fail("kubectl not on PATH")
+        pytest.skip("kubectl not on PATH")
+    return path
+
+
+class Operator:
+    def __init__(self, kubeconfig: str, ns: str, log: Path) -> None:
+        self.kubeconfig, self.ns, self.log = kubeconfig, ns, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [TIDEMARK, "operator", "run", "-n", self.ns, "--kubeconfig", self.kubeconfig,
+                 "--node-command", TIDEMARK, "--liveness", "", "--metrics-port", "0",
+                 "--interval", "1"],
+                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture(scope="module")
+def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    api = rig_cluster.api_client()
+    ext = client.ApiextensionsV1Api(api)
+    crd = yaml.safe_load(CRD.read_text())
+    try:
+        ext.create_custom_resource_definition(crd, _request_timeout=10)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        cur = ext.read_custom_resource_definition(crd["metadata"]["name"], _request_timeout=10)
+        crd["metadata"]["resourceVersion"] = cur.metadata.resource_version
+        ext.replace_custom_resource_definition(crd["metadata"]["name"], crd, _request_timeout=10)
+
+    def established() -> bool:
+        c = ext.read_custom_resource_definition(crd["metadata"]["name"], _request_timeout=5)
+        return any(x.type == "Established" and x.status == "True" for x in c.status.conditions or [])
+
+    wait_for(established, 30, "CRD established")
+    ns = "op-" + uuid.uuid4().hex[:6]
+    core = rig_cluster.core()
+    core.create_namespace({"metadata": {"name": ns}}, _request_timeout=10)
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = Operator(str(rig_cluster.kubeconfig), ns, log)
+    op.start()
+    e = {"rig": rig_cluster, "api": api, "core": core, "apps": client.AppsV1Api(api),
+         "co": client.CustomObjectsApi(api), "policy": client.PolicyV1Api(api), "ns": ns,
+         "op": op, "log": log}
+    try:
+        yield e
+    finally:
+        op.kill(signal.SIGTERM)
+        with contextlib.suppress(Exception):
+            rig_cluster.restore_nodes()
+        with contextlib.suppress(Exception):
+            core.delete_namespace(ns, _request_timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    rep = getattr(request.node, "rep_call", None)  # set by tests/operator/conftest.py
+    if rep is not None and rep.failed and "env" in request.fixturenames:
+        log = request.getfixturevalue("env")["log"]
+        print(f"--- operator log tail ---\n{tail(log, 60)}")
+
+
+def cluster_body(name: str, **spec: Any) -> dict[str, Any]:
+    body = yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
+    body["metadata"] = {"name": name}
+    body["spec"]["storage"]["ephemeral"] = True  # the rig has no volume provisioner
+    body["spec"].update(spec)
+    return body
+
+
+def get_ac(e: dict[str, Any], name: str = NAME) -> dict[str, Any]:
+    return e["co"].get_namespaced_custom_object(GROUP, VERSION, e["ns"], PLURAL, name,
+                                                _request_timeout=5)
+
+
+def cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def ready(e: dict[str, Any], name: str = NAME, pgs: int = 4) -> dict[str, Any] | None:
+    obj = get_ac(e, name)
+    st = obj.get("status") or {}
+    ok = (cond(obj, "Ready").get("status") == "True" and cond(obj, "Degraded").get("status") == "False"
+          and st.get("healthyPGs") == f"{pgs}/{pgs}"
+          and st.get("observedGeneration") == obj["metadata"]["generation"])
+    return obj if ok else None
+
+
+def owned(e: dict[str, Any], name: str) -> dict[str, list[str]]:
+    sel = f"tidemark.dev/cluster={name}"
+    ns = e["ns"]
+    return {
+        "sts": [s.metadata.name for s in e["apps"].list_namespaced_stateful_set(
+            ns, label_selector=sel, _request_timeout=5).items],
+        "svc": [s.metadata.name for s in e["core"].list_namespaced_service(
+            ns, label_selector=sel, _request_timeout=5).items],
+        "pdb": [s.metadata.name for s in e["policy"].list_namespaced_pod_disruption_budget(
+            ns, label_selector=sel, _request_timeout=5).items],
+        "cm": [s.metadata.name for s in e["core"].list_namespaced_config_map(
+            ns, label_selector=sel, _request_timeout=5).items],
+    }
+
+
+async def _workload_during(e: dict[str, Any], action: Callable[[], None], settle: float = 2.0,
+                           concurrency: int = 8) -> dict[str, Any]:
+    topo = cluster_topology(e["core"], e["ns"], NAME)
+
+    async def source() -> Any:
+        return await asyncio.to_thread(cluster_topology, e["core"], e["ns"], NAME)
+
+    writer = await Writer.open(topo, membership_source=source, timeout=60)
+    model = Model(None)
+    stop = asyncio.Event()
+    commits: list[float] = []
+    try:
+        task = asyncio.create_task(run_workload(writer, model, 600, concurrency=concurrency,
+                                                stop=stop, on_commit=lambda _l: commits.append(time.monotonic())))
+        await asyncio.sleep(settle)
+        t0 = time.monotonic()
+        await asyncio.to_thread(action)
+        t1 = time.monotonic()
+        await asyncio.sleep(settle)
+        stop.set()
+        stats = await task
+        result = await verify(writer, model)
+    finally:
+        model.close()
+        await writer.close()
+    during = [t for t in commits if t0 <= t <= t1]
+    gaps = [b - a for a, b in zip(commits, commits[1:], strict=False)]
+    return {"acked": stats.acked, "failed": stats.failed, "result": result,
+            "during": len(during), "max_gap": max(gaps, default=0.0), "action_s": t1 - t0}
+
+
+def workload_during(e: dict[str, Any], action: Callable[[], None], **kw: Any) -> dict[str, Any]:
+    return asyncio.run(_workload_during(e, action, **kw))
+
+
+# -- tests, in order -------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ({"zones": ["zone-a", "zone-b"]}, "3 items"),
+    ({"zones": ["zone-a", "zone-a", "zone-b"]}, "zones must be 3 distinct zone names"),
+    ({"nodesPerZone": 1}, "nodesPerZone"),
+    ({"segmentsPerZone": 3}, "segmentsPerZone"),
+    ({"volume": {"pageSize": 1000}}, "pageSize must be a multiple of 512"),
+    ({"backup": {"enabled": True}}, "backup.enabled needs backup.target and backup.credentialsSecret"),
+    ({"backup": {"target": "ftp://x", "retentionDays": 40}}, "retentionDays"),
+    ({"repair": {"nodeLossTimeout": "five minutes"}}, "nodeLossTimeout"),
+])
+def test_schema_refuses_invalid_manifests(env: dict[str, Any], spec: dict[str, Any], needle: str) -> None:
+    body = cluster_body("bad", **spec)
+    with pytest.raises(ApiException) as info:
+        env["co"].create_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, body,
+                                                  _request_timeout=10)
+    assert info.value.status == 422
+    assert needle in info.value.body, info.value.body
+
+
+def test_schema_refuses_shrinking_and_layout_changes(env: dict[str, Any]) -> None:
+    body = cluster_body("shrink", nodesPerZone=3, zones=["zone-a", "zone-b", "zone-nowhere"])
+    env["co"].create_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, body, _request_timeout=10)
+    try:
+        for patch, needle in [({"spec": {"nodesPerZone": 2}}, "nodesPerZone cannot shrink"),
+                              ({"spec": {"volume": {"pageSize": 8192}}}, "pageSize is immutable")]:
+            with pytest.raises(ApiException) as info:
+                env["co"].patch_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, "shrink",
+                                                         patch, _request_timeout=10)
+            assert info.value.status == 422 and needle in info.value.body
+    finally:
+        env["co"].delete_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, "shrink",
+                                                  _request_timeout=10)
+
+
+def test_unsatisfiable_zone_reports_false_condition_and_builds_nothing(env: dict[str, Any]) -> None:
+    body = cluster_body("nowhere", zones=["zone-a", "zone-b", "zone-nowhere"])
+    env["co"].create_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, body, _request_timeout=10)
+    try:
+        obj = wait_for(lambda: (lambda o: o if cond(o, "Ready").get("status") == "False" else None)(
+            get_ac(env, "nowhere")), 30, "Ready=False on the unsatisfiable cluster")
+        c = cond(obj, "Ready")
+        assert c["reason"] == "ZoneUnavailable" and "zone-nowhere" in c["message"]
+        time.sleep(2)  # a few more operator passes
+        assert owned(env, "nowhere") == {"sts": [], "svc": [], "pdb": [], "cm": []}
+        events = env["core"].list_namespaced_event(
+            env["ns"], field_selector="involvedObject.name=nowhere", _request_timeout=5).items
+        assert any(ev.reason == "ZoneUnavailable" and ev.type == "Warning" for ev in events)
+    finally:
+        env["co"].delete_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, "nowhere",
+                                                  _request_timeout=10)
+
+
+def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> None:
+    env["co"].create_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, cluster_body(NAME),
+                                              _request_timeout=10)
+    wait_for(lambda: ready(env), 90, "AuroraCluster Ready with 4/4 healthy PGs", interval=0.5)
+    o = owned(env, NAME)
+    assert sorted(o["sts"]) == [f"{NAME}-zone-a", f"{NAME}-zone-b", f"{NAME}-zone-c"]
+    assert o["svc"] == [f"{NAME}-nodes"] and o["pdb"] == [f"{NAME}-storage"]
+    assert o["cm"] == [f"{NAME}-placement"]
+    zone_of = {n.metadata.name: n.metadata.labels[ZONE_LABEL]
+               for n in env["core"].list_node(_request_timeout=5).items}
+    pods = env["core"].list_namespaced_pod(env["ns"], label_selector=f"tidemark.dev/cluster={NAME}",
+                                           _request_timeout=5).items
+    assert len(pods) == 6
+    for p in pods:
+        assert zone_of[p.spec.node_name] == p.metadata.labels[ZONE_POD_LABEL]
+
+    out = workload_during(env, lambda: time.sleep(2), settle=0.5)
+    assert out["acked"] > 50 and out["failed"] == 0
+    assert out["result"].ok, out["result"].to_json()
+
+    # status follows: VDL observed from the nodes, printer columns filled
+    wait_for(lambda: get_ac(env)["status"].get("vdl", 0) > 0, 15, "VDL in status")
+    table = subprocess.run([kubectl(), "--kubeconfig", env["rig"].kubeconfig, "-n", env["ns"],
+                            "get", "ac", NAME], capture_output=True, text=True, timeout=20, check=True).stdout
+    header, row = table.strip().splitlines()
+    assert header.split() == ["NAME", "READY", "NODES", "PGS", "VDL", "AGE"]
+    cols = row.split()
+    assert cols[:4] == [NAME, "True", "6/6", "4/4"] and int(cols[4]) > 0
+    events = env["core"].list_namespaced_event(
+        env["ns"], field_selector=f"involvedObject.name={NAME}", _request_timeout=5).items
+    reasons = {ev.reason for ev in events}
+    assert {"Created", "PlacementUpdated", "SegmentCreated"} <= reasons
+
+
+def test_deleted_zone_statefulset_is_recreated_and_writes_never_stop(env: dict[str, Any]) -> None:
+    sts = f"{NAME}-zone-a"
+    ns, core = env["ns"], env["core"]
+    old_uid = env["apps"].read_namespaced_stateful_set(sts, ns, _request_timeout=5).metadata.uid
+    old_pods = {p.metadata.name: p.metadata.uid for p in core.list_namespaced_pod(
+        ns, label_selector=f"{ZONE_POD_LABEL}=zone-a", _request_timeout=5).items}
+    assert len(old_pods) == 2
+
+    def new_pods_serve_segments() -> bool:
+        pods = core.list_namespaced_pod(ns, label_selector=f"{ZONE_POD_LABEL}=zone-a",
+                                        _request_timeout=5).items
+        fresh = [p for p in pods if p.metadata.uid not in old_pods.values()
+                 and p.status.phase == "Running" and p.status.pod_ip]
+        if len(fresh) != 2:
+            return False
+        for p in fresh:
+            with urllib.request.urlopen(f"http://{p.status.pod_ip}:7000/v1/status", timeout=2) as r:
+                if len(json.loads(r.read())["segments"]) != 4:
+                    return False
+        return True
+
+    def action() -> None:
+        env["apps"].delete_namespaced_stateful_set(sts, ns, _request_timeout=10)
+        core.delete_namespaced_service(f"{NAME}-nodes", ns, _request_timeout=10)
+        wait_for(lambda: env["apps"].read_namespaced_stateful_set(
+            sts, ns, _request_timeout=5).metadata.uid != old_uid, 30, "StatefulSet recreated")
+        wait_for(lambda: core.read_namespaced_service(f"{NAME}-nodes", ns, _request_timeout=5),
+                 30, "Service recreated")
+        wait_for(new_pods_serve_segments, 90, "new zone-a pods serving their segments", interval=0.5)
+        wait_for(lambda: ready(env), 90, "cluster Ready again", interval=0.5)
+
+    out = workload_during(env, action)
+    print("statefulset deletion:", out)
+    assert out["failed"] == 0 and out["result"].ok, out["result"].to_json()
+    assert out["during"] > 0 and out["max_gap"] < 5.0, out
+
+
+def test_node_loss_writes_continue_no_acked_commit_lost(env: dict[str, Any]) -> None:
+    rig: ControlPlane = env["rig"]
+    pod = env["core"].read_namespaced_pod(f"{NAME}-zone-b-0", env["ns"], _request_timeout=5)
+    node = pod.spec.node_name
+
+    def action() -> None:
+        rig.delete_node(node)
+        time.sleep(4)  # writes keep going on 5/6 (or 4/6) segments meanwhile
+        st = get_ac(env)["status"]
+        assert st["writablePGs"] == 4
+
+    try:
+        out = workload_during(env, action)
+    finally:
+        rig.restore_nodes()
+    print("node loss:", out)
+    assert out["failed"] == 0 and out["result"].ok, out["result"].to_json()
+    assert out["during"] > 0 and out["max_gap"] < 5.0, out
+    # the pod comes back (rescheduled or its node restored) and the cluster heals
+    wait_for(lambda: ready(env), 150, "cluster Ready again after node loss", interval=1)
+
+
+def test_template_change_rolls_one_zone_at_a_time_and_writes_never_stop(env: dict[str, Any]) -> None:
+    ns = env["ns"]
+    uids = {p.metadata.name: p.metadata.uid for p in env["core"].list_namespaced_pod(
+        ns, label_selector=f"tidemark.dev/cluster={NAME}", _request_timeout=5).items}
+    rolling_at_once: list[int] = []
+
+    def zones_rolling() -> int:
+        n = 0
+        for s in env["apps"].list_namespaced_stateful_set(
+                ns, label_selector=f"tidemark.dev/cluster={NAME}", _request_timeout=5).items:
+            if s.status.update_revision and s.status.current_revision != s.status.update_revision:
+                n += 1
+        return n
+
+    def all_pods_replaced() -> bool:
+        rolling_at_once.append(zones_rolling())
+        pods = env["core"].list_namespaced_pod(ns, label_selector=f"tidemark.dev/cluster={NAME}",
+                                               _request_timeout=5).items
+        return len(pods) == 6 and all(p.metadata.uid != uids.get(p.metadata.name) for p in pods)
+
+    def action() -> None:
+        env["co"].patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, NAME,
+            {"spec": {"resources": {"requests": {"cpu": "150m", "memory": "256Mi"}}}},
+            _request_timeout=10)
+        wait_for(all_pods_replaced, 120, "every storage pod restarted with the new template",
+                 interval=0.2)
+        wait_for(lambda: ready(env), 90, "cluster Ready after the rollout", interval=0.5)
+
+    out = workload_during(env, action)
+    print("rolling update:", out, "max zones rolling at once:", max(rolling_at_once))
+    assert max(rolling_at_once) <= 1
+    assert out["failed"] == 0 and out["result"].ok, out["result"].to_json()
+    assert out["during"] > 0 and out["max_gap"] < 5.0, out
+    events = env["core"].list_namespaced_event(
+        ns, field_selector=f"involvedObject.name={NAME}", _request_timeout=5).items
+    assert sum(1 for ev in events if ev.reason == "Updated" and "StatefulSet" in ev.message) >= 3
+
+
+def test_operator_killed_mid_change_converges_after_restart(env: dict[str, Any]) -> None:
+    op: Operator = env["op"]
+    env["co"].patch_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, NAME,
+                                             {"spec": {"volume": {"pgCount": 6}, "nodesPerZone": 3}},
+                                             _request_timeout=10)
+    time.sleep(0.3)  # let it start the change
+    op.kill(signal.SIGKILL)
+    op.start()
+    obj = wait_for(lambda: ready(env, pgs=6), 120, "Ready with 6/6 PGs after restart", interval=0.5)
+    assert obj["status"]["readyNodes"] == "9/9"
+    o = owned(env, NAME)
+    assert len(o["sts"]) == 3
+    # the new PGs use the new pods; the old PGs kept their members
+    topo = cluster_topology(env["core"], env["ns"], NAME)
+    assert len(topo.memberships) == 6
+    new_members = set(topo.memberships[4].members) | set(topo.memberships[5].members)
+    assert any(m.endswith("-2") for m in new_members)
+    out = workload_during(env, lambda: time.sleep(1), settle=0.5)
+    assert out["failed"] == 0 and out["result"].ok
+
+
+def test_lost_pod_segments_are_rebuilt_on_a_spare_pod_while_writes_continue(env: dict[str, Any]) -> None:
+    rig: ControlPlane = env["rig"]
+    ns, core = env["ns"], env["core"]
+    env["co"].patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, NAME,
+        {"spec": {"repair": {"nodeLossTimeout": "3s", "maxConcurrentRebuilds": 4}}}, _request_timeout=10)
+    pods = core.list_namespaced_pod(ns, label_selector=f"{ZONE_POD_LABEL}=zone-c", _request_timeout=5).items
+    by_node: dict[str, list[str]] = {}
+    for p in pods:
+        by_node.setdefault(p.spec.node_name, []).append(p.metadata.name)
+    node, lost = next((n, ps[0]) for n, ps in sorted(by_node.items()) if len(ps) == 1)
+    before = cluster_topology(core, ns, NAME)
+    affected = sorted(pg for pg, m in before.memberships.items() if lost in m.members)
+    assert affected
+
+    def repaired() -> bool:
+        topo = cluster_topology(core, ns, NAME)
+        return all(m.next_members is None and lost not in m.members for m in topo.memberships.values())
+
+    def action() -> None:
+        rig.mark_node_not_ready(node)
+        wait_for(repaired, 120, f"segments of {lost} rebuilt elsewhere", interval=0.5)
+        wait_for(lambda: ready(env, pgs=6), 60, "Ready with 6/6 PGs healthy after the repair", interval=0.5)
+
+    try:
+        out = workload_during(env, action)
+    finally:
+        rig.restore_nodes()
+    print("repair:", out)
+    assert out["failed"] == 0 and out["result"].ok, out["result"].to_json()
+    assert out["during"] > 0 and out["max_gap"] < 5.0, out
+    after = cluster_topology(core, ns, NAME)
+    for pg in affected:
+        m = after.memberships[pg]
+        assert m.epoch == before.memberships[pg].epoch + 2
+        assert sum(1 for x in m.members if "-zone-c-" in x) == 2
+    events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={NAME}",
+                                        _request_timeout=5).items
+    reasons = {ev.reason for ev in events}
+    assert {"RepairStarted", "Hydrating", "RepairFinished"} <= reasons
+
+    # the lost pod comes back with stale copies: they are dropped
+    def stale_copies_dropped() -> bool:
+        p = core.read_namespaced_pod(lost, ns, _request_timeout=5)
+        with urllib.request.urlopen(f"http://{p.status.pod_ip}:7000/v1/status", timeout=2) as r:
+            held = {int(x["pg"]) for x in json.loads(r.read())["segments"]}
+        return not held & set(affected)
+
+    wait_for(stale_copies_dropped, 90, f"{lost} back without its moved segments", interval=1)
+    # and a fresh writer (recovery from the new memberships) sees every page
+    out = workload_during(env, lambda: time.sleep(1), settle=0.5)
+    assert out["failed"] == 0 and out["result"].ok
+
+
+def test_deleting_the_cluster_removes_everything_it_owns(env: dict[str, Any]) -> None:
+    env["co"].delete_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, NAME, _request_timeout=10)
+
+    def gone() -> bool:
+        try:
+            get_ac(env)
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+
+    wait_for(gone, 30, "AuroraCluster deleted")
+    empty = {"sts": [], "svc": [], "pdb": [], "cm": []}
+    wait_for(lambda: owned(env, NAME) == empty, 60, "owned objects garbage-collected", interval=0.5)
+    wait_for(lambda: not env["core"].list_namespaced_pod(
+        env["ns"], label_selector=f"tidemark.dev/cluster={NAME}", _request_timeout=5).items,
+        60, "storage pods gone")
+
