@@ -104,3 +104,15 @@ def backup_bench(seconds: float, concurrency: int, volume_mb: int, keep: Path | 
 
     out = asyncio.run(run(seconds, concurrency, volume_mb, keep))
     click.echo(json.dumps(out, indent=None if as_json else 2))
+
+
+@bench.command("rebuild")
+@click.option("--volume-mb", type=int, default=256, show_default=True, help="volume size to fill")
+@click.option("--keep", type=click.Path(path_type=Path), default=None, help="keep the fleet dir here")
+@click.option("--json", "as_json", is_flag=True)
+def rebuild_bench(volume_mb: int, keep: Path | None, as_json: bool) -> None:
+    """Rebuild a lost node's segments with the workload running, vs a raw loopback copy."""
+    from tidemark_playground.bench_rebuild import bench_rebuild
+
+    out = asyncio.run(bench_rebuild(volume_mb, lambda text: console.print(text), keep))
+    click.echo(json.dumps(out, indent=None if as_json else 2))

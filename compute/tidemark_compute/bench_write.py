@@ -68,7 +68,7 @@ def baseline_rocksdb(seconds: float, batch_records: int = 64) -> dict:
     }
 
 
-def _changes(rng: random.Random, page_count: int, page_size: int) -> list[Change]:
+def changes_for_bench(rng: random.Random, page_count: int, page_size: int) -> list[Change]:
     data = rng.randbytes(RECORD_PAYLOAD - 4)
     return [
         Change(rng.randrange(page_count), patch_payload(rng.randrange(page_size - len(data)), data))
@@ -86,7 +86,7 @@ async def closed_loop(writer: Writer, seconds: float, concurrency: int, seed: in
     async def client() -> None:
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
-            await writer.commit(_changes(rng, layout.page_count, layout.page_size))
+            await writer.commit(changes_for_bench(rng, layout.page_count, layout.page_size))
             latencies.append((time.perf_counter() - t0) * 1000)
 
     started = time.monotonic()
@@ -103,7 +103,7 @@ async def open_loop(writer: Writer, seconds: float, commits_per_s: float, seed: 
 
     async def one() -> None:
         t0 = time.perf_counter()
-        await writer.commit(_changes(rng, layout.page_count, layout.page_size))
+        await writer.commit(changes_for_bench(rng, layout.page_count, layout.page_size))
         latencies.append((time.perf_counter() - t0) * 1000)
 
     started = time.monotonic()

@@ -34,7 +34,7 @@ from .model import (
 )
 from .repairs import Change, hydration_state, parse_duration, parse_quantity, plan_changes
 from .resources import desired_objects, owner_reference, template_rollout_allowed
-from .status import PodObs, compute_status, healthy_segments
+from .status import PodObs, caught_up_segments, compute_status
 
 log = logging.getLogger("tidemark_operator")
 
@@ -395,8 +395,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
             progressing = ("PlacementConflict", str(exc))
         pods = kube.pods(name, ns)
         statuses = node_statuses(pods, settings.http_timeout)
-        healthy = healthy_segments(doc, statuses)
-        all_healthy = bool(healthy) and all(n == SEGMENTS_PER_PG for n in healthy.values())
+        current = caught_up_segments(doc, statuses)
+        all_healthy = bool(current) and all(n == SEGMENTS_PER_PG for n in current.values())
         objs = desired_objects(name, ns, zones, spec, owner, settings.node_command)
         current_sts = {o["metadata"]["labels"][ZONE_POD_LABEL]: kube._read("StatefulSet", o["metadata"]["name"], ns)
                        for o in objs if o["kind"] == "StatefulSet"}

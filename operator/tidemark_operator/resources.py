@@ -165,7 +165,8 @@ def template_rollout_allowed(zone: str, current: Mapping[str, Mapping[str, Any] 
     A template change restarts the zone's pods (StatefulSets roll on their own, ignoring
     PDBs). Rolling all zones at once could restart 3 segments of one PG together (one per
     zone): write quorum lost. So zones roll one at a time: only when every other zone's
-    StatefulSet is settled and every PG has all 6 segments served again."""
+    StatefulSet is settled and every PG has all 6 segments complete and current again
+    (the previous zone's restarted pods have caught up: no holes, SCL near the best)."""
     if not all_segments_healthy:
         return False
     return all(statefulset_settled(sts) for z, sts in current.items() if z != zone)

@@ -43,6 +43,27 @@ def healthy_segments(doc: Mapping[str, Any], node_status: Mapping[str, Mapping[s
             for pg, ms in memberships(doc).items()}
 
 
+def caught_up_segments(doc: Mapping[str, Any], node_status: Mapping[str, Mapping[str, Any] | None],
+                       max_lag: int = 5000) -> dict[int, int]:
+    """PG -> members whose copy is complete and current: no holes, not hydrating, and
+    SCL within MAX_LAG LSNs of the PG's best copy (a restarted node that missed records
+    has holes until gossip fills them; acks count only contiguous records)."""
+    segs: dict[tuple[str, int], Mapping[str, Any]] = {}
+    for pod, st in node_status.items():
+        for s in (st or {}).get("segments", []):
+            segs[(pod, int(s["pg"]))] = s
+    out = {}
+    for pg, ms in memberships(doc).items():
+        copies = [segs.get((m, pg)) for m in ms.members]
+        best = max((int(c.get("scl", 0)) for c in copies if c), default=0)
+        out[pg] = sum(
+            1 for c in copies
+            if c is not None and not c.get("holes")
+            and (c.get("hydration") or {}).get("state", "idle") in ("idle", "done")
+            and int(c.get("scl", 0)) >= best - max_lag)
+    return out
+
+
 def compute_status(
     generation: int,
     zones: Sequence[str] | None,

@@ -314,3 +314,22 @@ def test_repair_plan_begins_then_finishes_replacements() -> None:
     m = done["pgs"][str(c.pg)]
     assert m["epoch"] == 3 and m["next_members"] is None and lost not in m["members"]
     assert c.target in m["members"]
+
+
+def test_caught_up_segments_need_no_holes_no_hydration_and_small_lag() -> None:
+    from tidemark_operator.status import caught_up_segments
+
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    st = _statuses(doc, set(pl.pods_of(doc)))
+    for pod_st in st.values():
+        for seg in pod_st["segments"]:
+            seg["scl"] = 100_000
+    assert caught_up_segments(doc, st) == {0: 6, 1: 6, 2: 6, 3: 6}
+    members0 = doc["pgs"]["0"]["members"]
+    seg = next(x for x in st[members0[0]]["segments"] if x["pg"] == 0)
+    seg["holes"] = True
+    seg2 = next(x for x in st[members0[1]]["segments"] if x["pg"] == 0)
+    seg2["scl"] = 10
+    seg3 = next(x for x in st[members0[2]]["segments"] if x["pg"] == 0)
+    seg3["hydration"] = {"state": "log"}
+    assert caught_up_segments(doc, st)[0] == 3
