@@ -33,7 +33,8 @@ async def _fill(writer, pages: int, page_size: int, concurrency: int = 32, per_c
     return time.monotonic() - t0
 
 
-async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | None, rounds: int = 3) -> dict:
+async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | None, rounds: int = 3,
+              store_dir: Path | None = None, backup_interval: float = 2.0) -> dict:
     from tidemark_backup.catalog import catalog
     from tidemark_backup.objstore import open_store
     from tidemark_backup.restore import load_inventory, rebuild_volume
@@ -43,7 +44,8 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
     from tidemark_rig.minio import MinioServer
 
     directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-backup-"))
-    server = MinioServer(directory / "minio")
+    minio_dir = Path(tempfile.mkdtemp(prefix="tidemark-minio-", dir=store_dir)) if store_dir else directory / "minio"
+    server = MinioServer(minio_dir)
     server.start()
     info = server.make_bucket("bench-backup")
     os.environ.update(AWS_ACCESS_KEY_ID=info.access_key, AWS_SECRET_ACCESS_KEY=info.secret_key,
@@ -55,7 +57,7 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
         off, topo_off = await fleet_mod.up(directory / "off", 2, 4, 256, 4096, "127.0.0.140")
         fleets.append(off)
         on, topo_on = await fleet_mod.up(directory / "on", 2, 4, 256, 4096, "127.0.0.150", backup=url,
-                                         backup_options={"backup_interval": 2.0,
+                                         backup_options={"backup_interval": backup_interval,
                                                          "backup_snapshot_interval": 10.0})
         fleets.append(on)
         w_off, w_on = await Writer.open(topo_off), await Writer.open(topo_on)
@@ -127,6 +129,8 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
             "concurrency": concurrency,
             "commits_per_s_backup_off": rates["off"],
             "commits_per_s_backup_on": rates["on"],
+            "backup_interval_s": backup_interval,
+            "store_dir": str(minio_dir),
             "foreground_ratio": round(ratio, 3),
             "foreground_ratio_paired_median": round(paired, 3),
             "volume_mb": volume_mb,
@@ -144,3 +148,5 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
         server.stop()
         if keep is None:
             shutil.rmtree(directory, ignore_errors=True)
+            if store_dir:
+                shutil.rmtree(minio_dir, ignore_errors=True)

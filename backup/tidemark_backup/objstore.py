@@ -157,5 +157,7 @@ def open_store(url: str, endpoint: str | None = None, timeout: float = 5.0) -> O
         query = parse_qs(parsed.query)
         endpoint = endpoint or (query.get("endpoint") or [None])[0] or os.environ.get(
             "TIDEMARK_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-        return S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
+        store = S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
+        store.endpoint = endpoint  # lets a worker process reopen the same store
+        return store
     raise ValueError(f"unsupported backup URL {url!r}: use s3://bucket/prefix or file:///path")

@@ -96,13 +96,18 @@ def write(seconds: float, concurrency: int, keep: Path | None, as_json: bool) ->
 @click.option("--seconds", type=float, default=5.0, show_default=True)
 @click.option("--concurrency", type=int, default=64, show_default=True)
 @click.option("--volume-mb", type=int, default=64, show_default=True, help="restore benchmark volume size")
+@click.option("--rounds", type=int, default=3, show_default=True, help="paired off/on throughput runs")
+@click.option("--backup-interval", type=float, default=2.0, show_default=True)
+@click.option("--store-dir", type=click.Path(path_type=Path), default=None,
+              help="MinIO's data dir parent (e.g. /dev/shm: keep the store off the nodes' disk)")
 @click.option("--keep", type=click.Path(path_type=Path), default=None, help="keep the work dir here")
 @click.option("--json", "as_json", is_flag=True)
-def backup_bench(seconds: float, concurrency: int, volume_mb: int, keep: Path | None, as_json: bool) -> None:
+def backup_bench(seconds: float, concurrency: int, volume_mb: int, rounds: int, backup_interval: float,
+                 store_dir: Path | None, keep: Path | None, as_json: bool) -> None:
     """Commit throughput with continuous backup on vs off; restore vs raw download (MinIO)."""
     from tidemark_backup.bench import run  # the backup component owns this benchmark
 
-    out = asyncio.run(run(seconds, concurrency, volume_mb, keep))
+    out = asyncio.run(run(seconds, concurrency, volume_mb, keep, rounds, store_dir, backup_interval))
     click.echo(json.dumps(out, indent=None if as_json else 2))
 
 

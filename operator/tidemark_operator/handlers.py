@@ -10,7 +10,8 @@ import time
 from typing import Any
 
 import kopf
-from kubernetes import config
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from . import metrics
 from .model import GROUP, PLURAL, VERSION
@@ -50,15 +51,26 @@ def _run(body: kopf.Body, patch: kopf.Patch, source: str) -> None:
         else:
             kopf.info(body, reason=reason, message=message)
 
+    # Work from a fresh read: a timer may still fire for an object deleted meanwhile (a
+    # zombie pass would recreate children owned by a dead uid), and the spec may be newer.
+    try:
+        fresh = kube().api.sanitize_for_serialization(client.CustomObjectsApi(kube().api).get_namespaced_custom_object(
+            GROUP, VERSION, body.metadata.namespace, PLURAL, body.metadata.name, _request_timeout=10))
+    except ApiException as exc:
+        if exc.status == 404:
+            return
+        raise
+    if fresh["metadata"].get("uid") != body.metadata.uid or fresh["metadata"].get("deletionTimestamp"):
+        return
     started = time.monotonic()
     try:
-        status = reconcile(kube(), dict(body), event, SETTINGS)
+        status = reconcile(kube(), fresh, event, SETTINGS)
     except Exception:
         metrics.record_reconcile(source, "error", time.monotonic() - started)
         raise
     metrics.record_reconcile(source, "ok", time.monotonic() - started)
     metrics.record_status(body.metadata.namespace, body.metadata.name, status)
-    old = {k: v for k, v in (body.get("status") or {}).items() if k != "kopf"}
+    old = {k: v for k, v in (fresh.get("status") or {}).items() if k != "kopf"}
     if status != old:
         patch.status.update(status)
         for key in set(old) - set(status):

@@ -100,3 +100,16 @@ def test_metrics_follow_the_article_definitions():
     assert m["SnapshotStorageUsed"] == 10 * page  # only the one older than the window
     assert m["TotalBackupStorageBilled"] == (m["BackupRetentionPeriodStorageUsed"]
                                              + m["SnapshotStorageUsed"] - m["VolumeBytesUsed"])
+
+
+def test_fast_chunk_decoder_agrees_and_rejects_garbage():
+    recs = [Record(5, 2, 7, 0, 0, RecordFlags.CPL, b"ab").encode(),
+            Record(6, 2, 8, 5, 0, RecordFlags.FULL_IMAGE, b"c" * 16).encode()]
+    data = chunks.encode_chunk({"pg": 2, "start": 4, "end": 9}, recs)
+    _h, fast = chunks.decode_chunk_fast(data)
+    _h, full = chunks.decode_chunk(data)
+    assert fast == [(r.lsn, r.page, int(r.flags), r.payload) for r in full]
+    for bad in (data[:-3], data[:30], chunks.encode_chunk({"pg": 3, "start": 4, "end": 9}, recs),
+                chunks.encode_chunk({"pg": 2, "start": 4, "end": 9}, recs[:1] + [b"xx"])):
+        with pytest.raises(chunks.BadObject):
+            chunks.decode_chunk_fast(bad)
