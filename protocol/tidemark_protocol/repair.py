@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .quorum import Membership
+from .quorum import WRITE_QUORUM, Membership
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +89,14 @@ def plan_repairs(
             if member not in lost:
                 continue
             zone = nodes[member].zone if member in nodes else None
+            healthy_members = [s for s in m.members if s in nodes and nodes[s].healthy]
+            if len(healthy_members) < WRITE_QUORUM:
+                # A membership change must be recorded in a write quorum: without one
+                # the PG is not writable anyway, and the lost nodes may well return.
+                plan.waiting.append(
+                    RepairWait(pg, member, f"pg {pg} has {len(healthy_members)} healthy segments, below the write quorum")
+                )
+                break
             if running >= limits.max_concurrent:
                 plan.waiting.append(RepairWait(pg, member, "concurrency limit reached"))
                 continue
@@ -107,7 +115,6 @@ def plan_repairs(
                 )
                 continue
             target = min(eligible, key=lambda n: (in_progress_targets[n.name], load[n.name], n.name))
-            healthy_members = [s for s in m.members if s != member and nodes.get(s, None) and nodes[s].healthy]
             sources = tuple(sorted(healthy_members, key=lambda s: (source_use[s], s)))
             source_use.update(sources[:2])
             plan.start.append(RepairAction(pg, member, target.name, sources))

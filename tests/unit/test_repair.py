@@ -57,3 +57,10 @@ def test_pg_with_change_in_progress_is_left_alone():
     memberships = {0: Membership(1, ("a1", "a2", "b1", "b2", "c1", "c2")).begin_replace("a1", "a3")}
     plan = plan_repairs(memberships, _nodes(down={"a1": 0.0}), 100, RepairLimits())
     assert not plan.start and not plan.waiting
+
+
+def test_pg_below_write_quorum_waits_for_nodes_rather_than_rebuilding():
+    down = {"a1": 0.0, "c1": 0.0, "c2": 0.0}
+    plan = plan_repairs(_memberships(1), _nodes(down=down), 100, RepairLimits())
+    assert not plan.start
+    assert "below the write quorum" in plan.waiting[0].reason
