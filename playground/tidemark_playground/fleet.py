@@ -100,7 +100,8 @@ class Fleet:
         for flag, key in (("--gossip-interval", "gossip_interval"), ("--backup", "backup"),
                           ("--backup-interval", "backup_interval"),
                           ("--backup-snapshot-interval", "backup_snapshot_interval"),
-                          ("--scrub-interval", "scrub_interval")):
+                          ("--scrub-interval", "scrub_interval"),
+                          ("--materialize-interval", "materialize_interval")):
             if key in self.options:
                 cmd += [flag, str(self.options[key])]
         with self.log_file(node.name).open("ab") as out:
