@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 from .errors import MalformedFrame
 from .records import Record, RecordFlags
@@ -33,3 +34,12 @@ def apply_redo(page: bytes, record: Record, page_size: int) -> bytes:
 
 def empty_page(page_size: int) -> bytes:
     return bytes(page_size)
+
+
+def page_at(records: Iterable[Record], page: int, at: int, page_size: int) -> bytes:
+    """A page as of read point `at`, by applying its records in LSN order from empty
+    (the reference that materialized versions and page reads must agree with)."""
+    image = empty_page(page_size)
+    for record in sorted((r for r in records if r.page == page and r.lsn <= at), key=lambda r: r.lsn):
+        image = apply_redo(image, record, page_size)
+    return image

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tidemark_protocol.frames import decode_records
-from tidemark_protocol.pages import apply_redo, empty_page, patch_payload
+from tidemark_protocol.pages import page_at, patch_payload
 
 pytestmark = [pytest.mark.process, pytest.mark.rebuild, pytest.mark.timeout(120)]
 
@@ -39,11 +39,7 @@ def make_records(chain, start: int, count: int, rng: random.Random) -> list:
 
 
 def reference(records, page: int, at: int) -> bytes:
-    image = empty_page(PAGE_SIZE)
-    for r in records:
-        if r.page == page and r.lsn <= at:
-            image = apply_redo(image, r, PAGE_SIZE)
-    return image
+    return page_at(records, page, at, PAGE_SIZE)
 
 
 async def put(c, members, epoch=1, next_members=None, peers=None):

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tidemark_protocol.frames import decode_records
-from tidemark_protocol.pages import apply_redo, empty_page, patch_payload
+from tidemark_protocol.pages import page_at, patch_payload
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(150)]
 
@@ -33,11 +33,7 @@ def make_records(wire, pg: int, start: int, count: int, rng: random.Random, chai
 
 
 def reference(records, page: int, at: int) -> bytes:
-    image = empty_page(PAGE_SIZE)
-    for r in records:
-        if r.page == page and r.lsn <= at:
-            image = apply_redo(image, r, PAGE_SIZE)
-    return image
+    return page_at(records, page, at, PAGE_SIZE)
 
 
 async def read(c, pg: int, page: int, at: int, tail: int | None = None, epoch: int = 1):
