@@ -150,12 +150,18 @@ class PodRunner:
         cwd.mkdir(parents=True, exist_ok=True)
         # Volume mounts become per-pod directories: an argument at or under a mountPath
         # (e.g. `--data /data`) is rewritten to the same path under the pod's directory.
+        # The program itself and arguments naming existing host files are left alone: the
+        # venv's `tidemark` may well live under a mounted path such as /tmp.
         for mount in c.get("volumeMounts") or []:
             mp = str(mount.get("mountPath", "")).rstrip("/")
             if mp:
                 local = str(cwd / mp.lstrip("/"))
-                argv = [local + a[len(mp):] if a == mp or a.startswith(mp + "/") else a
-                        for a in argv]
+                argv = argv[:1] + [
+                    local + a[len(mp):]
+                    if (a == mp or a.startswith(mp + "/")) and not os.path.isfile(a)
+                    else a
+                    for a in argv[1:]
+                ]
         logf = self.log_dir / f"{r.namespace}_{r.name}.log"
         r.log = str(logf)
         with logf.open("ab") as fh:
