@@ -16,8 +16,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from tidemark_protocol.errors import CorruptRecord, MalformedFrame, ProtocolError, UnknownSegment
-from tidemark_protocol.frames import HEADER_SIZE as FRAME_HEADER_SIZE
-from tidemark_protocol.frames import MAX_FRAME, decode_marks, open_frame
+from tidemark_protocol.frames import MAGIC, MAX_FRAME, decode_marks
 from tidemark_protocol.records import FORMAT_VERSION, MAX_PAYLOAD, RecordFlags, crc32c
 
 from . import store as keys
@@ -26,7 +25,9 @@ from .state import STATE, NodeState
 
 log = structlog.get_logger("tidemark.node.intake")
 
+_HEAD = struct.Struct("<4sQQQQI")
 _GROUP = struct.Struct("<IQI")
+_CRC = struct.Struct("<I")
 _RECORD = struct.Struct("<BBHIQQQQI")  # records.py header, format version 1
 _VALID_FLAGS = frozenset(int(f) for f in range(4) if RecordFlags(f) == f)
 MAX_INFLIGHT_FRAMES = 2048  # per connection: beyond this the reader waits for acks
@@ -103,9 +104,19 @@ def decode_records_raw(buf: bytes, offset: int, end: int, count: int | None, pg:
 def decode_frame(buf: bytes) -> Frame:
     """Same checks as frames.decode_batch, but keeps each record's encoded bytes so the
     node stores them without re-encoding, and builds only light `Rec` objects."""
-    body, (seq, epoch, vdl, pgmrpl, ngroups) = open_frame(buf)
-    end_body = len(body)
-    offset = FRAME_HEADER_SIZE
+    if len(buf) > MAX_FRAME:
+        raise MalformedFrame(f"frame of {len(buf)} bytes exceeds {MAX_FRAME}")
+    if len(buf) < _HEAD.size + _CRC.size:
+        raise MalformedFrame("frame shorter than its header")
+    end_body = len(buf) - _CRC.size
+    (stored_crc,) = _CRC.unpack_from(buf, end_body)
+    body = buf[:end_body]  # one copy per frame (the CRC codec wants read-only bytes)
+    if crc32c(body) != stored_crc:
+        raise MalformedFrame("frame crc32c mismatch")
+    magic, seq, epoch, vdl, pgmrpl, ngroups = _HEAD.unpack_from(body, 0)
+    if magic != MAGIC:
+        raise MalformedFrame(f"bad frame magic {magic!r}")
+    offset = _HEAD.size
     groups: list[Group] = []
     for _ in range(ngroups):
         if end_body - offset < _GROUP.size:

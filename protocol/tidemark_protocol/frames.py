@@ -79,30 +79,18 @@ def encode_batch_with_encoded_records(
     return body + _CRC.pack(crc32c(body))
 
 
-def open_frame(buf: bytes) -> tuple[bytes, tuple[int, int, int, int, int]]:
-    """Check a frame's size, CRC and magic; return its body (without the CRC) and the
-    header fields (seq, volume_epoch, writer_vdl, pgmrpl, groups). Shared by
-    `decode_batch` and the node's zero-re-encode decoder."""
+def decode_batch(buf: bytes) -> WriteBatch:
     if len(buf) > MAX_FRAME:
         raise MalformedFrame(f"frame of {len(buf)} bytes exceeds {MAX_FRAME}")
     if len(buf) < _HEAD.size + _CRC.size:
         raise MalformedFrame("frame shorter than its header")
-    end_body = len(buf) - _CRC.size
-    (stored_crc,) = _CRC.unpack_from(buf, end_body)
-    body = bytes(buf[:end_body])  # one copy per frame (the CRC codec wants read-only bytes)
-    if crc32c(body) != stored_crc:
+    (stored_crc,) = _CRC.unpack_from(buf, len(buf) - _CRC.size)
+    body = memoryview(buf)[: len(buf) - _CRC.size]
+    if crc32c(bytes(body)) != stored_crc:
         raise MalformedFrame("frame crc32c mismatch")
-    magic, *fields = _HEAD.unpack_from(body, 0)
+    magic, seq, epoch, vdl, pgmrpl, ngroups = _HEAD.unpack_from(body, 0)
     if magic != MAGIC:
         raise MalformedFrame(f"bad frame magic {magic!r}")
-    return body, tuple(fields)  # type: ignore[return-value]
-
-
-HEADER_SIZE = _HEAD.size
-
-
-def decode_batch(buf: bytes) -> WriteBatch:
-    body, (seq, epoch, vdl, pgmrpl, ngroups) = open_frame(buf)
     offset = _HEAD.size
     groups: list[PgBatch] = []
     for _ in range(ngroups):
