@@ -7,207 +7,44 @@ spec change, and deletion."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from rigenv import (
+    NAME,
+    TIDEMARK,
+    Operator,
+    cluster_body,
+    cond,
+    get_ac,
+    kubectl,
+    operator_env,
+    owned,
+    ready,
+    workload_during,
+)
 
-from tidemark_compute.verify_model import Model
-from tidemark_compute.workload import run_workload, verify
-from tidemark_compute.writer import Writer
 from tidemark_operator.model import GROUP, PLURAL, VERSION, ZONE_LABEL, ZONE_POD_LABEL
 from tidemark_operator.topology import cluster_topology
 from tidemark_rig.control_plane import ControlPlane
-from tidemark_rig.fixtures import in_ci
-from tidemark_rig.procs import tail, wait_for
+from tidemark_rig.procs import wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.operator]
-
-ROOT = Path(__file__).resolve().parents[2]
-CRD = ROOT / "crds" / "auroraclusters.tidemark.dev.yaml"
-NAME = "demo"
-TIDEMARK = str(Path(sys.executable).with_name("tidemark"))
-
-
-def kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        if in_ci():
-            pytest.fail("kubectl not on PATH")
-        pytest.skip("kubectl not on PATH")
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Operator:
-    def __init__(self, kubeconfig: str, ns: str, log: Path) -> None:
-        self.kubeconfig, self.ns, self.log = kubeconfig, ns, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.health_port, self.metrics_port = free_port(), free_port()
-
-    def start(self) -> None:
-        with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [TIDEMARK, "operator", "run", "-n", self.ns, "--kubeconfig", self.kubeconfig,
-                 "--node-command", TIDEMARK, "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
-                 "--metrics-port", str(self.metrics_port), "--interval", "1"],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        self.proc = None
 
 
 @pytest.fixture(scope="module")
 def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    api = rig_cluster.api_client()
-    ext = client.ApiextensionsV1Api(api)
-    crd = yaml.safe_load(CRD.read_text())
-    try:
-        ext.create_custom_resource_definition(crd, _request_timeout=10)
-    except ApiException as exc:
-        if exc.status != 409:
-            raise
-        cur = ext.read_custom_resource_definition(crd["metadata"]["name"], _request_timeout=10)
-        crd["metadata"]["resourceVersion"] = cur.metadata.resource_version
-        ext.replace_custom_resource_definition(crd["metadata"]["name"], crd, _request_timeout=10)
-
-    def established() -> bool:
-        c = ext.read_custom_resource_definition(crd["metadata"]["name"], _request_timeout=5)
-        return any(x.type == "Established" and x.status == "True" for x in c.status.conditions or [])
-
-    wait_for(established, 30, "CRD established")
-    ns = "op-" + uuid.uuid4().hex[:6]
-    core = rig_cluster.core()
-    core.create_namespace({"metadata": {"name": ns}}, _request_timeout=10)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = Operator(str(rig_cluster.kubeconfig), ns, log)
-    op.start()
-    e = {"rig": rig_cluster, "api": api, "core": core, "apps": client.AppsV1Api(api),
-         "co": client.CustomObjectsApi(api), "policy": client.PolicyV1Api(api), "ns": ns,
-         "op": op, "log": log}
-    try:
+    with operator_env(rig_cluster, tmp_path_factory) as e:
         yield e
-    finally:
-        op.kill(signal.SIGTERM)
-        with contextlib.suppress(Exception):
-            rig_cluster.restore_nodes()
-        with contextlib.suppress(Exception):
-            core.delete_namespace(ns, _request_timeout=10)
 
-
-@pytest.fixture(autouse=True)
-def _operator_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    rep = getattr(request.node, "rep_call", None)  # set by tests/operator/conftest.py
-    if rep is not None and rep.failed and "env" in request.fixturenames:
-        log = request.getfixturevalue("env")["log"]
-        print(f"--- operator log tail ---\n{tail(log, 60)}")
-
-
-def cluster_body(name: str, **spec: Any) -> dict[str, Any]:
-    body = yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
-    body["metadata"] = {"name": name}
-    body["spec"]["storage"]["ephemeral"] = True  # the rig has no volume provisioner
-    body["spec"].update(spec)
-    return body
-
-
-def get_ac(e: dict[str, Any], name: str = NAME) -> dict[str, Any]:
-    return e["co"].get_namespaced_custom_object(GROUP, VERSION, e["ns"], PLURAL, name,
-                                                _request_timeout=5)
-
-
-def cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
-
-
-def ready(e: dict[str, Any], name: str = NAME, pgs: int = 4) -> dict[str, Any] | None:
-    obj = get_ac(e, name)
-    st = obj.get("status") or {}
-    ok = (cond(obj, "Ready").get("status") == "True" and cond(obj, "Degraded").get("status") == "False"
-          and st.get("healthyPGs") == f"{pgs}/{pgs}"
-          and st.get("observedGeneration") == obj["metadata"]["generation"])
-    return obj if ok else None
-
-
-def owned(e: dict[str, Any], name: str) -> dict[str, list[str]]:
-    sel = f"tidemark.dev/cluster={name}"
-    ns = e["ns"]
-    return {
-        "sts": [s.metadata.name for s in e["apps"].list_namespaced_stateful_set(
-            ns, label_selector=sel, _request_timeout=5).items],
-        "svc": [s.metadata.name for s in e["core"].list_namespaced_service(
-            ns, label_selector=sel, _request_timeout=5).items],
-        "pdb": [s.metadata.name for s in e["policy"].list_namespaced_pod_disruption_budget(
-            ns, label_selector=sel, _request_timeout=5).items],
-        "cm": [s.metadata.name for s in e["core"].list_namespaced_config_map(
-            ns, label_selector=sel, _request_timeout=5).items],
-    }
-
-
-async def _workload_during(e: dict[str, Any], action: Callable[[], None], settle: float = 2.0,
-                           concurrency: int = 8) -> dict[str, Any]:
-    topo = cluster_topology(e["core"], e["ns"], NAME)
-
-    async def source() -> Any:
-        return await asyncio.to_thread(cluster_topology, e["core"], e["ns"], NAME)
-
-    writer = await Writer.open(topo, membership_source=source, timeout=60)
-    model = Model(None)
-    stop = asyncio.Event()
-    commits: list[float] = []
-    try:
-        task = asyncio.create_task(run_workload(writer, model, 600, concurrency=concurrency,
-                                                stop=stop, on_commit=lambda _l: commits.append(time.monotonic())))
-        await asyncio.sleep(settle)
-        t0 = time.monotonic()
-        await asyncio.to_thread(action)
-        t1 = time.monotonic()
-        await asyncio.sleep(settle)
-        stop.set()
-        stats = await task
-        result = await verify(writer, model)
-    finally:
-        model.close()
-        await writer.close()
-    during = [t for t in commits if t0 <= t <= t1]
-    gaps = [b - a for a, b in zip(commits, commits[1:], strict=False)]
-    return {"acked": stats.acked, "failed": stats.failed, "result": result,
-            "during": len(during), "max_gap": max(gaps, default=0.0), "action_s": t1 - t0}
-
-
-def workload_during(e: dict[str, Any], action: Callable[[], None], **kw: Any) -> dict[str, Any]:
-    return asyncio.run(_workload_during(e, action, **kw))
 
 
 # -- tests, in order -------------------------------------------------------------------------
