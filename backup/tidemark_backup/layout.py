@@ -9,7 +9,11 @@ name + generation), so no object is ever overwritten.
                                                          log records of the PG with start < lsn <= end
     {root}/pg-{pg:05d}/snap/{lsn:020d}-e{epoch:06d}-{node}-g{gen:06d}.snap
                                                          the PG's non-zero pages as of lsn
-    {root}/marks/{node}-g{gen:06d}-{seq:010d}.marks      VDL marks (vdl, unix µs) the node received
+    {root}/marks/{node}-g{gen:06d}-{seq:010d}-v{lo:020d}-{hi:020d}.marks
+                                                         VDL marks (vdl, unix µs) the node received,
+                                                         lo..hi = their VDL range (retention prunes by
+                                                         it without reading); keys without the range
+                                                         (older uploads) stay valid
     {root}/manual/{name}/pg-{pg:05d}.snap, manifest.json a manual snapshot (manifest written last)
 """
 
@@ -25,7 +29,7 @@ _NAME = r"[A-Za-z0-9_.\-]+"
 _CHUNK = re.compile(
     rf"^pg-(\d{{5}})/log/(\d{{20}})-(\d{{20}})-e(\d{{6}})-({_NAME})-g(\d{{6}})\.chunk$")
 _SNAP = re.compile(rf"^pg-(\d{{5}})/snap/(\d{{20}})-e(\d{{6}})-({_NAME})-g(\d{{6}})\.snap$")
-_MARKS = re.compile(rf"^marks/({_NAME})-g(\d{{6}})-(\d{{10}})\.marks$")
+_MARKS = re.compile(rf"^marks/({_NAME})-g(\d{{6}})-(\d{{10}})(?:-v(\d{{20}})-(\d{{20}}))?\.marks$")
 _NODE = re.compile(rf"^nodes/({_NAME})/g(\d{{6}})\.json$")
 _MANIFEST = re.compile(rf"^pg-(\d{{5}})/manifest-({_NAME})-g(\d{{6}})\.json$")
 _MANUAL = re.compile(rf"^manual/({_NAME})/(manifest\.json|pg-(\d{{5}})\.snap)$")
@@ -59,8 +63,10 @@ def snap_key(pg: int, lsn: int, epoch: int, node: str, gen: int) -> str:
     return f"pg-{pg:05d}/snap/{lsn:020d}-e{epoch:06d}-{node}-g{gen:06d}.snap"
 
 
-def marks_key(node: str, gen: int, seq: int) -> str:
-    return f"marks/{node}-g{gen:06d}-{seq:010d}.marks"
+def marks_key(node: str, gen: int, seq: int, lo: int | None = None, hi: int | None = None) -> str:
+    if lo is None or hi is None:
+        return f"marks/{node}-g{gen:06d}-{seq:010d}.marks"
+    return f"marks/{node}-g{gen:06d}-{seq:010d}-v{lo:020d}-{hi:020d}.marks"
 
 
 def manual_snap_key(name: str, pg: int) -> str:
@@ -80,8 +86,8 @@ class Obj:
     size: int = 0
     mtime: float = 0.0
     pg: int = -1
-    start: int = 0  # chunk: covered LSNs (start, end]; snap: start == end == lsn
-    end: int = 0
+    start: int = 0  # chunk: covered LSNs (start, end]; snap: start == end == lsn;
+    end: int = 0  # marks: VDL range [start, end] (end == -1: unknown, an older key)
     epoch: int = 0
     node: str = ""
     gen: int = 0
@@ -99,8 +105,11 @@ def parse(key: str, size: int = 0, mtime: float = 0.0) -> Obj:
         pg, lsn, ep, node, gen = m.groups()
         return Obj(key, "snap", size, mtime, int(pg), int(lsn), int(lsn), int(ep), node, int(gen))
     if m := _MARKS.match(key):
-        node, gen, seq = m.groups()
-        return Obj(key, "marks", size, mtime, node=node, gen=int(gen), seq=int(seq))
+        node, gen, seq, lo, hi = m.groups()
+        if lo is not None and int(lo) > int(hi):
+            return Obj(key, "unknown", size, mtime)
+        return Obj(key, "marks", size, mtime, start=int(lo or 0), end=int(hi) if hi else -1,
+                   node=node, gen=int(gen), seq=int(seq))
     if m := _NODE.match(key):
         node, gen = m.groups()
         return Obj(key, "node", size, mtime, node=node, gen=int(gen))

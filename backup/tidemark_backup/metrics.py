@@ -46,8 +46,8 @@ def compute(objs: list[Obj], manual: list[dict], page_size: int | None, retentio
             now: float | None = None, window: tuple[int | None, int | None] = (None, None),
             node_errors: list[str] | None = None) -> dict:
     now = time.time() if now is None else now
-    automated = [o for o in objs if o.kind in ("chunk", "snap", "marks")]
-    brpsu = sum(o.size for o in automated)
+    parts = {kind: sum(o.size for o in objs if o.kind == kind) for kind in ("snap", "chunk", "marks")}
+    brpsu = sum(parts.values())
     window_start = now - retention_s
     ssu = sum(m["volume_bytes"] for m in manual if m.get("created", now) < window_start)
     volume = 0
@@ -73,6 +73,11 @@ def compute(objs: list[Obj], manual: list[dict], page_size: int | None, retentio
         "SnapshotStorageUsed": ssu,
         "TotalBackupStorageBilled": max(0, brpsu + ssu - volume),
         "VolumeBytesUsed": volume,
+        # BackupRetentionPeriodStorageUsed's parts: base images (automated snapshots, full
+        # copies of a PG's pages), change records (log chunks), VDL marks.
+        "baseImageBytes": parts["snap"],
+        "changeRecordBytes": parts["chunk"],
+        "marksBytes": parts["marks"],
         "objects": len(objs),
         "manualSnapshots": len(manual),
     }

@@ -31,10 +31,9 @@ from tenacity import retry, stop_after_attempt, wait_exponential
 
 from tidemark_protocol.records import HEADER_SIZE
 
-from . import chunks, layout
+from . import chunks, layout, retention
 from .catalog import catalog
 from .objstore import Exists, ObjStore, open_store
-from .retention import plan_deletes
 
 log = structlog.get_logger("tidemark.backup.uploader")
 
@@ -246,7 +245,10 @@ class Uploader:
         self.marks_seq += 1
         hdr = {"node": self.state.name, "gen": self.state.generation,
                "created_us": int(time.time() * 1e6)}
-        await self._put(layout.marks_key(self.state.name, self.state.generation, self.marks_seq),
+        vdls = [v for v, _t in batch]
+        # The VDL range in the key lets retention prune marks without reading them.
+        await self._put(layout.marks_key(self.state.name, self.state.generation, self.marks_seq,
+                                         min(vdls), max(vdls)),
                         chunks.encode_marks(hdr, batch))
         for _ in range(len(batch)):
             self.marks.popleft()
@@ -402,10 +404,8 @@ class Uploader:
         mine = [pg for pg, p in self.progress.items() if p.designated]
         if not mine:
             return
-        objs = await self._io(self.store.list, "")
-        deletes = plan_deletes(objs, time.time(), self.settings.retention_days * 86400.0, set(mine))
-        for key in deletes:
-            await self._io(self.store.delete, key)
+        deletes = await self._io(retention.apply, self.store, time.time(),
+                                 self.settings.retention_days * 86400.0, set(mine))
         if deletes:
             log.info("backup_retention", deleted=len(deletes))
 

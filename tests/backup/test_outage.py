@@ -26,7 +26,10 @@ def node_backup(url: str) -> dict:
 
 async def test_store_outage_catches_up_without_gap(tmp_path, s3_url, rig_minio_server):
     async with backup_fleet(tmp_path / "src", s3_url) as bf:
-        work = asyncio.create_task(bf.workload(14, concurrency=8, seed=21))
+        # The workload runs until 3 s after the store is back (however long its restart
+        # takes on a loaded machine), so every probed point below lies inside it.
+        stop = asyncio.Event()
+        work = asyncio.create_task(bf.workload(120, concurrency=8, seed=21, stop=stop))
         await asyncio.sleep(3)
         t_down = int(time.time() * 1e6)
         await asyncio.to_thread(rig_minio_server.stop)
@@ -38,9 +41,12 @@ async def test_store_outage_catches_up_without_gap(tmp_path, s3_url, rig_minio_s
         finally:
             await asyncio.to_thread(rig_minio_server.start)
         t_up = int(time.time() * 1e6)
+        await asyncio.sleep(3)
+        stop.set()
         acked = await work
         assert acked > 0
         end_us = bf.marks[-1][1]
+        assert end_us > t_up + 1_000_000, "the workload must outlast the outage"
         await wait_until(lambda: (status_of(s3_url)["latestRestorableTime"] or "") >= iso(end_us),
                          45, "backup to catch up after the outage")
     st = status_of(s3_url)

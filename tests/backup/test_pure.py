@@ -113,3 +113,79 @@ def test_fast_chunk_decoder_agrees_and_rejects_garbage():
                 chunks.encode_chunk({"pg": 2, "start": 4, "end": 9}, recs[:1] + [b"xx"])):
         with pytest.raises(chunks.BadObject):
             chunks.decode_chunk_fast(bad)
+
+
+def _marks(node: str, seq: int, lo: int, hi: int, mtime: float) -> layout.Obj:
+    return obj(layout.marks_key(node, 1, seq, lo, hi), size=16, mtime=mtime)
+
+
+def test_retention_prunes_marks_manifests_and_registrations_no_point_needs():
+    day = 86400.0
+    pg0 = [obj(layout.snap_key(0, 10, 1, "a1", 2), mtime=1 * day),
+           obj(layout.snap_key(0, 50, 1, "a1", 2), mtime=3 * day),
+           obj(layout.snap_key(0, 90, 1, "a1", 2), mtime=6 * day),
+           obj(layout.chunk_key(0, 0, 10, 1, "a1", 2), mtime=1 * day),
+           obj(layout.chunk_key(0, 10, 50, 1, "a1", 2), mtime=3 * day),
+           obj(layout.chunk_key(0, 50, 90, 1, "a1", 2), mtime=6 * day),
+           obj(layout.chunk_key(0, 90, 95, 1, "a1", 2), mtime=7 * day)]
+    pg1 = [obj(layout.snap_key(1, 40, 1, "b1", 1), mtime=2 * day),
+           obj(layout.chunk_key(1, 0, 40, 1, "b1", 1), mtime=2 * day),
+           obj(layout.chunk_key(1, 40, 95, 1, "b1", 1), mtime=7 * day)]
+    marks = [_marks("a1", 1, 1, 9, 1 * day), _marks("a1", 2, 10, 45, 3 * day),
+             _marks("a1", 3, 46, 60, 5 * day), _marks("a1", 4, 61, 95, 7 * day)]
+    legacy = obj(layout.marks_key("a1", 1, 9), mtime=0.0)  # no VDL range in the key: kept
+    manifests = [obj(layout.manifest_key(0, "a1", 1), mtime=0.0),  # gen 1 left nothing
+                 obj(layout.manifest_key(0, "a1", 2), mtime=1 * day),
+                 obj(layout.manifest_key(1, "b1", 1), mtime=0.0)]
+    nodes = [obj(layout.node_key("a1", 1)), obj(layout.node_key("a1", 2)), obj(layout.node_key("b1", 1))]
+    manual = [obj(layout.manual_snap_key("keep", 0), mtime=0.0), obj(layout.manual_manifest_key("keep"))]
+    objs = pg0 + pg1 + marks + [legacy] + manifests + nodes + manual
+    gone = set(plan_deletes(objs, 7 * day, 3 * day))
+    # Bases at the window start (day 4): PG 0 -> snapshot 50, PG 1 -> snapshot 40. The
+    # lowest restorable LSN is then 50 (a point needs every PG): marks wholly below go.
+    assert gone == {pg0[0].key, pg0[3].key, pg0[4].key, pg1[1].key, marks[0].key, marks[1].key,
+                    manifests[0].key, nodes[0].key}
+    kept = [o for o in objs if o.key not in gone]
+    cats = catalog(kept)
+    tl = Timeline([(5, 1), (45, 3), (50, 4), (60, 5), (95, 7)])
+    assert tl.restorable(volume_intervals(cats, 2))[0] == (50, 4)  # the window start survives
+    # A node pruning only PG 1 leaves PG 0 reaching back to LSN 0: the floor is PG 1's 40.
+    gone1 = set(plan_deletes(objs, 7 * day, 3 * day, pgs={1}))
+    assert marks[0].key in gone1 and marks[1].key not in gone1 and pg0[0].key not in gone1
+    # Nothing old enough: only the superseded manifest and registration go, every mark stays.
+    assert set(plan_deletes(objs, 2 * day, 3 * day)) == {manifests[0].key, nodes[0].key}
+    # A PG with no restorable interval: nothing is restorable, no mark is dropped.
+    broken = objs + [obj(layout.chunk_key(2, 5, 9, 1, "c1", 1), mtime=7 * day)]
+    assert not any(k.startswith("marks/") for k in plan_deletes(broken, 7 * day, 3 * day))
+
+
+def test_retention_pass_does_not_trust_a_corrupt_base(tmp_path):
+    import os
+
+    from tidemark_backup.objstore import open_store
+    from tidemark_backup.retention import apply
+
+    day = 86400.0
+    store = open_store(f"file://{tmp_path}")
+    hdr = {"pg": 0, "page_size": 16, "node": "a1", "gen": 1, "epoch": 1}
+    items = {layout.snap_key(0, 10, 1, "a1", 1): (chunks.encode_snap({**hdr, "lsn": 10}, {0: b"a" * 16}), 1),
+             layout.snap_key(0, 50, 1, "a1", 1): (b"TMK1 mangled", 3),
+             layout.chunk_key(0, 0, 10, 1, "a1", 1): (b"c", 1),
+             layout.chunk_key(0, 10, 50, 1, "a1", 1): (b"c", 3),
+             layout.chunk_key(0, 50, 90, 1, "a1", 1): (b"c", 6)}
+    for key, (data, d) in items.items():
+        store.put(key, data)
+        os.utime(store._path(key), (d * day, d * day))
+    # The day-3 base is mangled: the day-1 snapshot stays the base, only what is older
+    # than it goes (the chunk ending at 10), and the chain 10 -> 50 -> 90 survives.
+    assert apply(store, 7 * day, 3 * day) == [layout.chunk_key(0, 0, 10, 1, "a1", 1)]
+    assert apply(store, 7 * day, 3 * day, verify=False) == sorted(
+        [layout.snap_key(0, 10, 1, "a1", 1), layout.chunk_key(0, 10, 50, 1, "a1", 1)])
+
+
+def test_metrics_break_down_the_retention_storage():
+    objs = [obj(layout.snap_key(0, 10, 1, "a1", 1), size=1000), obj(layout.chunk_key(0, 10, 20, 1, "a1", 1), size=300),
+            _marks("a1", 1, 10, 20, 0.0)]
+    m = compute(objs, [], 4096, retention_s=86400.0, now=1.0)
+    assert (m["baseImageBytes"], m["changeRecordBytes"], m["marksBytes"]) == (1000, 300, 16)
+    assert m["BackupRetentionPeriodStorageUsed"] == 1316
