@@ -7,12 +7,15 @@
 2. once G's SCL has caught up with its peers': epoch+2, membership {A..E,G}, saved and
    recorded the same way; F's segment is deleted if F answers (fenced otherwise by its
    old membership epoch, and cleaned when it returns).
-Each step is idempotent, so an interrupted repair can be resumed or aborted.
+Each step is idempotent, so an interrupted repair can be resumed (resume_repair: a new
+supervisor finds the dual membership in the placement and carries on from the target's
+hydration state) or aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,8 +32,22 @@ log = structlog.get_logger("tidemark.repair")
 SavePlacement = Callable[[int, Membership, Membership], Awaitable[None]]  # CAS: pg, old, new
 
 
+RUNNING = ("snapshot", "log", "catching_up")  # a node's hydration states while it works
+HYDRATE_ATTEMPTS = 3
+CRASH_ENV = "TIDEMARK_SUPERVISOR_CRASH_AT"  # test-only: "after-begin" | "after-finish"
+CRASH_EXIT = 70
+
+
 class RepairFailed(Exception):
     pass
+
+
+def crash_point(name: str) -> None:
+    """Die on the spot (as a SIGKILL would) when a test asked for NAME: the narrowest
+    windows of a repair are right after a placement write."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("crash_point", point=name)
+        os._exit(CRASH_EXIT)
 
 
 @dataclass
@@ -43,16 +60,17 @@ class RepairProgress:
     started: float = field(default_factory=time.time)
     finished: float | None = None
     error: str | None = None
+    resumed: bool = False  # found half-done in the placement by a new supervisor
 
     def to_json(self) -> dict:
         return {
             "pg": self.pg, "lost": self.lost, "target": self.target, "step": self.step,
             "pct": round(self.pct, 1), "started": self.started, "finished": self.finished,
-            "error": self.error,
+            "error": self.error, "resumed": self.resumed,
         }  # fmt: skip
 
 
-async def _put_segment(
+async def put_segment(
     session: aiohttp.ClientSession, topology: Topology, node: str, pg: int, membership: Membership
 ) -> bool:
     body = {
@@ -76,7 +94,7 @@ async def record_membership(
     while True:
         pending = [m for m in membership.all_members if m not in done]
         results = await asyncio.gather(
-            *(_put_segment(session, topology, m, pg, membership) for m in pending)
+            *(put_segment(session, topology, m, pg, membership) for m in pending)
         )
         done.update(m for m, ok in zip(pending, results, strict=True) if ok)
         if all(len(done & set(s)) >= WRITE_QUORUM for s in membership.sets):
@@ -112,24 +130,66 @@ async def execute_repair(
     dual = current.begin_replace(action.lost, action.target)
     progress.step = "dual-membership"
     await save(pg, current, dual)
+    crash_point("after-begin")
     topology.memberships[pg] = dual
-    if not await _put_segment(session, topology, action.target, pg, dual):
+    return await _finish_from_dual(session, topology, action, dual, save, progress, bandwidth, deadline)
+
+
+async def resume_repair(
+    session: aiohttp.ClientSession,
+    topology: Topology,
+    pg: int,
+    healthy: set[str],
+    save: SavePlacement,
+    progress: RepairProgress,
+    bandwidth: int = 0,
+    timeout: float = 600.0,
+) -> Membership:
+    """Finish a replacement found half-done in the placement (the supervisor that began
+    it died). Every step is idempotent, and the target's own status says where the
+    rebuild stands, so it simply continues: (re)create and record the dual membership,
+    hydrate unless already running or done, finalize."""
+    dual = topology.memberships[pg]
+    if dual.next_members is None:
+        raise RepairFailed(f"pg {pg}: no replacement in progress")
+    (target,) = set(dual.next_members) - set(dual.members)
+    (lost,) = set(dual.members) - set(dual.next_members)
+    sources = tuple(s for s in dual.members if s in dual.next_members and s in healthy)
+    if not sources:
+        raise RepairFailed(f"pg {pg}: no healthy source to rebuild {target} from")
+    action = RepairAction(pg, lost, target, sources)
+    return await _finish_from_dual(session, topology, action, dual, save, progress, bandwidth,
+                                   time.monotonic() + timeout)
+
+
+async def _finish_from_dual(
+    session: aiohttp.ClientSession,
+    topology: Topology,
+    action: RepairAction,
+    dual: Membership,
+    save: SavePlacement,
+    progress: RepairProgress,
+    bandwidth: int,
+    deadline: float,
+) -> Membership:
+    pg = action.pg
+    if not await put_segment(session, topology, action.target, pg, dual):
         raise RepairFailed(f"pg {pg}: could not create the segment on {action.target}")
     await record_membership(session, topology, pg, dual, deadline)
 
     progress.step = "hydrating"
     sources = {s: topology.nodes[s] for s in action.sources}
-    async with session.post(
-        f"{topology.nodes[action.target]}/v1/segments/{pg}/hydrate",
-        json={"sources": sources, "bandwidth_bytes_per_s": bandwidth},
-    ) as resp:
-        if resp.status >= 300:
-            raise RepairFailed(f"pg {pg}: hydrate on {action.target}: {await resp.text()}")
-    await _wait_caught_up(session, topology, action, progress, deadline)
+    seg = await _segment_status(session, topology.nodes[action.target], pg)
+    state = ((seg or {}).get("hydration") or {}).get("state", "idle")
+    if state not in (*RUNNING, "done"):  # a fresh segment, or a rebuild cut short
+        await _start_hydration(session, topology, action, sources, bandwidth)
+    await _wait_caught_up(session, topology, action, progress, deadline,
+                          lambda: _start_hydration(session, topology, action, sources, bandwidth))
 
     final = dual.finish_replace()
     progress.step = "finalizing"
     await save(pg, dual, final)
+    crash_point("after-finish")
     topology.memberships[pg] = final
     await record_membership(session, topology, pg, final, deadline)
     progress.step = "fencing"
@@ -140,17 +200,34 @@ async def execute_repair(
     return final
 
 
+async def _start_hydration(
+    session: aiohttp.ClientSession, topology: Topology, action: RepairAction, sources: dict[str, str],
+    bandwidth: int,
+) -> None:
+    async with session.post(
+        f"{topology.nodes[action.target]}/v1/segments/{action.pg}/hydrate",
+        json={"sources": sources, "bandwidth_bytes_per_s": bandwidth},
+    ) as resp:
+        if resp.status == 409:
+            return  # already hydrating (asked twice): that one goes on
+        if resp.status >= 300:
+            raise RepairFailed(f"pg {action.pg}: hydrate on {action.target}: {await resp.text()}")
+
+
 async def _wait_caught_up(
     session: aiohttp.ClientSession,
     topology: Topology,
     action: RepairAction,
     progress: RepairProgress,
     deadline: float,
+    rehydrate: Callable[[], Awaitable[None]],
 ) -> None:
     """G has caught up when its hydration is done and its SCL reaches the highest SCL
-    its peers had when we last looked (new writes keep arriving at both)."""
+    its peers had when we last looked (new writes keep arriving at both). A hydration
+    that failed (e.g. cut short by a restart of G's node) is started again, a few times."""
     pg = action.pg
     earlier_peer_scl: int | None = None
+    attempts = 1
     while True:
         peers = await asyncio.gather(
             *(_segment_status(session, topology.nodes[s], pg) for s in action.sources)
@@ -161,8 +238,14 @@ async def _wait_caught_up(
             hydration = target.get("hydration") or {}
             progress.pct = float(hydration.get("pct", 0.0))
             state = hydration.get("state", "done")
-            if state == "failed":
-                raise RepairFailed(f"pg {pg}: hydration failed: {hydration.get('error')}")
+            if state in ("failed", "idle"):  # idle: its node restarted before or after the rebuild
+                if attempts >= HYDRATE_ATTEMPTS:
+                    raise RepairFailed(f"pg {pg}: hydration failed: {hydration.get('error')}")
+                attempts += 1
+                log.warning("hydration_restart", pg=pg, target=action.target, error=hydration.get("error"))
+                await rehydrate()
+                earlier_peer_scl = None
+                continue
             # Compare with what the peers had one poll ago: under load they keep moving.
             if state == "done" and earlier_peer_scl is not None and target["scl"] >= earlier_peer_scl:
                 return

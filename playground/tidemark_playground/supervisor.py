@@ -4,6 +4,8 @@ It runs as its own process (started by `playground up`), like the operator's tim
 Kubernetes: every tick it probes each node, asks the pure planner what to rebuild,
 runs those replacements concurrently, cleans stale segments off nodes that come back
 after their segments moved, and writes progress to DIR/repairs.json for `status`.
+It keeps no state a restart would need: a replacement it died in the middle of is a
+dual membership in topology.json, which the next supervisor finishes (resume_repair).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import asyncio
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +26,14 @@ from tidemark_protocol.quorum import Membership
 from tidemark_protocol.repair import NodeHealth, RepairLimits, plan_repairs
 
 from .fleet import Fleet
-from .repair_executor import RepairFailed, RepairProgress, execute_repair, fence_stale_segment
+from .repair_executor import (
+    RepairFailed,
+    RepairProgress,
+    execute_repair,
+    fence_stale_segment,
+    put_segment,
+    resume_repair,
+)
 
 log = structlog.get_logger("tidemark.supervisor")
 REPAIRS_FILE = "repairs.json"
@@ -43,6 +53,11 @@ class Supervisor:
     history: list[dict] = field(default_factory=list)
     _tasks: dict[int, asyncio.Task] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _swept: bool = False  # the first tick after a (re)start cleans every node once
+
+    def __post_init__(self) -> None:
+        # `status` keeps showing what earlier supervisors of this fleet did
+        self.history = self.history or read_repairs(self.directory).get("history", [])[-50:]
 
     async def save_placement(self, pg: int, old: Membership, new: Membership) -> None:
         """Compare-and-swap on the placement file: refuse if someone else moved the PG."""
@@ -81,6 +96,15 @@ class Supervisor:
                 self.unhealthy_since.pop(name, None)
             else:
                 self.unhealthy_since.setdefault(name, now)
+        if not self._swept:
+            # A previous supervisor may have died between a placement write and what
+            # follows it (recording it on the segments, dropping a replaced copy or an
+            # aborted target), or a node may have come back while none was watching.
+            for name, ok in health.items():
+                if ok:
+                    await self._clean_returned(session, topology, name, record=True)
+            self._swept = True
+        self._resume_unfinished(session, topology, {n for n, ok in health.items() if ok})
         nodes = {
             n: NodeHealth(n, fleet.nodes[n].zone, health[n], self.unhealthy_since.get(n))
             for n in fleet.nodes
@@ -92,30 +116,49 @@ class Supervisor:
             progress = RepairProgress(action.pg, action.lost, action.target)
             self.repairs[action.pg] = progress
             log.info("repair_start", pg=action.pg, lost=action.lost, target=action.target, sources=action.sources)
-            self._tasks[action.pg] = asyncio.create_task(self._run(session, topology, action, progress))
-        self._waiting = [w.__dict__ for w in plan.waiting]
+            repair = execute_repair(session, topology, action, self.save_placement, progress,
+                                    bandwidth=self.limits.bandwidth_bytes_per_s)
+            self._tasks[action.pg] = asyncio.create_task(self._run(session, action.pg, progress, repair))
+        self._waiting = [asdict(w) for w in plan.waiting]  # slotted dataclasses: no __dict__
         self._write_status()
 
-    async def _run(self, session, topology: Topology, action, progress: RepairProgress) -> None:
+    def _resume_unfinished(self, session, topology: Topology, healthy: set[str]) -> None:
+        """A dual membership in the placement that no task of ours drives was left by a
+        supervisor that died mid-repair (or by an abort that lost a race): finish it."""
+        for pg, m in sorted(topology.memberships.items()):
+            if m.next_members is None or pg in self._tasks:
+                continue
+            new = [x for x in m.next_members if x not in m.members]
+            old = [x for x in m.members if x not in m.next_members]
+            progress = RepairProgress(pg, old[0] if old else "", new[0] if new else "", resumed=True)
+            self.repairs[pg] = progress
+            log.info("repair_resume", pg=pg, lost=progress.lost, target=progress.target, epoch=m.epoch)
+            own = Topology.from_json(topology.to_json())  # the task updates its copy as it goes
+            repair = resume_repair(session, own, pg, healthy, self.save_placement, progress,
+                                   bandwidth=self.limits.bandwidth_bytes_per_s)
+            self._tasks[pg] = asyncio.create_task(self._run(session, pg, progress, repair))
+
+    async def _run(self, session: aiohttp.ClientSession, pg: int, progress: RepairProgress,
+                   repair: Awaitable[Membership]) -> None:
         try:
-            await execute_repair(
-                session, topology, action, self.save_placement, progress,
-                bandwidth=self.limits.bandwidth_bytes_per_s,
-            )  # fmt: skip
-            log.info("repair_done", pg=action.pg, target=action.target, seconds=round(time.time() - progress.started, 2))
+            await repair
+            log.info("repair_done", pg=pg, target=progress.target, resumed=progress.resumed,
+                     seconds=round(time.time() - progress.started, 2))
         except (TimeoutError, RepairFailed, PlacementConflict, aiohttp.ClientError, OSError) as exc:
             progress.step = "failed"
             progress.error = str(exc)
-            log.error("repair_failed", pg=action.pg, error=str(exc))
-            await self._abort(action.pg)
+            log.error("repair_failed", pg=pg, error=str(exc))
+            await self._abort(session, pg, progress.target)
         finally:
             self.history.append(progress.to_json())
-            self.repairs.pop(action.pg, None)
-            self._tasks.pop(action.pg, None)
+            self.repairs.pop(pg, None)
+            self._tasks.pop(pg, None)
             self._write_status()
 
-    async def _abort(self, pg: int) -> None:
-        """Step back from a dual membership whose new segment never caught up."""
+    async def _abort(self, session: aiohttp.ClientSession, pg: int, target: str) -> None:
+        """Step back from a dual membership whose new segment never caught up, and drop
+        that half-built segment (if its node answers; else `_clean_returned` does once it
+        is back)."""
         topology = load_topology(self.directory)
         current = topology.memberships[pg]
         if current.next_members is not None:
@@ -123,18 +166,35 @@ class Supervisor:
                 await self.save_placement(pg, current, current.abort_replace())
             except PlacementConflict as exc:
                 log.error("repair_abort_conflict", pg=pg, error=str(exc))
+                return
+            if target and target not in current.members and target in topology.nodes:
+                await fence_stale_segment(session, topology.nodes[target], pg)
 
-    async def _clean_returned(self, session, topology: Topology, node: str) -> None:
-        """A node back after its segments moved keeps stale copies: fence and drop them."""
+    async def _clean_returned(self, session, topology: Topology, node: str, record: bool = False) -> None:
+        """A node back after its segments moved keeps stale copies: fence and drop them.
+        With `record` (a supervisor's first pass) also give the node's segments their PG's
+        current membership: a predecessor may have died between writing a placement
+        step and recording it on the segments."""
         try:
             async with session.get(f"{topology.nodes[node]}/v1/status") as resp:
                 held = [s["pg"] for s in (await resp.json()).get("segments", [])]
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
             return
+        recorded = []
         for pg in held:
-            if pg in topology.memberships and node not in topology.memberships[pg].all_members:
+            m = topology.memberships.get(pg)
+            if m is None:
+                continue
+            if node not in m.all_members:
                 if await fence_stale_segment(session, topology.nodes[node], pg):
                     log.info("stale_segment_dropped", node=node, pg=pg)
+            elif record and await put_segment(session, topology, node, pg, m):
+                # Unconditionally: /v1/status shows the highest membership epoch the
+                # segment has seen (writers' frames raise it too), not the member set
+                # it was last given. The PUT is idempotent.
+                recorded.append(pg)
+        if recorded:
+            log.info("memberships_recorded", node=node, pgs=recorded)
 
     def _write_status(self) -> None:
         data = {
