@@ -44,30 +44,18 @@ def restore(url: str, endpoint: str | None, to_time: str, directory: Path, backu
                f"into {directory} in {result['total_s']}s")
 
 
-@click.group()
-def snapshot() -> None:
-    """Manual snapshots: kept until deleted."""
-
-
-@snapshot.command("create")
-@FROM
-@ENDPOINT
-@click.option("--name", default=None)
-@click.option("--at", "at_time", default=None, help="RFC 3339 time (default: latest restorable)")
-@click.option("--json", "as_json", is_flag=True)
-def snapshot_create(url: str, endpoint: str | None, name: str | None, at_time: str | None, as_json: bool) -> None:
-    store = open_store(url, endpoint)
+def create_manual_snapshot(store, name: str | None = None, t_us: int | None = None) -> dict:
+    """Write manual snapshot NAME of the volume at time T_US (default: the latest
+    restorable point); returns its manifest. Shared by `tidemark snapshot create` and
+    the operator's AuroraSnapshot. Raises RestoreError when T is not restorable."""
     inv = load_inventory(store)
     if inv.layout is None:
-        raise click.ClickException("no PG manifest in the backup")
+        raise RestoreError("no PG manifest in the backup")
     _first, latest = inv.window()
-    t_us = parse_time(at_time) if at_time else latest
-    try:
-        lsn = inv.lsn_for(t_us) if t_us is not None else None
-    except RestoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    t_us = t_us if t_us is not None else latest
+    lsn = inv.lsn_for(t_us) if t_us is not None else None
     if lsn is None:
-        raise click.ClickException("the backup has no restorable point yet")
+        raise RestoreError("the backup has no restorable point yet")
     name = name or time.strftime("snap-%Y%m%dT%H%M%SZ", time.gmtime())
     pages = rebuild_volume(store, inv, lsn)
     lay = inv.layout
@@ -84,7 +72,38 @@ def snapshot_create(url: str, endpoint: str | None, name: str | None, at_time: s
             "layout": lay.to_json(), "pages": len(pages), "volume_bytes": len(pages) * lay.page_size,
             "bytes": total}
     store.put(layout.manual_manifest_key(name), json.dumps(info).encode())
-    click.echo(json.dumps(info) if as_json else f"snapshot {name}: {len(pages)} pages at LSN {lsn}")
+    return info
+
+
+def delete_manual_snapshot(store, name: str) -> bool:
+    """Delete manual snapshot NAME; False if there is none."""
+    objs = [o for o in store.list(f"manual/{name}/") if o.name == name]
+    for o in sorted(objs, key=lambda o: not o.key.endswith("manifest.json")):
+        store.delete(o.key)  # manifest first: a half-deleted snapshot is not listed
+    return bool(objs)
+
+
+@click.group()
+def snapshot() -> None:
+    """Manual snapshots: kept until deleted."""
+
+
+@snapshot.command("create")
+@FROM
+@ENDPOINT
+@click.option("--name", default=None)
+@click.option("--at", "at_time", default=None, help="RFC 3339 time (default: latest restorable)")
+@click.option("--json", "as_json", is_flag=True)
+def snapshot_create(url: str, endpoint: str | None, name: str | None, at_time: str | None, as_json: bool) -> None:
+    store = open_store(url, endpoint)
+    try:
+        info = create_manual_snapshot(store, name, parse_time(at_time) if at_time else None)
+    except RestoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    pages = info["pages"]
+    lsn = info["lsn"]
+    name = info["name"]
+    click.echo(json.dumps(info) if as_json else f"snapshot {name}: {pages} pages at LSN {lsn}")
 
 
 @snapshot.command("list")
@@ -107,11 +126,8 @@ def snapshot_list(url: str, endpoint: str | None, as_json: bool) -> None:
 @click.argument("name")
 def snapshot_delete(url: str, endpoint: str | None, name: str) -> None:
     store = open_store(url, endpoint)
-    objs = [o for o in store.list(f"manual/{name}/") if o.name == name]
-    if not objs:
+    if not delete_manual_snapshot(store, name):
         raise click.ClickException(f"no manual snapshot {name!r}")
-    for o in sorted(objs, key=lambda o: not o.key.endswith("manifest.json")):
-        store.delete(o.key)  # manifest first: a half-deleted snapshot is not listed
     click.echo(f"deleted {name}")
 
 
@@ -122,7 +138,12 @@ def backup() -> None:
 
 def status_of(url: str, endpoint: str | None = None, retention_days: float = 1.0,
               now: float | None = None) -> dict:
-    store = open_store(url, endpoint)
+    return status_of_store(open_store(url, endpoint), retention_days, now)
+
+
+def status_of_store(store, retention_days: float = 1.0, now: float | None = None) -> dict:
+    """Recoverability window and storage metrics of the backup in STORE (also used by the
+    operator, which opens the store with a Secret's credentials)."""
     inv = load_inventory(store)
     manual = metrics_mod.manual_snapshots(store, inv.objs)
     first, latest = inv.window()

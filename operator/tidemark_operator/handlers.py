@@ -3,6 +3,7 @@ segments) and status.py (pure)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -13,7 +14,8 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from . import metrics
+from . import backupops, metrics, snapshots
+from .backupspec import SNAPSHOT_PLURAL
 from .model import GROUP, PLURAL, VERSION
 from .reconcile import Kube, Settings, reconcile
 
@@ -93,3 +95,57 @@ def observe(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     if body.metadata.get("deletionTimestamp"):
         return
     _run(body, patch, "timer")
+
+
+# -- AuroraSnapshot ------------------------------------------------------------------------------
+
+def _events(body: kopf.Body) -> Any:
+    def event(type_: str, reason: str, message: str) -> None:
+        log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, reason, message)
+        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+    return event
+
+
+@kopf.on.resume(GROUP, VERSION, SNAPSHOT_PLURAL)
+@kopf.on.create(GROUP, VERSION, SNAPSHOT_PLURAL, retries=20, backoff=10)
+def snapshot_create(body: kopf.Body, retry: int, **_: Any) -> None:
+    """Pending -> Ready, or Failed with a reason (retried: a backup that has no restorable
+    point yet, or an unreachable store, may recover)."""
+    if (body.get("status") or {}).get("phase") == "Ready":
+        return
+    raw = dict(body)
+    event = _events(body)
+    try:
+        status = snapshots.create(kube().api, kube().core, raw, event)
+    except Exception as exc:
+        reason = exc.reason if isinstance(exc, snapshots.SnapshotFailed) else "SnapshotError"
+        msg = f"{exc}"[:1000] or type(exc).__name__
+        event("Warning", reason, msg)
+        with contextlib.suppress(Exception):
+            snapshots.patch_status(kube().api, raw, {"phase": "Failed", "reason": reason, "message": msg,
+                                                      "attempts": retry + 1})
+        raise kopf.TemporaryError(msg, delay=10) from exc
+    snapshots.patch_status(kube().api, raw, {**status, "reason": None, "attempts": retry + 1})
+
+
+@kopf.on.delete(GROUP, VERSION, SNAPSHOT_PLURAL, retries=12, backoff=5)
+def snapshot_delete(body: kopf.Body, **_: Any) -> None:
+    """The finalizer: the snapshot's objects go with the resource."""
+    event = _events(body)
+    try:
+        snapshots.delete(kube().core, dict(body), event)
+    except ApiException as exc:
+        if exc.status == 404:  # the credentials Secret is gone: the objects cannot be reached
+            event("Warning", "SnapshotOrphaned", f"cannot delete the snapshot's objects: {exc.reason}")
+            return
+        raise kopf.TemporaryError(f"snapshot delete failed: {exc}", delay=5) from exc
+    except Exception as exc:
+        event("Warning", "SnapshotDeleteFailed", str(exc)[:500])
+        raise kopf.TemporaryError(f"snapshot delete failed: {exc}", delay=5) from exc
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+def cluster_deleted(body: kopf.Body, **_: Any) -> None:
+    """Stop the backup poller and forget a restore job of a deleted cluster."""
+    backupops.POLLERS.drop(body.metadata.namespace, body.metadata.name)
+    backupops.RESTORES.drop(body.metadata.uid)

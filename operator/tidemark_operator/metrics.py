@@ -11,6 +11,8 @@ _reconciles = _meter.create_counter("tidemark_operator_reconciles", description=
 _duration = _meter.create_histogram("tidemark_operator_reconcile_seconds", unit="s",
                                     description="reconcile pass duration")
 _state: dict[tuple[str, str], dict[str, Any]] = {}
+BACKUP_GAUGES = ("BackupRetentionPeriodStorageUsed", "SnapshotStorageUsed", "TotalBackupStorageBilled",
+                 "VolumeBytesUsed")
 
 
 def _observe(_options: Any) -> Any:
@@ -19,10 +21,13 @@ def _observe(_options: Any) -> Any:
                                   {"namespace": ns, "cluster": name, "what": "writable_pgs"})
         yield metrics.Observation(int(st.get("vdl", 0)),
                                   {"namespace": ns, "cluster": name, "what": "vdl"})
+        for key, value in (st.get("backup") or {}).items():
+            if key in BACKUP_GAUGES and isinstance(value, int):  # status.backup storage metrics
+                yield metrics.Observation(value, {"namespace": ns, "cluster": name, "what": key})
 
 
 _meter.create_observable_gauge("tidemark_operator_cluster", callbacks=[_observe],
-                               description="per cluster: writable PGs and VDL")
+                               description="per cluster: writable PGs, VDL and backup storage bytes")
 
 
 def record_reconcile(source: str, result: str, seconds: float) -> None:

@@ -21,7 +21,10 @@ from kubernetes.client.exceptions import ApiException
 from tidemark_protocol.quorum import SEGMENTS_PER_PG
 from tidemark_protocol.repair import RepairLimits
 
+from . import backupops, restoreflow
 from . import placement as pl
+from . import repair_resume as resume
+from .backupspec import BackupSpec, RestoreSpec, apply_restore_status
 from .model import (
     SPEC_HASH,
     TEMPLATE_HASH,
@@ -305,11 +308,22 @@ def run_repairs(kube: Kube, body: Mapping[str, Any], spec: ClusterSpec, doc: dic
                 raise pl.Conflict(f"placement {cm_name} changed concurrently") from exc
             raise
 
+    # A repair in the placement that this process did not begin is the previous
+    # operator's: say that it is picked up (every step below is derived from the
+    # placement and the nodes' status, so it simply continues).
+    resume.note_found((ns, name), pl.memberships(doc), statuses, event)
     new_doc, changed = pl.compare_and_swap(
         lambda: kube._read("ConfigMap", cm_name, ns), lambda obj: None, replace, update,
         lambda d, rv: pl.configmap(name, ns, d, {"apiVersion": body.get("apiVersion"),
                                                  "kind": body.get("kind"), "metadata": body["metadata"]}, rv))
     doc = new_doc if changed and new_doc is not None else doc
+    if changed:
+        dual = pl.memberships(doc)
+        resume.note_begun((ns, name), {c.pg: dual[c.pg].epoch for c in made if c.kind == "begin"})
+        if any(c.kind == "begin" for c in made):
+            resume.crash_point("after-repair-begin")
+        if any(c.kind == "finish" for c in made):
+            resume.crash_point("after-repair-finish")
     for c in made if changed else []:
         if c.kind == "begin":
             event("Warning", "RepairStarted", f"pg {c.pg}: replacing lost segment on {c.lost} by {c.target}")
@@ -367,11 +381,41 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
               settings: Settings | None = None) -> dict[str, Any]:
     """Converge one AuroraCluster; returns its new status."""
     settings = settings or Settings()
+    spec = ClusterSpec.from_dict(body.get("spec") or {})
+    backup = BackupSpec.from_spec(body.get("spec") or {})
+    restore = RestoreSpec.from_spec(body.get("spec") or {})
+    status = _reconcile(kube, body, event, settings, spec, backup, restore)
+    return finish_status(kube, body, status, backup, restore, event)
+
+
+def finish_status(kube: Kube, body: Mapping[str, Any], status: dict[str, Any], backup: BackupSpec,
+                  restore: RestoreSpec | None, event: Event) -> dict[str, Any]:
+    """Overlay status.backup (from the cluster's poller; never waits on S3) and the
+    restore's progress (never Ready before the backup is loaded)."""
+    meta = body["metadata"]
+    name, ns, gen = meta["name"], meta["namespace"], int(meta.get("generation", 1))
+    old = dict(body.get("status") or {})
+    if backup.enabled and backup.store is not None and restore is not None and \
+            not restoreflow.restored(body, backupops.RESTORES.get(meta["uid"])):
+        status["backup"] = {"target": backup.store.url, "state": "WaitingForRestore"}
+    elif backup.enabled and backup.store is not None:
+        poller = backupops.POLLERS.get(ns, name, backup.store, backup.retention_days, kube.core)
+        status["backup"] = poller.block or {"target": backup.store.url, "state": "Active"}
+    else:
+        backupops.POLLERS.drop(ns, name)
+    if restore is not None:
+        job = backupops.RESTORES.get(meta["uid"])
+        rs = restoreflow.restore_status(job, old, restore, event)
+        status = apply_restore_status(status, rs, gen, old.get("conditions") or [], now_iso())
+    return status
+
+
+def _reconcile(kube: Kube, body: Mapping[str, Any], event: Event, settings: Settings, spec: ClusterSpec,
+               backup: BackupSpec, restore: RestoreSpec | None) -> dict[str, Any]:
     meta = body["metadata"]
     name, ns, gen = meta["name"], meta["namespace"], int(meta.get("generation", 1))
     old = dict(body.get("status") or {})
     old.pop("kopf", None)
-    spec = ClusterSpec.from_dict(body.get("spec") or {})
     with MEMORY.lock((ns, name)):
         zones, reason, msg = resolve_zones(spec, kube.ready_nodes_by_zone())
         existing = kube._read("ConfigMap", placement_name(name), ns)
@@ -380,6 +424,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
             if (old.get("conditions") or [{}])[0].get("reason") != reason:
                 event("Warning", reason, msg)
             return compute_status(gen, None, None, [], {}, old, now_iso(), blocked=(reason, msg))
+        job = None
+        if restore is not None:
+            job, build = restoreflow.pre_build(kube, body, spec, restore, backup, existing is not None, event)
+            if not build:  # validating the source (or it failed): build nothing yet
+                return compute_status(gen, zones, None, [], {}, old, now_iso(),
+                                      progressing=("Restoring", job.message if job else ""))
         if zones is None:
             # Already built: keep running on the zones the placement names (a zone that
             # lost all nodes is a failure to ride out, not a reason to tear down).
@@ -397,7 +447,10 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
         statuses = node_statuses(pods, settings.http_timeout)
         current = caught_up_segments(doc, statuses)
         all_healthy = bool(current) and all(n == SEGMENTS_PER_PG for n in current.values())
-        objs = desired_objects(name, ns, zones, spec, owner, settings.node_command)
+        # A restored volume's own backups start once it is loaded: uploads of a partial
+        # load that is later wiped and redone would mix two histories in its prefix.
+        pod_backup = backup if restore is None or restoreflow.restored(body, job) else None
+        objs = desired_objects(name, ns, zones, spec, owner, settings.node_command, pod_backup)
         current_sts = {o["metadata"]["labels"][ZONE_POD_LABEL]: kube._read("StatefulSet", o["metadata"]["name"], ns)
                        for o in objs if o["kind"] == "StatefulSet"}
         rolled = False
@@ -424,6 +477,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any], event: Event,
             statuses = node_statuses(pods, settings.http_timeout)
         drive_hydration(doc, pods, statuses, spec, event, settings.http_timeout)
         drop_orphans(doc, pods, statuses, event, settings.http_timeout)
+        if job is not None:
+            restoreflow.post_observe(job, body, doc, pods, statuses, event, settings.http_timeout,
+                                     MEMORY.applied)
         want = pl.pods_of(doc)
         missing = sorted(want - {p.name for p in pods if statuses.get(p.name) is not None})
         if deferred:

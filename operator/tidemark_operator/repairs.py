@@ -31,7 +31,8 @@ def parse_duration(s: str) -> float:
 def parse_quantity(s: str | int) -> int:
     if isinstance(s, int):
         return s
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([kMGT]i?|)", str(s))
+    # Kubernetes quantities: decimal k/M/G/T, binary Ki/Mi/Gi/Ti ("128Ki" was refused before)
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)", str(s))
     if not m:
         raise ValueError(f"bad quantity {s!r}")
     return int(float(m.group(1)) * _QTY[m.group(2)])

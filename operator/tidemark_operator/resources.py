@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .backupspec import BackupSpec, backup_args, backup_env
 from .model import (
     NODE_PORT,
     RUN_LOCAL_LABEL,
@@ -76,8 +77,10 @@ def statefulset(
     spec: ClusterSpec,
     owner: Mapping[str, Any] | None = None,
     node_command: Sequence[str] = ("tidemark",),
+    backup: BackupSpec | None = None,
 ) -> dict[str, Any]:
-    """One StatefulSet per zone, pinned there; pod i is `<cluster>-<zone>-i`."""
+    """One StatefulSet per zone, pinned there; pod i is `<cluster>-<zone>-i`. With
+    spec.backup each node streams to the target (keys from the Secret via secretKeyRef)."""
     name = statefulset_name(cluster, zone)
     sel = {**selector_labels(cluster), ZONE_POD_LABEL: zone}
     pod_labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
@@ -86,6 +89,7 @@ def statefulset(
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "ZONE", "value": zone},
+        *(backup_env(backup) if backup else []),
     ]
     probe = {"httpGet": {"path": "/readyz", "port": NODE_PORT}, "periodSeconds": 5,
              "failureThreshold": 3}
@@ -94,7 +98,8 @@ def statefulset(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": [*node_command, "node", "run", "--name", "$(POD_NAME)", "--zone", "$(ZONE)",
-                    "--host", "$(POD_IP)", "--port", str(NODE_PORT), "--data", "/data"],
+                    "--host", "$(POD_IP)", "--port", str(NODE_PORT), "--data", "/data",
+                    *(backup_args(backup) if backup else [])],
         "env": env,
         "ports": [{"name": "node", "containerPort": NODE_PORT}],
         "readinessProbe": probe,
@@ -194,8 +199,9 @@ def pod_disruption_budget(cluster: str, namespace: str, spec: ClusterSpec,
 
 def desired_objects(cluster: str, namespace: str, zones: Sequence[str], spec: ClusterSpec,
                     owner: Mapping[str, Any] | None = None,
-                    node_command: Sequence[str] = ("tidemark",)) -> list[dict[str, Any]]:
+                    node_command: Sequence[str] = ("tidemark",),
+                    backup: BackupSpec | None = None) -> list[dict[str, Any]]:
     objs = [headless_service(cluster, namespace, owner)]
-    objs += [statefulset(cluster, namespace, z, spec, owner, node_command) for z in zones]
+    objs += [statefulset(cluster, namespace, z, spec, owner, node_command, backup) for z in zones]
     objs.append(pod_disruption_budget(cluster, namespace, spec, owner))
     return objs

@@ -85,8 +85,10 @@ def _field(pod: dict[str, Any], path: str, node: dict[str, Any] | None) -> str:
     return str(simple.get(path) or "")
 
 
-def pod_env(pod: dict[str, Any], node: dict[str, Any] | None) -> dict[str, str]:
-    """The environment the pod's first container would get (inherits PATH etc. from us)."""
+def pod_env(pod: dict[str, Any], node: dict[str, Any] | None,
+            secret: Any = None) -> dict[str, str]:
+    """The environment the pod's first container would get (inherits PATH etc. from us).
+    secret(namespace, name, key) -> str | None resolves valueFrom.secretKeyRef."""
     env = dict(os.environ)
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
     zone = ((node or {}).get("metadata", {}).get("labels") or {}).get(ZONE_LABEL, "")
@@ -107,7 +109,12 @@ def pod_env(pod: dict[str, Any], node: dict[str, Any] | None) -> dict[str, str]:
             env[name] = expand(str(item["value"]), env)
         elif (vf := item.get("valueFrom")) and vf.get("fieldRef"):
             env[name] = _field(pod, vf["fieldRef"]["fieldPath"], node)
-        # configMap/secret refs are not resolved: the rig's callers pass plain values.
+        elif (vf := item.get("valueFrom")) and vf.get("secretKeyRef") and secret is not None:
+            ref = vf["secretKeyRef"]
+            value = secret(meta["namespace"], ref["name"], ref["key"])
+            if value is not None:
+                env[name] = value
+        # configMap refs are not resolved: the rig's callers pass plain values.
     return env
 
 
@@ -137,9 +144,20 @@ class PodRunner:
         self.running: dict[str, Running] = {}
         self.stopping = False
 
+    def _secret(self, namespace: str, name: str, key: str) -> str | None:
+        """A Secret's value (as the kubelet would inject it); None if unreadable."""
+        import base64
+
+        try:
+            data = self.core.read_namespaced_secret(name, namespace, _request_timeout=10).data or {}
+        except Exception as exc:  # noqa: BLE001 - a missing Secret leaves the variable unset
+            log.warning("secret %s/%s: %s", namespace, name, exc)
+            return None
+        return base64.b64decode(data[key]).decode() if key in data else None
+
     # -- process control -----------------------------------------------------------------------
     def _start(self, r: Running, pod: dict[str, Any], node: dict[str, Any] | None) -> None:
-        env = pod_env(pod, node)
+        env = pod_env(pod, node, self._secret)
         c = pod["spec"]["containers"][0]
         argv = [expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
         if not argv:

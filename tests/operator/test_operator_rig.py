@@ -33,8 +33,10 @@ from rigenv import (
 )
 
 from tidemark_operator.model import GROUP, PLURAL, VERSION, ZONE_LABEL, ZONE_POD_LABEL
+from tidemark_operator.repair_resume import CRASH_ENV, CRASH_EXIT
 from tidemark_operator.topology import cluster_topology
 from tidemark_rig.control_plane import ControlPlane
+from tidemark_rig.pod_runner import read_state
 from tidemark_rig.procs import wait_for
 
 pytestmark = [pytest.mark.rig, pytest.mark.operator]
@@ -325,6 +327,190 @@ def test_lost_pod_segments_are_rebuilt_on_a_spare_pod_while_writes_continue(env:
 
     wait_for(stale_copies_dropped, 90, f"{lost} back without its moved segments", interval=1)
     # and a fresh writer (recovery from the new memberships) sees every page
+    out = workload_during(env, lambda: time.sleep(1), settle=0.5)
+    assert out["failed"] == 0 and out["result"].ok
+
+
+RUNNING = ("snapshot", "log", "catching_up")
+
+
+def _node_statuses(env: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
+    """Each storage pod's /v1/status (None: not running or not answering)."""
+    out: dict[str, dict[str, Any] | None] = {}
+    for p in env["core"].list_namespaced_pod(env["ns"], label_selector=f"tidemark.dev/cluster={NAME}",
+                                             _request_timeout=5).items:
+        out[p.metadata.name] = None
+        if p.status.pod_ip and p.metadata.deletion_timestamp is None:
+            try:
+                with urllib.request.urlopen(f"http://{p.status.pod_ip}:7000/v1/status", timeout=2) as r:
+                    out[p.metadata.name] = json.loads(r.read())
+            except OSError:
+                pass
+    return out
+
+
+def _segment(st: dict[str, Any] | None, pg: int) -> dict[str, Any] | None:
+    return next((s for s in (st or {}).get("segments", []) if int(s["pg"]) == pg), None)
+
+
+def _start_operator(op: Operator, crash_at: str | None = None) -> None:
+    """(Re)start the operator, optionally told to die at a crash point of the repair
+    path (TIDEMARK_OPERATOR_CRASH_AT, see operator/tidemark_operator/repair_resume.py)."""
+    op.kill(signal.SIGKILL)
+    os.environ.pop(CRASH_ENV, None)
+    if crash_at:
+        os.environ[CRASH_ENV] = crash_at
+    try:
+        op.start()
+    finally:
+        os.environ.pop(CRASH_ENV, None)
+
+
+def test_operator_killed_mid_repair_resumes_and_finishes_it(env: dict[str, Any]) -> None:
+    """The operator dies at three points of a rebuild (right after the placement write
+    that begins a repair, right after the one that finishes it, and while a target
+    hydrates); each time a new process picks the repairs up from the placement and the
+    nodes' status and finishes them exactly as a clean run would."""
+    rig: ControlPlane = env["rig"]
+    op: Operator = env["op"]
+    ns, core = env["ns"], env["core"]
+    # One rebuild at a time, throttled so a hydration is seen running.
+    env["co"].patch_namespaced_custom_object(
+        GROUP, VERSION, ns, PLURAL, NAME,
+        {"spec": {"repair": {"nodeLossTimeout": "3s", "maxConcurrentRebuilds": 1,
+                             "rebuildBandwidth": "64Ki"}}}, _request_timeout=10)
+    wait_for(lambda: ready(env, pgs=6), 60, "Ready with the new repair settings", interval=0.5)
+    pods = core.list_namespaced_pod(ns, label_selector=f"{ZONE_POD_LABEL}=zone-a", _request_timeout=5).items
+    by_node: dict[str, list[str]] = {}
+    for p in pods:
+        by_node.setdefault(p.spec.node_name, []).append(p.metadata.name)
+    node, lost = next((n, ps[0]) for n, ps in sorted(by_node.items()) if len(ps) == 1)
+    before = cluster_topology(core, ns, NAME)
+    affected = sorted(pg for pg, m in before.memberships.items() if lost in m.members)
+    assert len(affected) >= 2, affected
+    seen: dict[str, Any] = {}
+
+    def keep_dead() -> None:
+        if node in rig.ready_nodes():
+            rig.mark_node_not_ready(node)  # kwok can race the NotReady patch with a heartbeat
+
+    def crashed() -> bool:
+        keep_dead()
+        return op.proc is not None and op.proc.poll() is not None
+
+    def hydrating() -> tuple[int, str, dict[str, Any]] | None:
+        keep_dead()
+        topo = cluster_topology(core, ns, NAME)
+        statuses = _node_statuses(env)
+        for pg, m in topo.memberships.items():
+            for new in set(m.next_members or ()) - set(m.members):
+                seg = _segment(statuses.get(new), pg)
+                h = (seg or {}).get("hydration") or {}
+                if h.get("state") in RUNNING:
+                    return pg, new, h
+        return None
+
+    def repaired() -> bool:
+        keep_dead()
+        topo = cluster_topology(core, ns, NAME)
+        return all(m.next_members is None and lost not in m.members for m in topo.memberships.values())
+
+    def action() -> None:
+        # 1. dies right after writing the dual membership, before telling any node
+        _start_operator(op, "after-repair-begin")
+        rig.mark_node_not_ready(node)
+        wait_for(crashed, 90, "the operator to die after beginning a repair", interval=0.2)
+        assert op.proc is not None and op.proc.returncode == CRASH_EXIT
+        topo = cluster_topology(core, ns, NAME)
+        dual = [pg for pg, m in topo.memberships.items() if m.next_members is not None]
+        assert len(dual) == 1 and dual[0] in affected, topo.memberships
+        p1 = dual[0]
+        m1 = topo.memberships[p1]
+        assert m1.epoch == before.memberships[p1].epoch + 1
+        (target1,) = set(m1.next_members or ()) - set(m1.members)
+        assert _segment(_node_statuses(env).get(target1), p1) is None, "the crash came too late"
+        seen["begin"] = (p1, target1)
+
+        # 2. a new process resumes it and dies right after writing the final membership
+        _start_operator(op, "after-repair-finish")
+        wait_for(crashed, 120, "the operator to die after finishing a repair", interval=0.2)
+        assert op.proc is not None and op.proc.returncode == CRASH_EXIT
+        m1 = cluster_topology(core, ns, NAME).memberships[p1]
+        assert m1.next_members is None and target1 in m1.members and lost not in m1.members
+        assert m1.epoch == before.memberships[p1].epoch + 2
+
+        # 3. killed (SIGKILL) while a target hydrates, and the target's storage process
+        #    dies with it (a container restart, same data): its rebuild comes back
+        #    "failed" and the next operator starts it again on the same segment
+        _start_operator(op)
+        pg, target, h = wait_for(hydrating, 120, "a target hydrating", interval=0.1)
+        op.kill(signal.SIGKILL)
+        pid = read_state(rig.dir)[core.read_namespaced_pod(target, ns, _request_timeout=5).metadata.uid]["pid"]
+        os.killpg(pid, signal.SIGKILL)
+
+        def target_back() -> str | None:
+            keep_dead()
+            seg = _segment(_node_statuses(env).get(target), pg)
+            return ((seg or {}).get("hydration") or {}).get("state")
+
+        state = wait_for(target_back, 60, f"{target} restarted", interval=0.2)
+        seen["hydrating"] = (pg, target, h["state"], state)
+        assert state == "failed", seen  # "interrupted by a node restart: hydrate again"
+        _start_operator(op)
+        wait_for(repaired, 240, f"segments of {lost} rebuilt elsewhere", interval=0.5)
+        wait_for(lambda: ready(env, pgs=6), 90, "Ready with 6/6 PGs healthy after the repair", interval=0.5)
+
+    try:
+        out = workload_during(env, action)
+    finally:
+        rig.restore_nodes()
+        if op.proc is None or op.proc.poll() is not None:
+            _start_operator(op)  # the rest of the module needs an operator
+    print("repair with operator restarts:", out, seen)
+    assert out["failed"] == 0 and out["result"].ok, out["result"].to_json()
+    assert out["during"] > 0 and out["max_gap"] < 10.0, out
+
+    # membership epochs advanced exactly as a clean run: one dual step, one final step
+    after = cluster_topology(core, ns, NAME)
+    for pg, m in after.memberships.items():
+        assert m.next_members is None, (pg, m)
+        if pg in affected:
+            assert m.epoch == before.memberships[pg].epoch + 2, (pg, m)
+            assert lost not in m.members and sum(1 for x in m.members if "-zone-a-" in x) == 2
+        else:
+            assert m == before.memberships[pg], (pg, m)
+
+    # the events show the steps the new processes resumed
+    events = core.list_namespaced_event(ns, field_selector=f"involvedObject.name={NAME}",
+                                        _request_timeout=5).items
+
+    def pgs_of(reason: str, needle: str = "") -> set[int]:
+        return {int(ev.message.split()[1].rstrip(":")) for ev in events
+                if ev.reason == reason and needle in ev.message}
+
+    p1, target1 = seen["begin"]
+    p_hyd = seen["hydrating"][0]
+    assert {p1, p_hyd} <= pgs_of("RepairResumed"), [(e.reason, e.message) for e in events]
+    assert p1 in pgs_of("Hydrating", target1)
+    # the rebuild cut short by the target's restart was started again
+    t_hyd = seen["hydrating"][1]
+    assert sum(1 for ev in events if ev.reason == "Hydrating"
+               and ev.message.startswith(f"pg {p_hyd}: {t_hyd} ")) >= 2, seen
+    # p1's RepairFinished event died with the second process; every other one was said
+    assert set(affected) - {p1} <= pgs_of("RepairFinished", "replaced " + lost)
+
+    # the lost pod comes back; afterwards every pod holds exactly the segments the
+    # placement gives it: no stale copy, no abandoned target, no half-hydrated segment
+    def settled() -> bool:
+        statuses = _node_statuses(env)
+        if any(st is None for st in statuses.values()) or len(statuses) != 9:
+            return False
+        held = {(pod, int(s["pg"])) for pod, st in statuses.items() for s in st["segments"]}
+        placed = {(x, pg) for pg, m in cluster_topology(core, ns, NAME).memberships.items() for x in m.members}
+        states = {(s.get("hydration") or {}).get("state") for st in statuses.values() for s in st["segments"]}
+        return held == placed and states <= {"idle", "done"}
+
+    wait_for(settled, 120, f"{lost} back and every pod holding exactly its placed segments", interval=1)
     out = workload_during(env, lambda: time.sleep(1), settle=0.5)
     assert out["failed"] == 0 and out["result"].ok
 

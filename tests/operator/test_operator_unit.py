@@ -333,3 +333,136 @@ def test_caught_up_segments_need_no_holes_no_hydration_and_small_lag() -> None:
     seg3 = next(x for x in st[members0[2]]["segments"] if x["pg"] == 0)
     seg3["hydration"] = {"state": "log"}
     assert caught_up_segments(doc, st)[0] == 3
+
+
+# -- backup, snapshots, restore (pure parts) ---------------------------------------------------
+
+def test_backup_target_forms_and_spec() -> None:
+    from tidemark_operator.backupspec import BackupSpec, split_target
+
+    assert split_target("s3://bkt/vol/a", "http://m:9000") == ("s3://bkt/vol/a", "http://m:9000")
+    assert split_target("https://minio.example:9000/bkt/pre/fix") == ("s3://bkt/pre/fix",
+                                                                      "https://minio.example:9000")
+    assert split_target("http://m:9000/bkt") == ("s3://bkt", "http://m:9000")
+    with pytest.raises(ValueError):
+        split_target("http://m:9000/")
+    with pytest.raises(ValueError):
+        split_target("ftp://x/y")
+    off = BackupSpec.from_spec({"backup": {"target": "s3://b/p", "credentialsSecret": "s"}})
+    assert not off.enabled and off.store is None  # enabled defaults to false
+    on = BackupSpec.from_spec({"backup": {"enabled": True, "target": "s3://b/p", "endpoint": "http://e:1",
+                                          "credentialsSecret": "s", "retentionDays": 5}})
+    assert on.enabled and on.store.url == "s3://b/p" and on.store.endpoint == "http://e:1"
+    assert on.retention_days == 5 and on.store.credentials_secret == "s"
+
+
+def test_statefulset_gets_backup_target_endpoint_and_secret_refs() -> None:
+    from tidemark_operator.backupspec import BackupSpec
+
+    b = BackupSpec.from_spec({"backup": {"enabled": True, "target": "s3://b/p", "endpoint": "http://e:1",
+                                         "credentialsSecret": "creds", "retentionDays": 3}})
+    plain = statefulset("demo", "ns", "zone-a", spec(), OWNER)
+    sts = statefulset("demo", "ns", "zone-a", spec(), OWNER, backup=b)
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"][-4:] == ["--backup", "s3://b/p", "--backup-retention-days", "3"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["TIDEMARK_S3_ENDPOINT"]["value"] == "http://e:1"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "creds", "key": key}
+        assert "value" not in env[key]  # the keys never land in the pod spec
+    # enabling backup is a template change (rolled one zone at a time like any other)
+    assert sts["metadata"]["annotations"]["tidemark.dev/template-hash"] != \
+        plain["metadata"]["annotations"]["tidemark.dev/template-hash"]
+    assert statefulset("demo", "ns", "zone-a", spec(), OWNER, backup=BackupSpec(False, None)) == plain
+
+
+def test_restore_spec_and_same_store() -> None:
+    from tidemark_operator.backupspec import RestoreSpec, StoreRef, same_store
+
+    assert RestoreSpec.from_spec({}) is None
+    r = RestoreSpec.from_spec({"restore": {"source": {"cluster": "src"}, "pointInTime": "2026-11-22T20:00:00Z"}})
+    assert r.source_cluster == "src" and r.store is None and r.point_in_time == "2026-11-22T20:00:00Z"
+    r2 = RestoreSpec.from_spec({"restore": {"source": {"target": "http://m:9/b/p", "credentialsSecret": "c"}}})
+    assert r2.store == StoreRef("s3://b/p", "http://m:9", "c") and r2.point_in_time is None
+    assert same_store(StoreRef("s3://b/p/"), StoreRef("s3://b/p"))
+    assert not same_store(StoreRef("s3://b/p"), StoreRef("s3://b/q"))
+    assert not same_store(StoreRef("s3://b/p"), None)
+
+
+def _ready_status() -> dict:
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    pods = [PodObs(p, z, f"127.0.0.{i + 2}", True)
+            for i, (z, ps) in enumerate(sorted(doc["zones"].items())) for p in ps]
+    return compute_status(1, ZONES, doc, pods, _statuses(doc, set(pl.pods_of(doc))), None, "t0")
+
+
+def test_restore_overlay_never_ready_before_done() -> None:
+    from tidemark_operator.backupspec import apply_restore_status
+
+    base = _ready_status()
+    assert next(c for c in base["conditions"] if c["type"] == "Ready")["status"] == "True"
+    for phase, ready_reason in [("Validating", "Restoring"), ("Loading", "Restoring"),
+                                ("Failed", "RestoreFailed")]:
+        st = apply_restore_status(dict(base), {"phase": phase, "message": "m"}, 1, [], "t1")
+        conds = {c["type"]: c for c in st["conditions"]}
+        assert conds["Ready"]["status"] == "False" and conds["Ready"]["reason"] == ready_reason
+        assert conds["Restored"]["status"] == "False"
+        assert st["phase"] == ("Failed" if phase == "Failed" else "Restoring")
+        assert st["restore"]["phase"] == phase
+    done = apply_restore_status(dict(base), {"phase": "Done", "lsn": 7, "pages": 3,
+                                             "pointInTime": "T"}, 1, [], "t1")
+    conds = {c["type"]: c for c in done["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Restored"]["status"] == "True"
+    assert conds["Restored"]["reason"] == "RestoreComplete" and "LSN 7" in conds["Restored"]["message"]
+
+
+def test_restore_status_from_job_marks_load_started_until_done() -> None:
+    from tidemark_operator.backupops import RestoreJob
+    from tidemark_operator.backupspec import RestoreSpec
+    from tidemark_operator.restoreflow import restore_status
+
+    r = RestoreSpec.from_spec({"restore": {"source": {"cluster": "src"}}})
+    seen: list[tuple[str, str]] = []
+
+    def ev(t: str, reason: str, _m: str) -> None:
+        seen.append((t, reason))
+
+    job = RestoreJob(state="loading", lsn=42, t_us=1_700_000_000_000_000, progress="loading pages: 1/9")
+    rs = restore_status(job, {}, r, ev)
+    assert rs["phase"] == "Loading" and rs["loadStarted"] is True and rs["lsn"] == 42
+    assert rs["progress"] == "loading pages: 1/9" and rs["source"] == "src"
+    job.fail("load", "boom")
+    rs = restore_status(job, {"restore": rs}, r, ev)
+    assert rs["phase"] == "Failed" and rs["loadStarted"] is True and job.needs_wipe
+    assert ("Warning", "RestoreFailed") in seen
+    job.state, job.result = "done", {"pages": 9, "new_vdl": 99, "total_s": 1.5}
+    rs = restore_status(job, {"restore": rs}, r, ev)
+    assert rs["phase"] == "Done" and rs["loadStarted"] is False and rs["pages"] == 9
+    assert ("Normal", "Restored") in seen
+    # once Done is persisted the record is kept as is (no job needed after a restart)
+    assert restore_status(None, {"restore": rs}, r, ev) == rs
+    # a validation failure does not mark a load
+    v = RestoreJob()
+    v.fail("validate", "outside the window")
+    assert restore_status(v, {}, r, ev)["loadStarted"] is False and not v.needs_wipe
+
+
+def test_backup_block_prefers_store_errors_and_keeps_metrics_keys() -> None:
+    from tidemark_operator.backupops import STATUS_KEYS, backup_block
+
+    out = {k: 1 for k in STATUS_KEYS} | {"lastError": None}
+    b = backup_block(out, None, "s3://b/p", "now")
+    assert b["lastError"] is None and b["VolumeBytesUsed"] == 1 and b["target"] == "s3://b/p"
+    assert backup_block(out, "EndpointConnectionError", "s3://b/p", "now")["lastError"] == \
+        "EndpointConnectionError"
+    empty = backup_block(None, "down", "s3://b/p", "now")
+    assert set(STATUS_KEYS) <= set(empty) and empty["firstRecoverableTime"] is None
+
+
+def test_restore_retry_delay_doubles_and_is_capped() -> None:
+    from tidemark_operator import backupops
+    from tidemark_operator.restoreflow import retry_delay
+
+    base = backupops.RETRY_DELAY
+    assert retry_delay(1) == base and retry_delay(2) == 2 * base and retry_delay(3) == 4 * base
+    assert retry_delay(50) == 600.0
