@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -51,6 +53,11 @@ class Committer:
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")
+
+    async def run_ordered(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking store operation on the committer's thread, ordered with its
+        writes (e.g. ingesting a hydrated SST file after a segment DELETE's range delete)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     def submit(
         self,

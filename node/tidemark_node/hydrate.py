@@ -3,10 +3,13 @@
 `POST /v1/segments/{pg}/hydrate` starts a background task on a segment just created
 with the new membership (`PUT /v1/segments/{pg}`):
 
-1. snapshot: stream a page snapshot at S (snapshot.py) from one source; every page
-   version is CRC-checked and stored as is; a bad one is fetched from another source
-   as a page read at the snapshot's base B. Then the segment's chain is re-based:
-   floor = SCL = B (the PG's last record <= S), materialized = GC horizons = B.
+1. snapshot: stream a page snapshot at S (snapshot.py, format 2: ~2 MiB CRC-checked
+   frames) from one source; every page version is CRC-checked and written, in the
+   order received (ascending keys), into one SST file that is ingested into RocksDB at
+   the end (atomic, durable; no WAL/memtable/compaction pass per page); a bad one is
+   fetched from another source as a page read at the snapshot's base B. Then the
+   segment's chain is re-based: floor = SCL = B (the PG's last record <= S),
+   materialized = GC horizons = B.
 2. log: the records in (S, T] (T = lowest SCL among the usable sources) are fetched
    from SEVERAL sources in parallel: the LSN range is split into chunks that workers
    (one per source) take in order, each preferring its own source; a chunk a source
@@ -25,16 +28,20 @@ frames are accepted throughout.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import math
+import os
 import time
 from array import array
 
 import aiohttp
+import google_crc32c
 import structlog
 from aiohttp import web
 
-from tidemark_protocol.errors import CorruptRecord, MalformedFrame, ProtocolError
+from tidemark_protocol.errors import MalformedFrame, ProtocolError
 from tidemark_protocol.records import crc32c
 from tidemark_protocol.segment import SegmentLog, SegmentMeta, in_ranges
 
@@ -42,16 +49,17 @@ from . import snapshot as snap
 from . import store as keys
 from .intake import decode_raw_records, ingest
 from .ratelimit import TokenBucket
-from .reads import decode_version, encode_version
+from .reads import encode_version
 from .segments import Segment, peek_header
 from .state import NodeState
 
 log = structlog.get_logger("tidemark.node.hydrate")
 
-FLUSH_BYTES = 1 << 20
 AVG_RECORD_GUESS = 128
 RUNNING = ("snapshot", "log", "catching_up")
 _READ_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=3, sock_read=30)
+_loads = itertools.count(1)
+QUEUE_FRAMES = 2  # frames read ahead of the parser (each up to snapshot.FRAME_BYTES)
 
 
 class SourceError(Exception):
@@ -130,6 +138,9 @@ async def post_hydrate(request: web.Request) -> web.Response:
     if seg.hydration is not None and seg.hydration.get("state") in RUNNING:
         return web.json_response({"error": "hydration_running", "message": f"pg {seg.pg} is hydrating",
                                   "hydration": seg.hydration}, status=409)
+    if seg.hydration is not None and seg.hydration.get("state") == "done" and not body.get("force"):
+        # Idempotent for a repairer resuming after a restart: the rebuild already finished.
+        return web.json_response({"pg": seg.pg, "hydration": seg.hydration}, status=200)
     progress = Progress(seg, sources, bandwidth)
     task = asyncio.get_running_loop().create_task(hydrate(state, seg, sources, bandwidth, progress),
                                                   name=f"hydrate-{seg.pg}")
@@ -198,78 +209,242 @@ async def fetch_snapshot_any(state, session, seg, sources, bucket, progress) -> 
     raise HydrationError("no source could serve a snapshot: " + "; ".join(errors))
 
 
+def _read_chunk(bucket: TokenBucket) -> int:
+    """Bytes per network read: a whole frame when uncapped; ~0.1 s of the rate when
+    capped, so the cap (and the progress shown) stays smooth within a large frame."""
+    return 0 if bucket.rate <= 0 else max(16 << 10, min(snap.FRAME_BYTES, bucket.rate // 10))
+
+
+async def _read_paced(rd, n: int, bucket: TokenBucket, progress: Progress) -> bytes:
+    step = _read_chunk(bucket)
+    if not step or n <= step:
+        data = await rd.readexactly(n)
+        await bucket.consume(n)
+        progress.add(n)
+        return data
+    parts = []
+    left = n
+    while left:
+        k = min(step, left)
+        parts.append(await rd.readexactly(k))
+        await bucket.consume(k)
+        progress.add(k)
+        left -= k
+    return b"".join(parts)
+
+
+def parse_frame(body: bytes, count: int, seg_pg: int, layout, base: int, put) -> tuple[int, list]:
+    """Blocking (an executor thread): check one format-2 frame body's entries and hand
+    each good page version to `put(key, value)`. Returns (good, bad pieces)."""
+    unpack = snap.ENTRY.unpack_from
+    esize = snap.ENTRY.size
+    bad: list[tuple[int, int]] = []
+    good = 0
+    off = 0
+    end = len(body)
+    for _ in range(count):
+        if off >= end:
+            raise SourceError("snapshot: frame shorter than its entry count")
+        tag = body[off]
+        off += 1
+        if tag == 0x50:  # b"P"
+            if end - off < esize:
+                raise SourceError("snapshot: entry header truncated")
+            page, lsn, n = unpack(body, off)
+            off += esize
+            if end - off < n:
+                raise SourceError("snapshot: entry value truncated")
+            if layout.pg_of(page) != seg_pg or lsn > base:
+                raise SourceError(f"snapshot: page {page}@{lsn} outside pg {seg_pg} / base {base}")
+            value = body[off : off + n]
+            off += n
+            if n < 4 or crc32c(value[4:]) != int.from_bytes(value[:4], "little"):
+                bad.append((page, lsn))  # the source's copy is bad: fetch elsewhere
+                continue
+            put(keys.version_key(seg_pg, page, lsn), value)
+            good += 1
+        elif tag == 0x42:  # b"B"
+            if end - off < snap.BAD.size:
+                raise SourceError("snapshot: bad-entry truncated")
+            bad.append(snap.BAD.unpack_from(body, off))
+            off += snap.BAD.size
+        else:
+            raise SourceError(f"snapshot: unknown entry tag {tag:#x}")
+    if off != end:
+        raise SourceError("snapshot: frame longer than its entries")
+    return good, bad
+
+
+class _Loader:
+    """Turns the snapshot's frames into one SST file, then ingests it.
+
+    Why: put through the WAL and memtable, every page would be written three times
+    (WAL, flush, compaction) at ~3x the CPU; the snapshot's keys arrive in ascending
+    order (pages ascending, one version each), which is what an SST file needs, so the
+    file is built as frames arrive (in a thread, one frame at a time, while the next
+    frame is read) and moved into RocksDB at the end in one atomic, durable step. A
+    source failing midway leaves only a scratch file, deleted here. The ingestion runs
+    on the committer's thread so it is ordered with its writes, in particular with a
+    DELETE's range delete: it is queued only while the segment is live.
+    """
+
+    def __init__(self, state: NodeState, seg: Segment, base: int) -> None:
+        self.state = state
+        self.seg = seg
+        self.base = base
+        name = f"pg{seg.pg}-{os.getpid()}-{next(_loads)}.sst"
+        self.path = os.path.join(state.store.ingest_dir, name)
+        self.sst = None
+        # Frames read but not yet parsed: the reader keeps reading while a frame is
+        # parsed, so a slow step on either side (a busy machine schedules each process
+        # late) does not stall the other.
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_FRAMES)
+        self.task: asyncio.Task | None = None
+        self.good = 0
+        self.bad: list[tuple[int, int]] = []
+
+    @staticmethod
+    def clear_stale(store, pg: int) -> None:
+        """Scratch files of this PG's earlier hydrations (a crash, a failed source)."""
+        for name in os.listdir(store.ingest_dir):
+            if name.startswith(f"pg{pg}-") and name.endswith(".sst"):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(store.ingest_dir, name))
+
+    def _parse(self, body: bytes, count: int) -> tuple[int, list]:
+        if self.sst is None:
+            self.sst = keys.Store.sst_writer(self.path)
+        try:
+            return parse_frame(body, count, self.seg.pg, self.seg.layout, self.base,
+                               self.sst.__setitem__)
+        except SourceError:
+            raise
+        except Exception as exc:  # e.g. keys out of order: the source's stream is wrong
+            raise SourceError(f"snapshot: {exc}") from exc
+
+    async def _consume(self) -> None:
+        loop = asyncio.get_running_loop()
+        while (item := await self.queue.get()) is not None:
+            good, bad = await loop.run_in_executor(None, self._parse, *item)
+            self.good += good
+            self.bad.extend(bad)
+
+    async def _enqueue(self, item) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(self._consume())
+        if not self.queue.full():
+            self.queue.put_nowait(item)
+        else:
+            waiter = asyncio.ensure_future(self.queue.put(item))
+            await asyncio.wait({waiter, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiter.done():  # the consumer stopped: raise its error
+                waiter.cancel()
+                await self.task
+        if self.task.done():
+            await self.task  # a bad frame fails the source as soon as it is seen
+
+    async def put(self, body: bytes, count: int) -> None:
+        _check_live(self.seg)
+        await self._enqueue((body, count))
+
+    async def drain(self) -> None:
+        """Wait until every frame put so far is parsed (raises a frame's error)."""
+        if self.task is not None:
+            await self._enqueue(None)
+            task, self.task = self.task, None
+            await task
+
+    async def finish(self) -> None:
+        """Ingest what was loaded; durable when this returns."""
+        await self.drain()
+        loop = asyncio.get_running_loop()
+        if self.good:
+            await loop.run_in_executor(None, self.sst.finish)  # fsyncs the file
+        _check_live(self.seg)  # on the loop thread, right before the ingestion is queued
+        if self.good:
+            await self.state.committer.run_ordered(self.state.store.ingest, [self.path])
+
+    def discard(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+
+
 async def fetch_snapshot(state, session, seg, name, url, sources, bucket, progress) -> dict:
     pg = seg.pg
-    async with session.get(f"{url}/v1/segments/{pg}/snapshot", timeout=_READ_TIMEOUT) as resp:
-        if resp.status != 200:
-            raise SourceError(f"snapshot: HTTP {resp.status} {(await resp.read())[:200]!r}")
-        rd = resp.content
-        head = await rd.readexactly(8)
-        if head[:4] != snap.MAGIC:
-            raise SourceError("snapshot: bad magic")
-        blob = await rd.readexactly(snap.U32.unpack_from(head, 4)[0])
-        (crc,) = snap.U32.unpack(await rd.readexactly(4))
-        if crc32c(head + blob) != crc:
-            raise SourceError("snapshot: header crc32c mismatch")
-        info = json.loads(blob)
-        if int(info["pg"]) != pg or int(info["page_size"]) != seg.layout.page_size:
-            raise SourceError(f"snapshot: pg/page size mismatch {info['pg']}/{info['page_size']}")
-        s, base = int(info["snapshot_lsn"]), int(info["base_lsn"])
-        progress.h.update(snapshot_lsn=s, base_lsn=base)
-        progress.snapshot_bytes = int(info["est_bytes"])
-        progress.log_records_est = int(info.get("log_records_above", 0))
-        progress.update()
-        nbytes = 8 + len(blob) + 4
-        await bucket.consume(nbytes)
-        progress.add(nbytes)
+    params = {"format": str(snap.FORMAT_FRAMED)}
+    loader: _Loader | None = None
+    try:
+        async with session.get(f"{url}/v1/segments/{pg}/snapshot", params=params,
+                               timeout=_READ_TIMEOUT) as resp:
+            if resp.status != 200:
+                raise SourceError(f"snapshot: HTTP {resp.status} {(await resp.read())[:200]!r}")
+            rd = resp.content
+            head = await rd.readexactly(8)
+            if head[:4] != snap.MAGIC:
+                raise SourceError("snapshot: bad magic")
+            blob = await rd.readexactly(snap.U32.unpack_from(head, 4)[0])
+            (crc,) = snap.U32.unpack(await rd.readexactly(4))
+            if crc32c(head + blob) != crc:
+                raise SourceError("snapshot: header crc32c mismatch")
+            info = json.loads(blob)
+            if int(info.get("format", 1)) != snap.FORMAT_FRAMED:
+                raise SourceError(f"snapshot: source answered format {info.get('format')}, not 2")
+            if int(info["pg"]) != pg or int(info["page_size"]) != seg.layout.page_size:
+                raise SourceError(f"snapshot: pg/page size mismatch {info['pg']}/{info['page_size']}")
+            s, base = int(info["snapshot_lsn"]), int(info["base_lsn"])
+            progress.h.update(snapshot_lsn=s, base_lsn=base)
+            progress.snapshot_bytes = int(info["est_bytes"])
+            progress.log_records_est = int(info.get("log_records_above", 0))
+            progress.update()
+            nbytes = 8 + len(blob) + 4
+            await bucket.consume(nbytes)
+            progress.add(nbytes)
+            _Loader.clear_stale(state.store, pg)
+            loader = _Loader(state, seg, base)
+            entries = 0
+            while True:
+                tag = await rd.readexactly(1)
+                if tag == b"F":
+                    fhead = await rd.readexactly(snap.FRAME.size)
+                    count, blen = snap.FRAME.unpack(fhead)
+                    if blen > snap.MAX_FRAME_BODY:
+                        raise SourceError(f"snapshot: frame of {blen} bytes")
+                    body = await _read_paced(rd, blen + 4, bucket, progress)
+                    fcrc = google_crc32c.extend(google_crc32c.value(tag + fhead), body[:-4])
+                    if fcrc != int.from_bytes(body[-4:], "little"):
+                        raise SourceError("snapshot: frame crc32c mismatch (damaged in transit)")
+                    entries += count
+                    await loader.put(body[:-4], count)
+                elif tag == b"E":
+                    tbody = await rd.readexactly(snap.TRAILER.size)
+                    (tcrc,) = snap.U32.unpack(await rd.readexactly(4))
+                    if crc32c(tag + tbody) != tcrc:
+                        raise SourceError("snapshot: trailer crc32c mismatch")
+                    count, ts, tb = snap.TRAILER.unpack(tbody)
+                    if (count, ts, tb) != (entries, s, base):
+                        raise SourceError(f"snapshot: trailer {count, ts, tb} != {entries, s, base}")
+                    break
+                elif tag == b"X":
+                    msg = await rd.readexactly(snap.U32.unpack(await rd.readexactly(4))[0])
+                    raise SourceError(f"snapshot aborted by source: {msg.decode(errors='replace')}")
+                else:
+                    raise SourceError(f"snapshot: unknown frame tag {tag!r}")
+            await loader.drain()
+        bad = loader.bad
+        good = loader.good
         puts: list = []
-        pending = 0
-        good = 0
-        bad: list[tuple[int, int]] = []
-        while True:
-            tag = await rd.readexactly(1)
-            if tag == b"P":
-                page, lsn, n = snap.ENTRY.unpack(await rd.readexactly(snap.ENTRY.size))
-                value = await rd.readexactly(n)
-                size = 1 + snap.ENTRY.size + n
-                await bucket.consume(size)
-                progress.add(size)
-                if seg.layout.pg_of(page) != pg or lsn > base:
-                    raise SourceError(f"snapshot: page {page}@{lsn} outside pg {pg} / base {base}")
-                try:
-                    decode_version(value, pg, page, lsn)
-                except CorruptRecord:
-                    bad.append((page, lsn))  # damaged in transit: fetch elsewhere
-                    continue
-                puts.append((keys.version_key(pg, page, lsn), value))
-                good += 1
-                pending += n
-                if pending >= FLUSH_BYTES:
-                    await _flush(state, seg, puts)
-                    pending = 0
-            elif tag == b"B":
-                bad.append(snap.BAD.unpack(await rd.readexactly(snap.BAD.size)))
-            elif tag == b"E":
-                body = await rd.readexactly(snap.TRAILER.size)
-                (tcrc,) = snap.U32.unpack(await rd.readexactly(4))
-                if crc32c(tag + body) != tcrc:
-                    raise SourceError("snapshot: trailer crc32c mismatch")
-                count, ts, tb = snap.TRAILER.unpack(body)
-                if (count, ts, tb) != (good + len(bad), s, base):
-                    raise SourceError(f"snapshot: trailer {count, ts, tb} != {good + len(bad), s, base}")
-                break
-            elif tag == b"X":
-                msg = await rd.readexactly(snap.U32.unpack(await rd.readexactly(4))[0])
-                raise SourceError(f"snapshot aborted by source: {msg.decode(errors='replace')}")
-            else:
-                raise SourceError(f"snapshot: unknown entry tag {tag!r}")
-    await _flush(state, seg, puts)
-    others = {k: v for k, v in sources.items() if k != name}
-    for page, lsn in bad:
-        image = await fetch_page_elsewhere(session, seg, others, page, base, bucket, progress)
-        puts.append((keys.version_key(pg, page, lsn), encode_version(image)))
-        progress.h["refetched"] += 1
-    await _flush(state, seg, puts)
+        others = {k: v for k, v in sources.items() if k != name}
+        for page, lsn in bad:
+            image = await fetch_page_elsewhere(session, seg, others, page, base, bucket, progress)
+            puts.append((keys.version_key(pg, page, lsn), encode_version(image)))
+            progress.h["refetched"] += 1
+        await _flush(state, seg, puts)  # synced (committer)
+        await loader.finish()  # the pages are on disk before the base moves
+    finally:
+        if loader is not None:
+            loader.discard()
     progress.h["pages"] = good + len(bad)
     progress.snapshot_bytes = progress.h["bytes"]
     await install_base(state, seg, info)

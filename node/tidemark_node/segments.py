@@ -180,6 +180,10 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
         # A rebuild does not survive a restart: say so; the executor hydrates it again.
         seg.hydration = {"state": "failed", "bytes": 0, "total_bytes": 0, "pct": 0.0,
                          "error": "interrupted by a node restart: hydrate again"}
+    elif data.get("hydration_state") == "done":
+        # Finished and durable before the restart: a repairer that has not finalized yet
+        # must see "done", not "idle", or it would rebuild the whole segment again.
+        seg.hydration = {"state": "done", "bytes": 0, "total_bytes": 0, "pct": 100.0, "error": None}
     return seg
 
 

@@ -21,6 +21,16 @@ Stream format (all integers little-endian):
     trailer  b"E" | u64 pages | u64 snapshot_lsn | u64 base_lsn | u32 crc32c(b"E"...)
              or b"X" | u32 len | utf-8 message  (the source gave up: discard all)
 
+Format 2 (`?format=2`, what hydration asks for) wraps the entries in frames of about
+2 MiB so the receiver reads, checks and stores a frame at a time instead of a page:
+    frame    b"F" | u32 entries | u32 body_len | body | u32 crc32c(b"F"...body)
+             body = entries exactly as above (P/B); the frame CRC also covers the
+             page numbers and LSNs, which the per-page CRC does not. The source sends
+             stored values without checking them first ("B" only for a missing
+             version): the receiver checks every page's CRC and fetches a bad one from
+             another segment, as it would for "B"
+The header (with "format": 2) and the trailer are the same as in format 1.
+
 B (base_lsn) is the PG's last record at or below S: the highest version LSN (every
 record <= S is covered by a version at or below S, keyed by the page's last record).
 A new segment's chain starts at floor = SCL = B: the next record of the PG links to B.
@@ -34,7 +44,9 @@ import json
 import struct
 import time
 from bisect import bisect_right
+from concurrent.futures import ThreadPoolExecutor
 
+import google_crc32c
 import structlog
 from aiohttp import web
 from rocksdict import ReadOptions
@@ -51,50 +63,80 @@ log = structlog.get_logger("tidemark.node.snapshot")
 
 MAGIC = b"TMSN"
 FORMAT = 1
+FORMAT_FRAMED = 2
+FORMATS = (FORMAT, FORMAT_FRAMED)
 ENTRY = struct.Struct("<QQI")  # page, version lsn, value length
 BAD = struct.Struct("<QQ")
+_P_ENTRY = struct.Struct("<cQQI")  # b"P" + ENTRY
 TRAILER = struct.Struct("<QQQ")
+FRAME = struct.Struct("<II")  # entries, body length (after the b"F" tag)
 U32 = struct.Struct("<I")
 PIN_LEASE = 120.0  # seconds a served snapshot keeps S pinned after the stream ends
 PAGES_PER_STEP = 256
+FRAME_BYTES = 2 << 20  # format 2: page bytes per frame (fewer, larger steps per byte)
+PREFETCH = 3  # frames being read from RocksDB: the next one to send and those after it
+MAX_FRAME_BODY = 64 << 20  # a receiver refuses frames claiming more (corrupt length)
 _tokens = itertools.count(1)
+# Snapshot reads get their own threads: the node's reader pool also runs the
+# materializer and GC scans, and a stream step queued behind those stalls the copy.
+_POOL = ThreadPoolExecutor(2, thread_name_prefix="snapshot")
 
 
 def list_pages(store: Store, pg: int, at: int) -> list[tuple[int, int]]:
-    """Blocking: (page, lsn) of each page's latest version <= `at`, ascending by page."""
+    """Blocking: (page, lsn) of each page's latest version <= `at`, ascending by page.
+
+    One forward pass: versions of a page are adjacent and ascending by LSN, so the last
+    one <= `at` seen before the page changes is the answer; a version above `at` skips
+    to the next page with one seek (pages rarely hold more than a few versions)."""
     prefix = keys.pg_prefix(b"V", pg)
     ro = ReadOptions()
     ro.set_iterate_upper_bound(keys.prefix_end(prefix))
     it = store.db.iter(ro)
     out: list[tuple[int, int]] = []
+    cur_page = cur_lsn = -1
     it.seek(prefix)
     while it.valid():
-        page, _lsn = keys.page_lsn(it.key())
-        it.seek_for_prev(keys.version_key(pg, page, at))
-        if it.valid() and it.key().startswith(keys.page_prefix(b"V", pg, page)):
-            out.append((page, keys.page_lsn(it.key())[1]))
-        it.seek(keys.page_prefix(b"V", pg, page + 1))
+        page, lsn = keys.page_lsn(it.key())
+        if lsn <= at:
+            if page != cur_page and cur_page >= 0:
+                out.append((cur_page, cur_lsn))
+            cur_page, cur_lsn = page, lsn
+            it.next()
+        else:
+            it.seek(keys.page_prefix(b"V", pg, page + 1))
+    if cur_page >= 0:
+        out.append((cur_page, cur_lsn))
     return out
 
 
-def encode_pages(store: Store, pg: int, pages: list[tuple[int, int]]) -> tuple[bytes, int]:
-    """Blocking: entries for `pages`; returns the bytes and how many were bad."""
+def encode_pages(store: Store, pg: int, pages: list[tuple[int, int]], check: bool = True) -> tuple[bytes, int]:
+    """Blocking: entries for `pages` (one multi-get); returns the bytes and how many were
+    bad. `check=False` skips the source-side CRC pass (format 2: the receiver checks
+    every page's CRC anyway and fetches a bad one elsewhere, the same outcome as "B")."""
+    values = store.db.get([keys.version_key(pg, page, lsn) for page, lsn in pages])
     parts: list[bytes] = []
     bad = 0
-    for page, lsn in pages:
-        value = store.get(keys.version_key(pg, page, lsn))
+    for (page, lsn), value in zip(pages, values, strict=True):
         ok = value is not None
-        if ok:
+        if ok and check:
             try:
                 decode_version(value, pg, page, lsn)
             except CorruptRecord:
                 ok = False
         if ok:
-            parts.append(b"P" + ENTRY.pack(page, lsn, len(value)) + value)
+            parts.append(_P_ENTRY.pack(b"P", page, lsn, len(value)))
+            parts.append(value)  # joined once below: no per-page concatenation copy
         else:
             bad += 1
             parts.append(b"B" + BAD.pack(page, lsn))
     return b"".join(parts), bad
+
+
+def encode_frame(store: Store, pg: int, pages: list[tuple[int, int]]) -> tuple[bytes, int]:
+    """Blocking: one format-2 frame holding the entries for `pages`."""
+    body, bad = encode_pages(store, pg, pages, check=False)
+    head = b"F" + FRAME.pack(len(pages), len(body))
+    return head + body + U32.pack(google_crc32c.extend(google_crc32c.value(head), body)), bad
 
 
 def durable_materialized(store: Store, pg: int) -> int:
@@ -122,27 +164,35 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
 
     state: NodeState = request.app[STATE]
     seg = segment_of(state, request)
-    if seg.hydrating():
-        return web.json_response({"error": "not_complete", "message": f"pg {seg.pg} is itself hydrating"},
-                                 status=409)
+    try:
+        fmt = int(request.query.get("format", FORMAT))
+    except ValueError:
+        fmt = -1
+    if fmt not in FORMATS:
+        return web.json_response({"error": "malformed", "message": f"format must be one of {FORMATS}"},
+                                 status=400)
+    if seg.hydrating() or (seg.hydration is not None and seg.hydration.get("state") == "failed"):
+        # A failed rebuild may hold partial pages: never a source for another one.
+        return web.json_response({"error": "not_complete", "message": f"pg {seg.pg} is itself hydrating "
+                                  f"or its rebuild failed"}, status=409)
     loop = asyncio.get_running_loop()
     # Pin first (at the in-memory materialized LSN, which is >= the durable one), then
     # read S from disk: GC cannot move its horizon above S from here on.
     token = pin(seg, seg.materialized_lsn)
     try:
-        s = await loop.run_in_executor(state.reader, durable_materialized, state.store, seg.pg)
+        s = await loop.run_in_executor(_POOL, durable_materialized, state.store, seg.pg)
         seg.pins[token] = (s, None)
         if seg.gc_lsn > s:
             return web.json_response({"error": "below_horizon",
                                       "message": f"pg {seg.pg}: GC horizon {seg.gc_lsn} > snapshot {s}"},
                                      status=409)
-        pages = await loop.run_in_executor(state.reader, list_pages, state.store, seg.pg, s)
+        pages = await loop.run_in_executor(_POOL, list_pages, state.store, seg.pg, s)
         base = max((lsn for _p, lsn in pages), default=0)
         un = seg.unmaterialized
         above = len(un) - bisect_right(un, s)
         page_size = seg.layout.page_size
         info = {
-            "format": FORMAT, "pg": seg.pg, "snapshot_lsn": s, "base_lsn": base,
+            "format": fmt, "pg": seg.pg, "snapshot_lsn": s, "base_lsn": base,
             "pages": len(pages), "page_size": page_size,
             "est_bytes": len(pages) * (page_size + 1 + ENTRY.size + 4),
             "log_records_above": above, "scl": seg.durable_scl, "source": state.name,
@@ -156,15 +206,21 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         resp.enable_chunked_encoding()
         await resp.prepare(request)
         await resp.write(head + U32.pack(keys_crc(head)))
+        encode = encode_frame if fmt == FORMAT_FRAMED else encode_pages
+        step = max(1, FRAME_BYTES // page_size) if fmt == FORMAT_FRAMED else PAGES_PER_STEP
+        steps = [pages[i : i + step] for i in range(0, len(pages), step)]
         bad_total = 0
         failure = None
+        ahead: list[asyncio.Future] = []
         try:
-            for i in range(0, len(pages), PAGES_PER_STEP):
+            # Read the next frames while this one is on the wire: disk and network overlap.
+            for k in range(len(steps)):
+                while len(ahead) < PREFETCH and k + len(ahead) < len(steps):
+                    ahead.append(loop.run_in_executor(_POOL, encode, state.store, seg.pg,
+                                                      steps[k + len(ahead)]))
+                chunk, bad = await ahead.pop(0)
                 if seg.deleted:
                     break
-                chunk, bad = await loop.run_in_executor(
-                    state.reader, encode_pages, state.store, seg.pg, pages[i : i + PAGES_PER_STEP]
-                )
                 bad_total += bad
                 await resp.write(chunk)
         except (ConnectionError, asyncio.CancelledError):
@@ -172,6 +228,9 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
         except Exception as exc:  # the headers are out: say it in the stream
             log.exception("snapshot_failed", pg=seg.pg)
             failure = repr(exc)
+        finally:
+            for fut in ahead:
+                fut.cancel()
         if failure or seg.deleted or seg.gc_lsn > s:
             why = failure or "deleted or GC moved past it"
             msg = f"pg {seg.pg}: snapshot at {s} failed: {why}".encode()
@@ -181,7 +240,7 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
             await resp.write(tail + U32.pack(keys_crc(tail)))
         await resp.write_eof()
         log.info("snapshot_served", pg=seg.pg, snapshot_lsn=s, base_lsn=base, pages=len(pages),
-                 bad=bad_total, peer=request.remote)
+                 bad=bad_total, format=fmt, peer=request.remote)
         return resp
     finally:
         release(seg, token)

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 from rocksdict import (
     BlockBasedOptions,
     Cache,
+    IngestExternalFileOptions,
     Options,
     Rdict,
     ReadOptions,
+    SstFileWriter,
     WriteBatch,
     WriteOptions,
 )
@@ -108,6 +110,30 @@ class Store:
     def write(self, batch: WriteBatch, sync: bool = True) -> None:
         """Blocking: call from an executor thread (RocksDB releases the GIL while syncing)."""
         self.db.write(batch, self._sync if sync else self._nosync)
+
+    # -- bulk load (rebuild) ---------------------------------------------------------------
+    @property
+    def ingest_dir(self) -> str:
+        """Scratch directory for SST files built for ingestion (same filesystem as the
+        DB, so ingesting moves them instead of copying)."""
+        path = self.path.rstrip("/") + ".ingest"
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    @staticmethod
+    def sst_writer(path: str) -> SstFileWriter:
+        """An SST file writer: keys must be put in strictly ascending order."""
+        writer = SstFileWriter(Options(raw_mode=True))
+        writer.open(path)
+        return writer
+
+    def ingest(self, paths: list[str]) -> None:
+        """Blocking: move finished SST files into the DB, atomically. Durable when it
+        returns: SstFileWriter.finish() fsyncs each file and RocksDB records the
+        ingestion in its synced MANIFEST."""
+        opts = IngestExternalFileOptions()
+        opts.set_move_files(True)
+        self.db.ingest_external_file(paths, opts)
 
     # -- reads --------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:

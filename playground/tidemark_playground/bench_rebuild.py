@@ -45,8 +45,21 @@ web.run_app(app, host=sys.argv[2], port=int(sys.argv[3]), print=None)
 """
 
 
-async def raw_copy_mb_per_s(nbytes: int, host: str) -> float:
-    """Download `nbytes` from another process over loopback into a synced file."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def raw_copy_mb_per_s(nbytes: int, host: str, cpu: dict | None = None) -> float:
+    """Download `nbytes` from another process over loopback into a synced file; the CPU
+    seconds both ends spent go into `cpu["raw_copy"]` when given."""
     work = Path(tempfile.mkdtemp(prefix="tidemark-rawcopy-"))
     try:
         src = work / "src"
@@ -61,12 +74,16 @@ async def raw_copy_mb_per_s(nbytes: int, host: str) -> float:
                     try:
                         async with session.get(f"http://{host}:{port}/blob") as resp:
                             started = time.perf_counter()
+                            cpu0 = time.process_time() + cpu_seconds([server.pid])
                             with (work / "dst").open("wb") as out:
                                 async for chunk in resp.content.iter_chunked(1 << 20):
                                     out.write(chunk)
                                 out.flush()
                                 os.fsync(out.fileno())
                             elapsed = time.perf_counter() - started
+                            if cpu is not None:
+                                used = time.process_time() + cpu_seconds([server.pid]) - cpu0
+                                cpu["raw_copy_cpu_s"] = round(used, 2)
                             return src.stat().st_size / elapsed / 1e6
                     except aiohttp.ClientConnectionError:
                         await asyncio.sleep(0.1)
@@ -98,11 +115,15 @@ async def _fill(writer: Writer, say: Say) -> int:
     return written
 
 
-async def _segment_bytes(url: str) -> dict[int, int]:
+async def _hydrations(url: str) -> dict[int, dict]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
         async with session.get(f"{url}/v1/status") as resp:
             data = await resp.json()
-    return {s["pg"]: s.get("hydration", {}).get("bytes", 0) for s in data["segments"]}
+    return {s["pg"]: s.get("hydration") or {} for s in data["segments"]}
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> dict:
@@ -110,7 +131,10 @@ async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> d
     page_size = 4096
     pgs = 6
     pages_per_pg = max(16, (volume_mb << 20) // page_size // pgs)
+    # No rebuild bandwidth cap (0): the benchmark measures the rebuild path itself; the
+    # cap's enforcement is tested in tests/process/test_node_hydrate.py.
     repair = {"node_loss_timeout": 1.0, "max_concurrent": 6, "bandwidth": 0}
+    load_start = _load()
     fleet, topology = await fleet_mod.up(
         directory / "fleet", 3, pgs, pages_per_pg, page_size, "127.0.0.220", repair=repair
     )
@@ -124,11 +148,17 @@ async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> d
             before_kill = load_topology(fleet.dir).memberships
             lost_pgs = [pg for pg, m in before_kill.items() if lost in m.members]
             say("baseline: foreground throughput before the fault (10 s)")
+            # CPU of the fleet (nodes, supervisor) and of this process (writer, clients):
+            # on a shared machine the rebuild's cost in CPU seconds is load-independent.
+            pids = [n.pid for n in fleet.nodes.values()] + [int(fleet.options.get("supervisor_pid", 0))]
+            t_cpu, c_cpu = time.monotonic(), cpu_seconds(pids) + time.process_time()
             before = await closed_loop(writer, 10, 32, seed=random.randrange(1 << 30))
+            base_cpu_rate = (cpu_seconds(pids) + time.process_time() - c_cpu) / (time.monotonic() - t_cpu)
             say(f"  {before['records_per_s']} records/s")
             say(f"kill {lost} (holds {len(lost_pgs)} segments); the supervisor rebuilds them in zone a")
             fleet.kill(lost)
             killed = time.time()
+            t_cpu, c_cpu = time.monotonic(), cpu_seconds(pids) + time.process_time()
             stop = asyncio.Event()
             commit_times: list[float] = []
             rng = random.Random(1)
@@ -148,17 +178,25 @@ async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> d
                     if h["lost"] == lost:
                         done[h["pg"]] = h
                 await asyncio.sleep(0.5)
+            window_cpu = cpu_seconds(pids) + time.process_time() - c_cpu
+            window_s = time.monotonic() - t_cpu
             stop.set()
             await asyncio.wait_for(asyncio.gather(*clients), timeout=60)
             if len(done) < len(lost_pgs) or any(h["step"] != "done" for h in done.values()):
                 raise RuntimeError(f"rebuild incomplete: {json.dumps(list(done.values()))}")
             started = min(h["started"] for h in done.values())
             finished = max(h["finished"] for h in done.values())
+            load_during = _load()
             topo = load_topology(fleet.dir)
             rebuilt = 0
+            node_side: list[dict] = []
             for pg in lost_pgs:
                 (target,) = set(topo.memberships[pg].members) - set(before_kill[pg].members)
-                rebuilt += (await _segment_bytes(topo.nodes[target])).get(pg, 0)
+                h = (await _hydrations(topo.nodes[target])).get(pg, {})
+                rebuilt += h.get("bytes", 0)
+                node_side.append({"pg": pg, "node": target, "bytes": h.get("bytes", 0),
+                                  "seconds": h.get("seconds"), "phase_seconds": h.get("phase_seconds"),
+                                  "records": h.get("records"), "refetched": h.get("refetched")})
             in_window = sum(1 for t in commit_times if started <= t <= finished)
             during_rps = in_window * RECORDS_PER_MTR / max(finished - started, 1e-9)
         finally:
@@ -170,13 +208,15 @@ async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> d
     seconds = finished - started
     rate = rebuilt / max(seconds, 1e-9) / 1e6
     say(f"raw copy of {rebuilt >> 20} MiB between two processes over loopback")
-    raw = await raw_copy_mb_per_s(rebuilt, "127.0.0.1")
+    cpu: dict = {}
+    raw = await raw_copy_mb_per_s(rebuilt, "127.0.0.1", cpu)
     return {
         "benchmark": "rebuild",
         "volume_mb": volume_mb,
         "lost_segments": len(lost_pgs),
         "rebuilt_bytes": rebuilt,
         "wait_before_rebuild_s": repair["node_loss_timeout"],
+        "bandwidth_cap_bytes_per_s": repair["bandwidth"] or "unlimited",
         "seconds_from_kill_to_done": round(finished - killed, 2),
         "rebuild_seconds": round(seconds, 2),
         "rebuild_mb_per_s": round(rate, 1),
@@ -185,4 +225,14 @@ async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> d
         "foreground_records_per_s_before": before["records_per_s"],
         "foreground_records_per_s_during": round(during_rps, 1),
         "foreground_ratio": round(during_rps / max(before["records_per_s"], 1e-9), 3),
+        "hydrations": node_side,
+        # Cores the fleet + writer actually got: on a shared machine this shows how much
+        # CPU the run had (2 cores idle; far less when other work competes).
+        "cpu": {
+            "cores_used_before": round(base_cpu_rate, 2),
+            "cores_used_kill_to_done": round(window_cpu / max(window_s, 1e-9), 2),
+            "cpu_s_kill_to_done": round(window_cpu, 2),
+            "raw_copy_cpu_s": cpu.get("raw_copy_cpu_s"),
+        },
+        "load_average_1_5_15": {"start": load_start, "after_rebuild": load_during, "end": _load()},
     }

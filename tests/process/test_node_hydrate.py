@@ -179,6 +179,13 @@ async def test_hydrate_from_three_sources_capped_and_with_live_writes(node_facto
     seg = await cg.segment(0)
     assert seg["scl"] == 7200 and not seg["holes"] and seg["gc_lsn"] == 4000
     await assert_same_pages(cg, clients[0], records, [4000, 7200], sample[:8])
+    # ... and still says `done`: a repairer resuming after its own restart asks again and
+    # gets 200 with nothing started, not a second rebuild.
+    assert seg["hydration"]["state"] == "done", seg["hydration"]
+    again = await cg.json("POST", "/v1/segments/0/hydrate", expect=200,
+                          json={"sources": srcs, "bandwidth_bytes_per_s": 0})
+    assert again["hydration"]["state"] == "done"
+    assert (await cg.segment(0))["hydration"]["state"] == "done"
 
     # A rebuild cut short by a crash says so after the restart, and can simply be redone.
     g3 = node_factory("g3", "z3", extra_args=NEW_ARGS)
@@ -261,3 +268,112 @@ async def test_membership_epoch_fencing_and_delete_cleanup(node_factory, node_cl
     finally:
         db.close()
     assert left == []
+
+
+def parse_snapshot(body: bytes) -> tuple[dict, list[tuple], tuple]:
+    """A snapshot stream (format 1 or 2) → header JSON, entries, trailer; checks every CRC."""
+    import json
+
+    import google_crc32c
+
+    u32 = struct.Struct("<I")
+    assert body[:4] == b"TMSN"
+    (n,) = u32.unpack_from(body, 4)
+    assert u32.unpack_from(body, 8 + n)[0] == google_crc32c.value(body[: 8 + n])
+    info = json.loads(body[8 : 8 + n])
+    off = 12 + n
+
+    def entries(buf: bytes, pos: int, stop: int | None) -> tuple[list[tuple], int]:
+        out = []
+        while (stop is None and buf[pos : pos + 1] in (b"P", b"B")) or (stop is not None and pos < stop):
+            tag = buf[pos : pos + 1]
+            if tag == b"P":
+                page, lsn, ln = struct.unpack_from("<QQI", buf, pos + 1)
+                value = buf[pos + 21 : pos + 21 + ln]
+                assert u32.unpack_from(value)[0] == google_crc32c.value(value[4:])
+                out.append((page, lsn, value))
+                pos += 21 + ln
+            else:
+                out.append(struct.unpack_from("<QQ", buf, pos + 1) + (None,))
+                pos += 17
+        return out, pos
+
+    got: list[tuple] = []
+    frames = 0
+    if info["format"] == 2:
+        while body[off : off + 1] == b"F":
+            count, blen = struct.unpack_from("<II", body, off + 1)
+            frame_end = off + 9 + blen
+            assert u32.unpack_from(body, frame_end)[0] == google_crc32c.value(body[off:frame_end])
+            part, pos = entries(body, off + 9, frame_end)
+            assert pos == frame_end and len(part) == count
+            got += part
+            frames += 1
+            off = frame_end + 4
+        info["frames"] = frames
+    else:
+        got, off = entries(body, off, None)
+    assert body[off : off + 1] == b"E"
+    assert u32.unpack_from(body, off + 25)[0] == google_crc32c.value(body[off : off + 25])
+    assert len(body) == off + 29
+    return info, got, struct.unpack_from("<QQQ", body, off + 1)
+
+
+async def test_snapshot_framed_format(node_factory, node_client, wire):
+    """`?format=2` carries the same entries as format 1 in CRC-checked ~2 MiB frames;
+    an unknown format is refused before anything is pinned or streamed."""
+    _WIRE["frame"] = wire.frame
+    node = node_factory("a", "z1", extra_args=SRC_ARGS)
+    c = node_client(node)
+    await put(c, MEMBERS)
+    log = await c.open_log()
+    chain = wire.LogChain(0)
+    records = make_records(chain, 1, 600, random.Random(3))
+    await send([(log, 1)], 1, records, vdl=600, pgmrpl=0)
+    await c.wait_segment(0, lambda s: s["materialized_lsn"] == 600, what="materialized")
+    s1, b1, _ = await c.request("GET", "/v1/segments/0/snapshot")
+    s2, b2, h2 = await c.request("GET", "/v1/segments/0/snapshot", params={"format": "2"})
+    assert s1 == 200 and s2 == 200
+    assert h2["X-Tidemark-Snapshot-LSN"] == "600"
+    info1, e1, t1 = parse_snapshot(b1)
+    info2, e2, t2 = parse_snapshot(b2)
+    assert info1["format"] == 1 and info2["format"] == 2
+    assert e1 == e2 and len(e2) == PAGES and t1 == t2 == (PAGES, 600, info2["base_lsn"])
+    assert info2["frames"] == 1  # 256 pages of 4 KiB (1 MiB): one frame
+    assert [p for p, _l, _v in e2] == list(range(PAGES))
+    for page, lsn, value in e2[:: 37]:
+        assert value[4:] == reference(records, page, lsn)
+    for bad in ("3", "x"):
+        status, body, _ = await c.request("GET", "/v1/segments/0/snapshot", params={"format": bad})
+        assert status == 400 and b"format" in body
+    await log.close()
+
+
+def test_receiver_checks_each_frame_entry():
+    """The receiving side of format 2: a page whose CRC fails is set aside for a refetch
+    (never stored); a page outside the PG or above the base, or a frame whose entry
+    count or length does not add up, fails the whole source."""
+    import google_crc32c
+
+    from tidemark_node.hydrate import SourceError, parse_frame
+    from tidemark_protocol.layout import VolumeLayout
+
+    layout = VolumeLayout(pg_count=2, pages_per_pg=PAGES, page_size=PAGE_SIZE)
+
+    def entry(page: int, lsn: int, image: bytes, good: bool = True) -> bytes:
+        crc = google_crc32c.value(image) ^ (0 if good else 1)
+        value = struct.pack("<I", crc) + image
+        return b"P" + struct.pack("<QQI", page, lsn, len(value)) + value
+
+    img = bytes(range(256)) * (PAGE_SIZE // 256)
+    pg0 = [p for p in range(layout.page_count) if layout.pg_of(p) == 0][:3]
+    body = entry(pg0[0], 5, img) + entry(pg0[1], 6, img, good=False) + b"B" + struct.pack("<QQ", pg0[2], 7)
+    stored = []
+    good, bad = parse_frame(body, 3, 0, layout, 10, lambda k, v: stored.append((k, v)))
+    assert good == 1 and bad == [(pg0[1], 6), (pg0[2], 7)] and len(stored) == 1
+    assert stored[0][1][4:] == img
+    other = next(p for p in range(layout.page_count) if layout.pg_of(p) == 1)
+    for wrong, count in ((entry(other, 5, img), 1), (entry(pg0[0], 11, img), 1), (body, 4), (body, 2),
+                         (body[:-3], 3), (b"Z" + body, 4)):
+        with pytest.raises(SourceError):
+            parse_frame(wrong, count, 0, layout, 10, lambda k, v: None)
