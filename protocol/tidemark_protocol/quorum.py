@@ -3,7 +3,9 @@
 Six segments, writes need 4 of them, reads 3: any read quorum meets any write quorum
 (3 + 4 > 6), and two write quorums always overlap (4 + 4 > 6). While a segment F is
 being replaced by G the PG has two member sets; a write must reach a write quorum of
-both, a read a read quorum of either.
+both, a read (recovery's reports) a read quorum of the old set: G may not be hydrated
+yet, and a commit acknowledged before the change is only in a write quorum of the old
+set (a read quorum of the new set such as {G, A, B} can miss it).
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class QuorumTracker:
     def complete_segments(self, lsn: int) -> list[str]:
         """Segments whose SCL covers `lsn`, best first (highest SCL)."""
         members = self.membership.all_members
-        return sorted((m for m in members if self.scl.get(m, 0) >= lsn), key=lambda m: -self.scl[m])
+        return sorted((m for m in members if self.scl.get(m, 0) >= lsn), key=lambda m: -self.scl.get(m, 0))
 
 
 def has_write_quorum(membership: Membership, acked: Iterable[str]) -> bool:
@@ -106,5 +108,6 @@ def has_write_quorum(membership: Membership, acked: Iterable[str]) -> bool:
 
 
 def has_read_quorum(membership: Membership, answered: Iterable[str]) -> bool:
-    answered_set = set(answered)
-    return any(len(answered_set & set(s)) >= READ_QUORUM for s in membership.sets)
+    # The old set meets every write quorum of a commit acknowledged before the change
+    # (old set) and during it (both sets); the new set only the latter.
+    return len(set(answered) & set(membership.members)) >= READ_QUORUM

@@ -6,8 +6,11 @@ mini-transaction, resend, gossip, crash or restart a node, crash the writer, let
 stale writer keep talking). The same seed gives the same schedule.
 
 Nodes run the real `SegmentLog`; the writer runs the real `WriterCore`; recovery runs
-the real `plan_recovery`. Members per PG come from `Membership` objects (the rebuild
-work will change them mid-run through `Sim.set_membership`).
+the real `plan_recovery`. Members per PG come from `Membership` objects: the placement
+(`Sim.memberships`, what topology.json holds). With `SimConfig(rebuilds=True)` nodes are
+also lost for good and a simulated supervisor rebuilds their segments through the real
+planner and membership transitions (rebuild.py); the writer reloads the placement when a
+segment refuses its frames with `stale_membership`.
 
 A segment's state is durable once it acks (accept + persist + ack are one atomic
 event); a node crash loses the messages addressed to it while it is down and whatever
@@ -41,7 +44,9 @@ import copy
 import random
 from dataclasses import dataclass, field
 
-from tidemark_protocol.errors import BackPressure, NeedsSeal, StaleEpoch
+import rebuild
+
+from tidemark_protocol.errors import BackPressure, NeedsSeal, StaleEpoch, StaleMembership
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.pages import apply_redo, empty_page, patch_payload
 from tidemark_protocol.placement import NodeInfo, place
@@ -54,6 +59,7 @@ from tidemark_protocol.recovery import (
     SegmentReport,
     plan_recovery,
 )
+from tidemark_protocol.repair import RepairLimits
 from tidemark_protocol.segment import SegmentLog, SegmentMeta, in_ranges
 from tidemark_protocol.writer_core import Change, StartState, WriterCore
 
@@ -71,13 +77,28 @@ class Segment:
     log: SegmentLog
     store: dict[int, Record] = field(default_factory=dict)
     persisted: SegmentMeta | None = None
+    membership: Membership | None = None  # what the supervisor last told this node
+    # Rebuild (rebuild.py): pages of a snapshot at base_lsn (the chain's floor) and the
+    # LSNs they contain; the hydration state as /v1/status shows it.
+    base_lsn: int = 0
+    base_pages: dict[int, bytes] = field(default_factory=dict)
+    base_lsns: set[int] = field(default_factory=set)
+    hydration: str | None = None
+    hyd_sources: tuple[str, ...] = ()
+    hyd_peers: tuple[str, ...] = ()
+    hyd_work: int = 0
+    hyd_base: int = 0
+    hyd_target: int = 0
 
     def persist(self, fresh: list[Record], dropped: list[int] = ()) -> None:
         for lsn in dropped:
             self.store.pop(lsn, None)
         for r in fresh:
             self.store[r.lsn] = r
-        self.persisted = copy.deepcopy(self.log.meta)
+        # A snapshot of the meta (its ranges are tuples: a shallow list copy suffices).
+        meta = copy.copy(self.log.meta)
+        meta.truncations = list(meta.truncations)
+        self.persisted = meta
 
 
 @dataclass
@@ -85,14 +106,18 @@ class Node:
     name: str
     zone: str
     up: bool = True
+    lost: bool = False  # permanently dead: never restarts
     segments: dict[int, Segment] = field(default_factory=dict)
 
     def restart(self) -> None:
         """Rebuild every segment from what was persisted, like a real node start."""
         for seg in self.segments.values():
-            meta = copy.deepcopy(seg.persisted)
+            meta = copy.copy(seg.persisted)
+            meta.truncations = list(meta.truncations)
             stored = [(r.lsn, r.prev_lsn_in_pg) for r in seg.store.values() if r.lsn > meta.floor]
             seg.log = SegmentLog(meta, stored)
+            if seg.hydration in rebuild.RUNNING:
+                seg.hydration = "failed"  # the hydrate task died with the process
         self.up = True
 
 
@@ -159,6 +184,13 @@ class SimConfig:
     # it a reporting segment left out of the sealed write quorum can still take the old
     # writer's records, and the old writer can assemble a write quorum the plan missed.
     fence_before_report: bool = True
+    # Nodes get lost for good and the simulated supervisor rebuilds their segments with
+    # the real planner (rebuild.py). False keeps the original schedules seed for seed.
+    rebuilds: bool = False
+    # Hydration applies the source's truncation ranges it did not know (dropping the
+    # records they void) instead of only recording them; False mirrors node/hydrate.py
+    # install_base as of issue #5 (see test_hydration_applies_the_sources_truncation_ranges).
+    hydrate_applies_ranges: bool = True
 
 
 class Sim:
@@ -180,10 +212,12 @@ class Sim:
         self.gossip_same_epoch = (
             rng.random() < 0.5 if cfg.gossip_same_epoch is None else cfg.gossip_same_epoch
         )
-        # Nodes: 2 or 3 per zone, so PGs spread over different node sets.
+        self.rebuild = cfg.rebuilds
+        # Nodes: 2 or 3 per zone, so PGs spread over different node sets; with rebuilds
+        # 3 or 4, so every zone has spares to rebuild on.
         infos = []
         for zone in ZONES:
-            for i in range(rng.choice([2, 2, 3])):
+            for i in range(rng.choice([3, 3, 4] if self.rebuild else [2, 2, 3])):
                 infos.append(NodeInfo(f"{zone}{i}", zone))
         self.nodes: dict[str, Node] = {n.name: Node(n.name, n.zone) for n in infos}
         placement = place(list(range(pg_count)), infos)
@@ -203,19 +237,51 @@ class Sim:
         self.truncations: set[tuple[int, int]] = set()
         self.log: list[str] = []  # event trace (for debugging a failing seed)
         self.stats = {"recoveries": 0, "node_crashes": 0, "stale_refusals": 0, "seals": 0}
+        self.stats.update(membership_reloads=0, stale_membership_refusals=0)
+        self.clock = 0.0  # simulation steps: the supervisor's clock
+        self.aborted_targets: set[tuple[str, int]] = set()
+        self.last_waiting: list = []
+        if self.rebuild:
+            for key in (
+                "lost", "repairs_started", "repairs_done", "repairs_aborted", "hydrations",
+                "supervisor_crashes", "resumed", "fenced_deleted", "reads",
+            ):  # fmt: skip
+                self.stats[key] = 0
+            self.max_losses = rng.choice([1, 1, 2, 3])
+            self.p_rebuild_event = rng.choice([0.1, 0.2, 0.3])
+            self.p_lose = rng.choice([0.01, 0.03, 0.1])
+            self.p_sup_crash = rng.choice([0.0, 0.02, 0.08])
+            timeout = rng.choice([10.0, 40.0, 120.0])
+            limits = RepairLimits(node_loss_timeout=timeout, max_concurrent=rng.choice([1, 4]))
+            self.sup = rebuild.SimSupervisor(self, limits, timeout=rng.choice([150.0, 400.0]))
         start = StartState(1, 0, 1, {})
         self._new_writer(start, None)
 
     # -- helpers -----------------------------------------------------------------------
     def fail(self, msg: str) -> None:
         tail = "\n".join(self.log[-40:])
-        raise SimFailure(f"{msg}\nreplay with SIM_SEED={self.seed}\nlast events:\n{tail}")
+        replay = f"SIM_SEED={self.seed}" + (" SIM_REBUILDS=1" if self.rebuild else "")
+        raise SimFailure(f"{msg}\nreplay with {replay}\nlast events:\n{tail}")
 
     def _create_segment(self, name: str, pg: int, volume_epoch: int, membership_epoch: int) -> None:
         meta = SegmentMeta(pg, volume_epoch=volume_epoch, membership_epoch=membership_epoch)
-        seg = Segment(pg, SegmentLog(meta))
+        seg = Segment(pg, SegmentLog(meta), membership=self.memberships.get(pg))
         seg.persist([])
         self.nodes[name].segments[pg] = seg
+
+    def node_put_segment(self, name: str, pg: int, membership: Membership) -> None:
+        """PUT /v1/segments/{pg}: create at the recorded volume epoch, or take a newer
+        membership (older frames are then refused with stale_membership)."""
+        node = self.nodes[name]
+        seg = node.segments.get(pg)
+        if seg is None:
+            self._create_segment(name, pg, self.volume_epoch, membership.epoch)
+            node.segments[pg].membership = membership
+            self.log.append(f"{name}/pg{pg} created e{self.volume_epoch} m{membership.epoch}")
+        elif membership.epoch >= seg.membership.epoch:
+            seg.membership = membership
+            seg.log.note_membership_epoch(membership.epoch)
+            seg.persist([])
 
     def set_membership(self, pg: int, membership: Membership) -> None:
         """Hook for membership changes (segment rebuild): new members get empty segments."""
@@ -264,7 +330,7 @@ class Sim:
         for r in records:
             by_pg.setdefault(r.pg, []).append(r)
         for pg, recs in by_pg.items():
-            for member in self.memberships[pg].all_members:
+            for member in w.core.trackers[pg].membership.all_members:
                 self._send_write(w, member, pg, recs)
         return mtr
 
@@ -286,7 +352,7 @@ class Sim:
     def resend(self, w: Writer) -> None:
         """Re-send what is not yet in a write quorum to members that lack it."""
         for pg, unstable in w.core.unstable.items():
-            for member in self.memberships[pg].all_members:
+            for member in w.core.trackers[pg].membership.all_members:
                 scl = w.core.scl(pg, member)
                 recs = [r for r in unstable if r.lsn > scl]
                 if recs or self.rng.random() < 0.3:  # empty write: a ping that returns the SCL
@@ -313,6 +379,19 @@ class Sim:
                 )
             elif msg.error == "stale_epoch":
                 self.stats["stale_refusals"] += 1
+            elif msg.error == "stale_membership":
+                # Like the real writer: reload the placement and re-send to the members.
+                self.stats["stale_membership_refusals"] += 1
+                placement = self.memberships[msg.pg]
+                if placement.epoch > w.core.trackers[msg.pg].membership.epoch:
+                    w.core.set_membership(msg.pg, placement)
+                    self.stats["membership_reloads"] += 1
+                    self.log.append(f"w{w.wid} reloads pg{msg.pg} membership e{placement.epoch}")
+                    self._after_vdl(w)
+                    for member in placement.all_members:
+                        scl = w.core.scl(msg.pg, member)
+                        recs = [r for r in w.core.unstable[msg.pg] if r.lsn > scl]
+                        self._send_write(w, member, msg.pg, recs)
             return
         assert msg.kind == "ack"
         w.core.on_ack(msg.pg, msg.src, msg.scl)
@@ -357,12 +436,17 @@ class Sim:
         assert msg.kind == "write"
         try:
             log.check_epochs(msg.epoch, msg.membership_epoch)
+        except StaleMembership:
+            self._reply(msg, "refuse", seg, "stale_membership")
+            return
         except StaleEpoch:
             self._reply(msg, "refuse", seg, "stale_epoch")
             return
         except NeedsSeal:
             self._reply(msg, "refuse", seg, "needs_seal")
             return
+        if msg.epoch != log.meta.volume_epoch or msg.membership_epoch < log.meta.membership_epoch:
+            self.fail(f"{node.name}/pg{msg.pg} accepts a write at a stale epoch: {msg}")
         log.note_membership_epoch(msg.membership_epoch)
         fresh = log.accept(msg.records)
         log.note_vdl(msg.vdl_hint)
@@ -379,6 +463,8 @@ class Sim:
         sa, sb = a.segments.get(pg), b.segments.get(pg)
         if sa is None or sb is None:
             return
+        if sa.hydration in ("snapshot", "log"):
+            return  # its base comes from a snapshot first (node/hydrate.py)
         if self.gossip_same_epoch and sa.log.meta.volume_epoch != sb.log.meta.volume_epoch:
             return  # like the real node: gossip only with peers at the same volume epoch
         after = sa.log.scl
@@ -415,7 +501,8 @@ class Sim:
         seal_sets: dict[int, list[str]] = {}
         read_sets: dict[int, list[str]] = {}
         for pg, m in self.memberships.items():
-            up = [n for n in m.all_members if self.nodes[n].up]
+            # A rebuild target may not have its segment yet (it would answer 404).
+            up = [n for n in m.all_members if self.nodes[n].up and pg in self.nodes[n].segments]
             if not has_write_quorum(m, up):
                 return False  # cannot seal: wait for nodes to come back
             k = min(len(up), 3 if rng.random() < 0.7 else rng.randint(min(3, len(up)), len(up)))
@@ -499,6 +586,9 @@ class Sim:
     # -- the schedule ------------------------------------------------------------------------
     def step(self) -> None:
         rng = self.rng
+        if self.rebuild and rng.random() < self.p_rebuild_event:
+            self.rebuild_event()
+            return
         if self.writer is None and rng.random() < 0.5:
             self.try_recover()
             return
@@ -525,9 +615,17 @@ class Sim:
                 self.resend(self.writer)
         elif r < 0.77 + self.p_gossip:
             pg = rng.randrange(self.layout.pg_count)
-            members = list(self.memberships[pg].all_members)
-            a, b = rng.sample(members, 2)
-            self.gossip(pg, a, b)
+            if self.rebuild:
+                # Like node/gossip.py: a segment pulls from the members it was told.
+                holders = sorted(n for n, node in self.nodes.items() if pg in node.segments)
+                a = rng.choice(holders)
+                peers = [p for p in self.nodes[a].segments[pg].membership.all_members if p != a]
+                if peers:
+                    self.gossip(pg, a, rng.choice(peers))
+            else:
+                members = list(self.memberships[pg].all_members)
+                a, b = rng.sample(members, 2)
+                self.gossip(pg, a, b)
         elif r < 0.87:
             pass  # idle: time passes
         elif r < 0.87 + self.p_node_crash:
@@ -541,7 +639,7 @@ class Sim:
         elif r < 0.89:
             pass
         elif r < 0.93:
-            down = [n for n in self.nodes.values() if not n.up]
+            down = [n for n in self.nodes.values() if not n.up and not n.lost]
             if down:
                 node = rng.choice(down)
                 node.restart()
@@ -559,9 +657,201 @@ class Sim:
                 else:
                     self.resend(w)
 
+    # -- rebuilds (rebuild.py) -------------------------------------------------------------
+    def rebuild_event(self) -> None:
+        rng = self.rng
+        sup = self.sup
+        r = rng.random()
+        if r < 0.35:
+            if sup.alive:
+                sup.tick()
+        elif r < 0.65:
+            self._hydration_step()
+        elif r < 0.65 + self.p_lose:
+            self.lose_node()
+        elif r < 0.75:
+            if sup.alive and rng.random() < self.p_sup_crash * 5:
+                sup.crash()
+            elif not sup.alive and rng.random() < 0.3:
+                sup.restart()
+        elif r < 0.9:
+            self.read_check()
+        elif r < 0.93:
+            if sup.tasks and not self.healing:  # the writer dies mid-change
+                self.crash_writer(keep_talking=rng.random() < 0.4)
+
+    def _hydrating(self) -> list[tuple[str, int]]:
+        return [
+            (name, pg)
+            for name, node in sorted(self.nodes.items())
+            if node.up
+            for pg, seg in sorted(node.segments.items())
+            if seg.hydration in rebuild.RUNNING
+        ]
+
+    def _hydration_step(self) -> None:
+        running = self._hydrating()
+        if running:
+            rebuild.hydration_work(self, *self.rng.choice(running))
+
+    def _hydrate_all(self) -> None:
+        for name, pg in self._hydrating():
+            rebuild.hydration_work(self, name, pg)
+
+    def lose_node(self) -> None:
+        """Declare a node lost for good. Only losses the fleet can heal from: every member
+        set keeps a write quorum of nodes not lost, every zone 2 nodes not lost. Half the
+        time the victim shares a PG with a change in progress (a second loss in a PG)."""
+        if self.stats["lost"] >= self.max_losses:
+            return
+        cands = []
+        for name, node in sorted(self.nodes.items()):
+            if node.lost:
+                continue
+            lost = {n for n, x in self.nodes.items() if x.lost} | {name}
+            zone_left = sum(1 for x in self.nodes.values() if x.zone == node.zone and x.name not in lost)
+            if zone_left < 2:
+                continue
+            if all(
+                len(set(s) - lost) >= 4 for m in self.memberships.values() for s in m.sets
+            ):
+                cands.append(name)
+        if not cands:
+            return
+        busy = {n for m in self.memberships.values() if m.next_members for n in m.all_members}
+        second = [c for c in cands if c in busy]
+        name = self.rng.choice(second if second and self.rng.random() < 0.5 else cands)
+        node = self.nodes[name]
+        node.lost = True
+        if node.up:
+            node.up = False
+            self.net = [m for m in self.net if m.dst != name]
+        self.stats["lost"] += 1
+        self.log.append(f"LOST node {name}")
+
+    def read_check(self) -> None:
+        """The current writer reads a PG at its VDL from a segment it believes complete;
+        the node checks the epoch and its SCL (as GET /pages does). What it serves must be
+        the committed model at that point: a fenced or lagging segment never serves
+        stale data as current."""
+        w = self.writer
+        if w is None or not w.alive or w.stale:
+            return
+        pg = self.rng.randrange(self.layout.pg_count)
+        at = w.core.vdl
+        tail = w.core.read_tail(pg, at)
+        for name in w.core.read_candidates(pg, at):
+            node = self.nodes[name]
+            seg = node.segments.get(pg)
+            if not node.up or seg is None:
+                continue  # 404 / no answer: hedge to the next
+            if seg.log.meta.volume_epoch != w.epoch or seg.log.scl < tail:
+                continue  # stale_epoch / needs_seal / not_complete
+            self.stats["reads"] += 1
+            truncs = sorted(self.truncations)
+            got, used = self._read_pg(seg, at, truncs)
+            want_lsns: set[int] = set()
+            want: dict[int, bytes] = {}
+            size = self.layout.page_size
+            for m in sorted(self.all_mtrs, key=lambda m: m.cpl):
+                if m.cpl > at or any(in_ranges(r.lsn, truncs) for r in m.records):
+                    continue
+                for r in m.records:
+                    if r.pg == pg:
+                        want[r.page] = apply_redo(want.get(r.page, b""), r, size)
+                        want_lsns.add(r.lsn)
+            if used != want_lsns or any(
+                got.get(p, empty_page(size)) != want.get(p, empty_page(size)) for p in want
+            ):
+                self.fail(
+                    f"read of pg {pg} at {at} from {name} (scl {seg.log.scl}, tail {tail}) is "
+                    f"not the committed state: extra {sorted(used - want_lsns)}, "
+                    f"missing {sorted(want_lsns - used)}"
+                )
+            return
+
+    def _repairs_settled(self) -> bool:
+        for pg, m in self.memberships.items():
+            if m.next_members is not None or pg in self.sup.tasks:
+                return False
+            if any(self.nodes[n].lost for n in m.members):
+                return False
+        return True
+
+    def _heal_rebuilds(self, w: Writer) -> None:
+        """Run the supervisor (restarted if it crashed) with every node but the lost
+        ones up, until every PG has 6 live members again."""
+        if not self.sup.alive:
+            self.sup.restart()
+        for _round in range(400):
+            self.clock += 5  # the lost nodes' wait-before-rebuild passes
+            self.sup.tick()
+            self._hydrate_all()
+            for _inner in range(5000):
+                if not self.net:
+                    break
+                self._deliver(self.net.pop(self.rng.randrange(len(self.net))))
+            for pg, m in self.memberships.items():
+                for a in m.all_members:
+                    for b in m.all_members:
+                        if a != b:
+                            self.gossip(pg, a, b)
+            w = self.writer
+            for pg in self.memberships:
+                for member in w.core.trackers[pg].membership.all_members:
+                    recs = [r for r in w.core.unstable[pg] if r.lsn > w.core.scl(pg, member)]
+                    self._send_write(w, member, pg, recs)
+            if self._repairs_settled():
+                break
+        else:
+            self.fail(
+                f"repairs did not finish after healing: placement {self.memberships}, "
+                f"tasks {self.sup.tasks}, waiting {self.last_waiting}"
+            )
+        # Tell every member the final membership (the executor stops at a write quorum;
+        # the writer's frames carry the epoch to the rest).
+        for pg in self.memberships:
+            for name in self.memberships[pg].members:
+                self.sup.put_segment(name, pg, self.memberships[pg])
+        self.sup.tick()
+
+    def _check_placement(self, w: Writer) -> None:
+        zones_of = {n: node.zone for n, node in self.nodes.items()}
+        for pg, m in self.memberships.items():
+            if m.next_members is not None:
+                self.fail(f"pg {pg}: a membership change is still in progress: {m}")
+            if len(m.members) != 6 or len(set(m.members)) != 6:
+                self.fail(f"pg {pg}: members {m.members} are not 6 distinct nodes")
+            per_zone = {z: sum(zones_of[n] == z for n in m.members) for z in ZONES}
+            if any(c != 2 for c in per_zone.values()):
+                self.fail(f"pg {pg}: members {m.members} are not 2 per zone: {per_zone}")
+            for n in m.members:
+                node = self.nodes[n]
+                if node.lost or not node.up or pg not in node.segments:
+                    self.fail(f"pg {pg}: member {n} is not a healthy segment")
+                seg = node.segments[pg]
+                if seg.log.meta.membership_epoch != m.epoch:
+                    self.fail(
+                        f"pg {pg}: {n} is at membership epoch {seg.log.meta.membership_epoch}, "
+                        f"placement at {m.epoch}"
+                    )
+            if w.core.trackers[pg].membership != m:
+                self.fail(f"pg {pg}: writer uses {w.core.trackers[pg].membership}, placement {m}")
+        for name, node in self.nodes.items():
+            if not node.up:
+                continue
+            for pg in node.segments:
+                if name in self.memberships[pg].all_members:
+                    continue
+                if (name, pg) in self.aborted_targets:
+                    self.stats["leaked_after_abort"] = self.stats.get("leaked_after_abort", 0) + 1
+                    continue  # the playground leaves an aborted target's segment (reported)
+                self.fail(f"{name} still holds a segment of pg {pg} it is no member of")
+
     def run(self) -> None:
         try:
             for _ in range(self.cfg.steps):
+                self.clock += 1
                 self.step()
             self.heal()
             self.check()
@@ -577,7 +867,7 @@ class Sim:
             if w.stale:
                 w.alive = False
         for node in self.nodes.values():
-            if not node.up:
+            if not node.up and not node.lost:
                 node.restart()
         self.net = [
             m for m in self.net if self.writers[m.writer].alive or m.kind in ("write", "seal")
@@ -585,6 +875,8 @@ class Sim:
         if self.writer is None and not self.try_recover():
             self.fail("recovery impossible with every node up")
         w = self.writer
+        if self.rebuild:
+            self._heal_rebuilds(w)
         self._settle(w)
         # Liveness: with everything healed, the writer must be able to commit again.
         mtr = self.start_mtr(w)
@@ -611,9 +903,11 @@ class Sim:
                     for b in members:
                         if a != b:
                             self.gossip(pg, a, b)
+            if self.rebuild:
+                self._hydrate_all()
             # Ping every member so the writer learns SCLs (and seals the unsealed).
-            for pg, m in self.memberships.items():
-                for member in m.all_members:
+            for pg in self.memberships:
+                for member in w.core.trackers[pg].membership.all_members:
                     recs = [r for r in w.core.unstable[pg] if r.lsn > w.core.scl(pg, member)]
                     self._send_write(w, member, pg, recs)
             after = self._fingerprint()
@@ -647,6 +941,8 @@ class Sim:
     def check(self) -> None:
         w = self.writer
         vdl = w.core.vdl
+        if self.rebuild:
+            self._check_placement(w)
         if w.core.unstable and any(w.core.unstable.values()):
             self.fail(
                 f"after healing, records still not in a write quorum: {dict(w.core.unstable)}"
@@ -721,11 +1017,16 @@ class Sim:
         record of the PG's SCL chain at or below the read point, in LSN order. No
         truncation filter here: the segment's own bookkeeping must have dropped strays."""
         size = self.layout.page_size
-        pages: dict[int, bytes] = {}
-        used: set[int] = set()
+        # A hydrated segment starts from its snapshot's pages (base at its floor).
+        pages: dict[int, bytes] = dict(seg.base_pages) if seg.base_lsn <= vdl else {}
+        used: set[int] = set(seg.base_lsns) if seg.base_lsn <= vdl else set()
+        if seg.base_lsn > vdl:
+            self.fail(f"pg {seg.pg}: read at {vdl} below the segment's snapshot {seg.base_lsn}")
         for lsn in sorted(seg.store):
             if lsn > vdl:
                 break
+            if lsn <= seg.base_lsn:
+                continue
             if lsn > seg.log.scl or not seg.log.has(lsn):
                 continue  # not part of the segment's complete chain
             r = seg.store[lsn]

@@ -115,16 +115,17 @@ def test_membership_json_round_trip() -> None:
         assert Membership.from_json(x.to_json()) == x
 
 
-def test_dual_quorum_write_needs_both_sets_read_either() -> None:
+def test_dual_quorum_write_needs_both_sets_read_the_old_set() -> None:
     step1 = Membership(1, SIX).begin_replace("c1", "g")
     # A..E hold it: four of each set
     assert has_write_quorum(step1, ["a0", "a1", "b0", "b1"])
     # three of the old set plus the old member: 4/6 of old, only 3/6 of new
     assert not has_write_quorum(step1, ["a0", "a1", "b0", "c1"])
     assert has_write_quorum(step1, ["a0", "a1", "b0", "c1", "g"])
-    # reads: 3 of either set
+    # reads: 3 of the old set (g may not be hydrated yet: tests/sim
+    # test_recovery_during_a_change_reads_the_old_set)
     assert has_read_quorum(step1, ["a0", "a1", "c1"])  # old set only
-    assert has_read_quorum(step1, ["a0", "a1", "g"])  # new set only
+    assert not has_read_quorum(step1, ["a0", "a1", "g"])  # new set only
     assert not has_read_quorum(step1, ["a0", "c1", "g"])
 
 
