@@ -27,10 +27,11 @@ from .commit import Committer
 from .gc import gc_loop
 from .gossip import gossip_loop
 from .hydrate import post_hydrate
+from .install import post_install
 from .intake import log_stream
 from .materialize import materialize_loop
 from .scrub import fake_page_corruption, request_scrub, scrub_loop, scrubber
-from .segments import Segment, load_segment, new_segment, peek_header
+from .segments import Segment, drop_keys, load_segment, new_segment, peek_header
 from .snapshot import get_snapshot
 from .state import STATE, NodeState, Settings
 from .store import Store
@@ -262,7 +263,7 @@ async def seal(request: web.Request) -> web.Response:
         # No await between the in-memory seal and queueing its deletes: a commit in
         # between would persist the new meta while the dropped records are still stored.
         result = seg.log.seal(epoch, truncations)
-        deletes = _drop_keys(state, seg, result.dropped)
+        deletes = drop_keys(state.store, seg.pg, result.dropped)
         seg.note_dropped(result.dropped)
         futures.append(state.committer.submit([seg], deletes=deletes))
         results[seg] = result
@@ -270,24 +271,6 @@ async def seal(request: web.Request) -> web.Response:
                  scl_before=result.scl_before, scl_after=result.scl_after)
     await asyncio.gather(*futures)
     return web.json_response({"results": {str(s.pg): {"scl": s.durable_scl} for s in results}})
-
-
-def _drop_keys(state: NodeState, seg: Segment, lsns: list[int]) -> list[bytes]:
-    """L and X keys of dropped records. Point lookups on the loop thread: a seal drops
-    only records above the VDL, a small set."""
-    out = []
-    for lsn in lsns:
-        key = keys.log_key(seg.pg, lsn)
-        out.append(key)
-        raw = state.store.get(key)
-        if raw is None:
-            continue  # accepted but not yet written: the X key is orphaned (reads skip it)
-        try:
-            _lsn, page, _prev = peek_header(raw)
-            out.append(keys.index_key(seg.pg, page, lsn))
-        except ValueError:
-            pass
-    return out
 
 
 # -- records and pages ---------------------------------------------------------------------
@@ -469,6 +452,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/segments/{pg}/pages/{page}", get_page)
     app.router.add_get("/v1/segments/{pg}/snapshot", get_snapshot)
     app.router.add_post("/v1/segments/{pg}/hydrate", post_hydrate)
+    app.router.add_post("/v1/segments/{pg}/install", post_install)
     if os.environ.get(FAKE_CORRUPTION_ENV) == "1":
         app.router.add_post("/v1/debug/segments/{pg}/fake-disk-corruption", fake_disk_corruption)
         app.router.add_post("/v1/debug/segments/{pg}/fake-page-corruption", fake_page_corruption)

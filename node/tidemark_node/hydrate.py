@@ -50,7 +50,7 @@ from . import store as keys
 from .intake import decode_raw_records, ingest
 from .ratelimit import TokenBucket
 from .reads import encode_version
-from .segments import Segment, peek_header
+from .segments import Segment, drop_keys, peek_header
 from .state import NodeState
 
 log = structlog.get_logger("tidemark.node.hydrate")
@@ -478,14 +478,24 @@ async def install_base(state: NodeState, seg: Segment, info: dict) -> None:
     base = int(info["base_lsn"])
     src = info.get("meta", {})
     src_meta = SegmentMeta.from_json(src["seg"]) if "seg" in src else SegmentMeta(seg.pg)
-    old = seg.log
-    meta = old.meta
-    for r in src_meta.truncations:
+    meta = seg.log.meta
+    deletes: list[bytes] = []
+    # The source's truncation ranges are applied like a seal at our own epoch: records
+    # this segment already holds inside them (the writer's, taken before the change, or a
+    # retried hydration's) are uncommitted by definition and must go, or the SCL would
+    # count them and no later record could link (found by the simulator, tests/sim).
+    new_ranges = [r for r in src_meta.truncations if r not in meta.truncations]
+    clipped = [(max(a, meta.floor), b) for a, b in new_ranges if b > meta.floor]
+    if clipped:
+        result = seg.log.seal(meta.volume_epoch, clipped)
+        deletes += drop_keys(state.store, seg.pg, result.dropped)
+        seg.note_dropped(result.dropped)
+    for r in new_ranges:
         if r not in meta.truncations:
             meta.truncations.append(r)
+    old = seg.log
     meta.vdl_hint = max(meta.vdl_hint, src_meta.vdl_hint)
     seg.pgmrpl = max(seg.pgmrpl, int(src.get("pgmrpl", 0)))
-    deletes: list[bytes] = []
     if base > meta.scl:
         held: list[tuple[int, int]] = []
         prev = meta.floor

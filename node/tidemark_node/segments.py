@@ -190,3 +190,21 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
 def count_records(store: Store, pg: int) -> int:
     prefix = keys.pg_prefix(b"L", pg)
     return sum(1 for _ in store.scan_keys(prefix, keys.prefix_end(prefix)))
+
+
+def drop_keys(store: Store, pg: int, lsns: list[int]) -> list[bytes]:
+    """L and X keys of dropped records. Point lookups on the loop thread: a seal drops
+    only records above the VDL, a small set."""
+    out = []
+    for lsn in lsns:
+        key = keys.log_key(pg, lsn)
+        out.append(key)
+        raw = store.get(key)
+        if raw is None:
+            continue  # accepted but not yet written: the X key is orphaned (reads skip it)
+        try:
+            _lsn, page, _prev = peek_header(raw)
+            out.append(keys.index_key(pg, page, lsn))
+        except ValueError:
+            pass
+    return out
