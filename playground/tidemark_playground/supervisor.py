@@ -54,6 +54,8 @@ class Supervisor:
     _tasks: dict[int, asyncio.Task] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _swept: bool = False  # the first tick after a (re)start cleans every node once
+    sweep_every: float = 10.0  # then every node again this often: a DELETE that failed is retried
+    _last_sweep: float = 0.0
 
     def __post_init__(self) -> None:
         # `status` keeps showing what earlier supervisors of this fleet did
@@ -92,7 +94,7 @@ class Supervisor:
             if ok:
                 if name in self.unhealthy_since:
                     log.info("node_back", node=name)
-                    await self._clean_returned(session, topology, name)
+                    await self._clean_returned(session, topology, name, skip=set(self._tasks))
                 self.unhealthy_since.pop(name, None)
             else:
                 self.unhealthy_since.setdefault(name, now)
@@ -103,7 +105,17 @@ class Supervisor:
             for name, ok in health.items():
                 if ok:
                     await self._clean_returned(session, topology, name, record=True)
-            self._swept = True
+            self._swept, self._last_sweep = True, now
+        elif now - self._last_sweep >= self.sweep_every:
+            # A stale copy whose DELETE failed (node busy, connection reset) stays
+            # until someone asks again: the simulator found both cases (tests/sim).
+            # PGs with a repair task in flight are left alone: the task may have just
+            # created its target's segment, which `topology` (read above) predates.
+            busy = set(self._tasks)
+            for name, ok in health.items():
+                if ok:
+                    await self._clean_returned(session, topology, name, skip=busy)
+            self._last_sweep = now
         self._resume_unfinished(session, topology, {n for n, ok in health.items() if ok})
         nodes = {
             n: NodeHealth(n, fleet.nodes[n].zone, health[n], self.unhealthy_since.get(n))
@@ -170,7 +182,8 @@ class Supervisor:
             if target and target not in current.members and target in topology.nodes:
                 await fence_stale_segment(session, topology.nodes[target], pg)
 
-    async def _clean_returned(self, session, topology: Topology, node: str, record: bool = False) -> None:
+    async def _clean_returned(self, session, topology: Topology, node: str, record: bool = False,
+                              skip: set[int] = frozenset()) -> None:
         """A node back after its segments moved keeps stale copies: fence and drop them.
         With `record` (a supervisor's first pass) also give the node's segments their PG's
         current membership: a predecessor may have died between writing a placement
@@ -183,7 +196,7 @@ class Supervisor:
         recorded = []
         for pg in held:
             m = topology.memberships.get(pg)
-            if m is None:
+            if m is None or pg in skip:
                 continue
             if node not in m.all_members:
                 if await fence_stale_segment(session, topology.nodes[node], pg):
