@@ -327,6 +327,9 @@ def run_repairs(kube: Kube, body: Mapping[str, Any], spec: ClusterSpec, doc: dic
     for c in made if changed else []:
         if c.kind == "begin":
             event("Warning", "RepairStarted", f"pg {c.pg}: replacing lost segment on {c.lost} by {c.target}")
+        elif c.kind == "abort":
+            event("Warning", "RepairAborted", f"pg {c.pg}: rebuild target {c.target} lost too; "
+                  f"back to the old members, the replacement of {c.lost} starts over")
         else:
             event("Normal", "RepairFinished", f"pg {c.pg}: {c.target} replaced {c.lost}")
     progress = [f"pg {pg}: {'+'.join(set(m.next_members or ()) - set(m.members))} replacing "

@@ -41,7 +41,7 @@ def parse_quantity(s: str | int) -> int:
 @dataclass(frozen=True)
 class Change:
     pg: int
-    kind: str  # "begin" | "finish"
+    kind: str  # "begin" | "finish" | "abort"
     lost: str
     target: str
     sources: tuple[str, ...] = ()
@@ -52,6 +52,11 @@ def hydration_state(status: Mapping[str, Any] | None, pg: int) -> str | None:
         if int(s["pg"]) == pg:
             return str((s.get("hydration") or {}).get("state", "idle"))
     return None
+
+
+def _lost(pod: str, unhealthy_since: Mapping[str, float], now: float, limits: RepairLimits) -> bool:
+    since = unhealthy_since.get(pod)
+    return since is not None and now - since >= limits.node_loss_timeout
 
 
 def plan_changes(
@@ -75,6 +80,13 @@ def plan_changes(
         if new and all(hydration_state(statuses.get(x), pg) == "done" for x in new):
             pgs[str(pg)] = m.finish_replace().to_json()
             changes.append(Change(pg, "finish", old[0] if old else "", new[0]))
+        elif any(_lost(x, unhealthy_since, now, limits) for x in new):
+            # The rebuild's own target is lost too: step back to the old set (its data is
+            # still there) so the replacement can start over on another pod, instead of
+            # waiting in a dual membership for a pod that may never return. Its half-built
+            # segment is dropped by drop_orphans if it does come back.
+            pgs[str(pg)] = m.abort_replace().to_json()
+            changes.append(Change(pg, "abort", old[0] if old else "", new[0]))
     # begin: lost members (unhealthy for nodeLossTimeout) move to a healthy pod of the zone
     nodes = {p: NodeHealth(p, z, statuses.get(p) is not None, unhealthy_since.get(p))
              for p, z in zone_of.items()}

@@ -466,3 +466,34 @@ def test_restore_retry_delay_doubles_and_is_capped() -> None:
     base = backupops.RETRY_DELAY
     assert retry_delay(1) == base and retry_delay(2) == 2 * base and retry_delay(3) == 4 * base
     assert retry_delay(50) == 600.0
+
+
+def test_repair_aborts_when_its_target_is_lost_and_starts_over_elsewhere() -> None:
+    from tidemark_operator.repairs import plan_changes
+    from tidemark_protocol.repair import RepairLimits
+
+    doc = pl.desired_placement("demo", ZONES, spec(nodesPerZone=4, volume={"pgCount": 6}), None)
+    zone_of = {p: z for z, ps in doc["zones"].items() for p in ps}
+    lost = "demo-zone-a-0"
+    limits = RepairLimits(node_loss_timeout=10, max_concurrent=1)
+    up = set(zone_of) - {lost}
+    new, changes, _ = plan_changes(doc, zone_of, _statuses(doc, up), {lost: 0.0}, 100.0, limits)
+    (begin,) = changes
+    pg, target = begin.pg, begin.target
+    dual = new["pgs"][str(pg)]
+    # the target dies mid-rebuild: not yet lost long enough -> the change waits
+    up2 = up - {target}
+    since = {lost: 0.0, target: 95.0}
+    same, changes, _ = plan_changes(new, zone_of, _statuses(new, up2), since, 100.0, limits)
+    assert changes == [] and same["pgs"][str(pg)] == dual
+    # lost for nodeLossTimeout: back to the old set, and the replacement starts over on
+    # another pod of the zone (one placement write, epochs only move forward)
+    since[target] = 80.0
+    after, changes, _ = plan_changes(new, zone_of, _statuses(new, up2), since, 100.0, limits)
+    kinds = [(c.kind, c.pg) for c in changes]
+    assert ("abort", pg) in kinds, kinds
+    m = after["pgs"][str(pg)]
+    assert target not in m["members"] and target not in (m["next_members"] or [])
+    assert m["epoch"] > dual["epoch"]
+    restart = [c for c in changes if c.kind == "begin" and c.pg == pg]
+    assert restart and restart[0].target not in (lost, target) and zone_of[restart[0].target] == "zone-a"
