@@ -84,11 +84,7 @@ async def test_killed_node_segments_rebuilt_in_zone_with_workload_running(fleet)
         assert model.next_id > before, "the workload kept committing after the rebuild"
     finally:
         stop.set()
-    stats = await work
-    assert stats.failed == 0
-    result = await verify(writer, model, timeout=30)
-    await writer.close()
-    assert result.ok and result.acked > 0, result.to_json()
+    await _finish_verified(work, writer, model)
     history = read_repairs(fleet.dir)["history"]
     assert {h["pg"] for h in history if h["step"] == "done"} >= set(lost_pgs), json.dumps(history)
 
@@ -102,6 +98,16 @@ async def test_killed_node_segments_rebuilt_in_zone_with_workload_running(fleet)
         return a1["alive"] and not {s["pg"] for s in a1["segments"]} & set(lost_pgs)
 
     await _wait(cleaned, 30, "a1's stale segments to be dropped")
+
+
+async def _finish_verified(work, writer, model):
+    """The stopped workload lost nothing: no failed commit, every acknowledged one read back."""
+    stats = await work
+    assert stats.failed == 0
+    result = await verify(writer, model, timeout=30)
+    await writer.close()
+    assert result.ok and result.acked > 0, result.to_json()
+    return stats
 
 
 # -- a supervisor killed mid-repair --------------------------------------------------------
@@ -223,11 +229,7 @@ async def test_supervisor_killed_mid_repair_resumes_and_finishes_it(tmp_path: Pa
             assert model.next_id > before_ids, "the workload kept committing after the rebuild"
         finally:
             stop.set()
-        stats = await work
-        assert stats.failed == 0
-        result = await verify(writer, model, timeout=30)
-        await writer.close()
-        assert result.ok and result.acked > 0, result.to_json()
+        stats = await _finish_verified(work, writer, model)
         print("supervisor restarts:", seen, "acked", stats.acked, "failed", stats.failed)
 
         # epochs advanced exactly as a clean run: one dual step and one final step each
