@@ -56,5 +56,8 @@ async def test_restore_random_points_exact_commits(tmp_path, s3_url):
         pages = await read_volume(load_topology(out_dir), bf.model.pages())
         check_pages(pages, bf.model, bf.marks, t)
         assert result["lsn"] == inv.lsn_for(t)
+        # Installed straight into the segments (no writer replay): a writer opened it at L.
+        assert result["new_vdl"] >= result["lsn"] and result["problems"] == []
+        assert result["pages"] == len(rebuild_volume(store, inv, result["lsn"]))
     finally:
         restored.down()
