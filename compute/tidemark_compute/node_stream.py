@@ -43,8 +43,12 @@ class NodeStream:
         marks_since: Callable[[int], tuple[list[tuple[int, int]], int]] = lambda p: ([], p),
         max_inflight: int = 1,
         max_frame_records: int = 4096,
+        on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
+        # Called after a few failed connects in a row: the node may have moved (a pod
+        # recreated with a new IP), so the writer re-resolves addresses.
+        self.on_unreachable = on_unreachable
         self.url = url
         self.session = session
         self.on_ack = on_ack
@@ -103,6 +107,7 @@ class NodeStream:
 
     async def _run(self) -> None:
         delay = 0.05
+        failures = 0
         while not self._closing:
             try:
                 async with self.session.ws_connect(
@@ -115,10 +120,14 @@ class NodeStream:
                     self.connected.set()
                     self.needs_resync = True
                     delay = 0.05
+                    failures = 0
                     log.info("stream_connected", node=self.name)
                     await self._serve(ws)
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.debug("stream_error", node=self.name, error=str(exc))
+                failures += 1
+                if failures >= 3 and self.on_unreachable is not None:
+                    self.on_unreachable(self.name)
             finally:
                 self.connected.clear()
                 self._ws = None

@@ -67,6 +67,7 @@ class Writer:
         self._recovered: dict[int, list[Record]] = {}
         self.membership_source: MembershipSource | None = None
         self._reloading: asyncio.Task | None = None
+        self._last_address_refresh = 0.0
         self.streams = {name: self._new_stream(name, url) for name, url in topology.nodes.items()}
         self._member_streams: dict[int, tuple[int, list[NodeStream]]] = {}
 
@@ -80,7 +81,17 @@ class Writer:
             frame_info=self._frame_info,
             membership_epoch=lambda pg: self.core.trackers[pg].membership.epoch,
             marks_since=self.marks_since,
+            on_unreachable=self._on_unreachable,
         )
+
+    def _on_unreachable(self, node: str) -> None:
+        """A node has refused connections for a while: its address may have changed (a
+        pod recreated elsewhere), so re-read the topology, at most every 2 s."""
+        now = time.monotonic()
+        if self.membership_source is None or now - self._last_address_refresh < 2.0:
+            return
+        self._last_address_refresh = now
+        self._reload_memberships()
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -245,12 +256,20 @@ class Writer:
             self._reloading = asyncio.create_task(self._reload())
 
     async def _reload(self) -> None:
-        topology = await self.membership_source()
+        try:
+            topology = await self.membership_source()
+        except Exception as exc:  # noqa: BLE001 - a failed lookup is retried on the next trigger
+            log.warning("topology_reload_failed", error=repr(exc))
+            return
         for name, url in topology.nodes.items():
             if name not in self.streams:
                 self.topology.nodes[name] = url
                 self.streams[name] = stream = self._new_stream(name, url)
                 stream.start()
+            elif self.streams[name].url != url:
+                log.info("node_address_changed", node=name, old=self.streams[name].url, new=url)
+                self.topology.nodes[name] = url
+                self.streams[name].url = url  # the stream's next connect uses it
         changed = False
         for pg, membership in topology.memberships.items():
             if membership.epoch > self.core.trackers[pg].membership.epoch:

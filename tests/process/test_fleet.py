@@ -202,3 +202,26 @@ async def test_writer_sigkilled_mid_transaction_then_recovered(fleet, tmp_path):
     assert summary["verified"] and summary["lost"] == 0
     assert summary["verify"]["acked"] >= 200
     assert summary["volume_epoch"] >= 2  # the crashed writer's epoch was superseded
+
+
+async def test_writer_follows_a_node_whose_address_changed(fleet):
+    """A pod recreated with a new IP: after a few refused connects the writer re-reads
+    the topology (its membership source) and streams to the node's new address."""
+    real = load_topology(fleet.dir)
+    stale = load_topology(fleet.dir)
+    stale.nodes["a1"] = "http://127.0.0.1:9"  # nothing listens there (discard port)
+    writer = await Writer.open(stale, timeout=30, membership_source=membership_source(fleet.dir))
+    record_volume_epoch(fleet.dir, stale.volume_epoch)
+    model = Model()
+    try:
+        await run_workload(writer, model, 1.5, concurrency=8)
+        deadline = time.monotonic() + 20
+        while not writer.streams["a1"].connected.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert writer.streams["a1"].url == real.nodes["a1"]
+        assert writer.streams["a1"].connected.is_set(), "the writer never reached a1 at its new address"
+        await run_workload(writer, model, 0.5, concurrency=8)
+        await _wait_converged(fleet)
+        await _assert_verified(writer, model)
+    finally:
+        await writer.close()
