@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Awaitable
+from collections.abc import Set as AbstractSet
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -183,7 +184,7 @@ class Supervisor:
                 await fence_stale_segment(session, topology.nodes[target], pg)
 
     async def _clean_returned(self, session, topology: Topology, node: str, record: bool = False,
-                              skip: set[int] = frozenset()) -> None:
+                              skip: AbstractSet[int] = frozenset()) -> None:
         """A node back after its segments moved keeps stale copies: fence and drop them.
         With `record` (a supervisor's first pass) also give the node's segments their PG's
         current membership: a predecessor may have died between writing a placement

@@ -16,6 +16,7 @@ the tail of every component log is added to its report.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,16 @@ RIG_FIXTURES = {"rig_cluster", "rig_kubeconfig", "rig_api", "rig_namespace", "ri
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def kubectl_path() -> str:
+    """kubectl on PATH; a test needing it fails under CI=true and skips elsewhere."""
+    path = shutil.which("kubectl")
+    if path is None:
+        if in_ci():
+            pytest.fail("kubectl not on PATH")
+        pytest.skip("kubectl not on PATH")
+    return path
 
 
 def require_binaries(names: list[str]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +27,7 @@ from tidemark_compute.writer import Writer
 from tidemark_operator.model import GROUP, PLURAL, VERSION
 from tidemark_operator.topology import cluster_topology
 from tidemark_rig.control_plane import ControlPlane
-from tidemark_rig.fixtures import in_ci
+from tidemark_rig.fixtures import kubectl_path
 from tidemark_rig.procs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +36,14 @@ NAME = "demo"
 TIDEMARK = str(Path(sys.executable).with_name("tidemark"))
 
 
-def kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        if in_ci():
-            pytest.fail("kubectl not on PATH")
-        pytest.skip("kubectl not on PATH")
-    return path
+kubectl = kubectl_path
+
+
+def assert_no_write_lost(out: dict[str, Any], max_gap: float = 5.0) -> None:
+    """What `workload_during` saw: no failed commit, every acknowledged one read back,
+    commits during the action and no commit gap of `max_gap` seconds or more."""
+    assert out["failed"] == 0 and out["result"].ok, out["result"].to_json()
+    assert out["during"] > 0 and out["max_gap"] < max_gap, out
 
 
 def free_port() -> int:

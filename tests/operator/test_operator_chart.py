@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 import yaml
 
 from tidemark_rig.control_plane import ControlPlane
-from tidemark_rig.fixtures import in_ci, require_binaries
+from tidemark_rig.fixtures import kubectl_path, require_binaries
 from tidemark_rig.versions import bin_path
 
 pytestmark = [pytest.mark.rig, pytest.mark.operator]
@@ -65,11 +64,7 @@ def test_chart_renders_least_privilege_and_server_accepts_it(
         for r in d.get("rules", []):
             assert "*" not in r["verbs"] and "*" not in r["resources"]
 
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        if in_ci():
-            pytest.fail("kubectl not on PATH")
-        pytest.skip("kubectl not on PATH")
+    kubectl = kubectl_path()
     core = rig_cluster.core()
     core.create_namespace({"metadata": {"name": ns}}, _request_timeout=10)
     try:

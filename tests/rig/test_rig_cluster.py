@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ import pytest
 from kubernetes import client
 
 from tidemark_rig.control_plane import ControlPlane
-from tidemark_rig.fixtures import in_ci
+from tidemark_rig.fixtures import kubectl_path
 from tidemark_rig.kwok_nodes import ZONE_LABEL
 from tidemark_rig.pod_runner import RUN_LOCAL_LABEL, read_state
 from tidemark_rig.procs import pid_alive, wait_for
@@ -41,14 +40,7 @@ SERVER = textwrap.dedent(
 )
 
 
-def kubectl() -> str:
-    path = shutil.which("kubectl")
-    if path is None:
-        msg = "kubectl not on PATH"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+kubectl = kubectl_path
 
 
 def test_kubectl_sees_zone_labelled_ready_nodes(rig_kubeconfig: str) -> None:
