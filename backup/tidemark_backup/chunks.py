@@ -15,8 +15,9 @@ import struct
 
 import google_crc32c
 
+from tidemark_protocol.errors import MalformedFrame
 from tidemark_protocol.frames import decode_records
-from tidemark_protocol.records import Record, crc32c
+from tidemark_protocol.records import Record, crc32c, iter_encoded
 
 MAGIC = b"TMK1"
 _LEN = struct.Struct("<I")
@@ -80,28 +81,21 @@ def decode_chunk(data: bytes) -> tuple[dict, list[Record]]:
     return header, records
 
 
-_REC = struct.Struct("<BBHIQQQQI")  # records.py header, format version 1
-
-
 def decode_chunk_fast(data: bytes) -> tuple[dict, list[tuple[int, int, int, bytes]]]:
     """Like decode_chunk, for restore: (lsn, page, flags, payload) per record, relying
     on the object's CRC32C (which covers every record byte) instead of re-checking each
     record's own CRC."""
     header, body = decode(data, "chunk")
     out = []
-    off, end = 0, len(body)
     start, stop, pg = header["start"], header["end"], header["pg"]
     try:
-        while off < end:
-            version, flags, _r, rpg, lsn, page, _p1, _p2, plen = _REC.unpack_from(body, off)
-            if version != 1 or rpg != pg or not (start < lsn <= stop):
-                raise BadObject(f"chunk record at {off} is not a record of pg {pg} in ({start}, {stop}]")
-            p0 = off + _REC.size
-            out.append((lsn, page, flags, bytes(body[p0 : p0 + plen])))
-            off = p0 + plen + 4
-    except struct.error as exc:
+        for r in iter_encoded(body):
+            if r.pg != pg or not (start < r.lsn <= stop):
+                raise BadObject(f"chunk record lsn={r.lsn} is not a record of pg {pg} in ({start}, {stop}]")
+            out.append((r.lsn, r.page, r.flags, bytes(r.payload)))
+    except MalformedFrame as exc:
         raise BadObject(f"chunk records truncated: {exc}") from exc
-    if off != end or len(out) != header.get("count"):
+    if len(out) != header.get("count"):
         raise BadObject("chunk record count or length mismatch")
     return header, out
 

@@ -13,14 +13,15 @@ from .logging_setup import configure_logging
 SUBCOMMANDS: dict[str, str] = {
     "node": "tidemark_node.cli:node",
     "playground": "tidemark_playground.cli:playground",
-    "workload": "tidemark_compute.cli:workload",
-    "bench": "tidemark_compute.bench_cli:bench",
+    "workload": "tidemark_cli.workload:workload",
+    "bench": "tidemark_cli.bench:bench",
     "dev": "tidemark_rig.cli:dev",
-    "restore": "tidemark_backup.cli:restore",
-    "snapshot": "tidemark_backup.cli:snapshot",
-    "backup": "tidemark_backup.cli:backup",
+    "restore": "tidemark_playground.restore:restore",
+    "snapshot": "tidemark_restore.cli:snapshot",
+    "backup": "tidemark_restore.cli:backup",
     "operator": "tidemark_operator.cli:operator",
     "chaos": "tidemark_playground.chaos:chaos",
+    "sql": "tidemark_sql.cli:sql",
 }
 
 

@@ -235,6 +235,7 @@ class Writer:
             _cpl, fut = waiters.popleft()
             if not fut.done():
                 fut.set_result(_cpl)
+        self.core.forget_below(self.pgmrpl())  # reads below PGMRPL are over: bounded history
         self._vdl_moved.set()
 
     def _streams_of(self, pg: int) -> list[NodeStream]:

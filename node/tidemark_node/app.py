@@ -9,6 +9,7 @@ import os
 import structlog
 from aiohttp import WSCloseCode, web
 
+from tidemark_protocol import keys
 from tidemark_protocol.errors import (
     CorruptRecord,
     MalformedFrame,
@@ -20,74 +21,28 @@ from tidemark_protocol.errors import (
 )
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.quorum import Membership
+from tidemark_protocol.records import peek_header
 
 from . import reads
-from . import store as keys
 from .commit import Committer
+from .faults import add_fault_routes
 from .gc import gc_loop
 from .gossip import gossip_loop
-from .hydrate import post_hydrate
+from .httputil import error, int_param, read_json, refuse, segment_of
+from .hydration.handler import post_hydrate
 from .install import post_install
 from .intake import log_stream
 from .materialize import materialize_loop
-from .scrub import fake_page_corruption, request_scrub, scrub_loop, scrubber
-from .segments import Segment, drop_keys, load_segment, new_segment, peek_header
+from .scrub import scrub_loop
+from .scrubber import Scrubber
+from .segments import drop_keys, load_segment, new_segment
 from .snapshot import get_snapshot
-from .state import STATE, NodeState, Settings
+from .state import STATE, TASKS, NodeState, Settings
 from .store import Store
 from .telemetry import Telemetry
+from .uploader import start_uploader
 
 log = structlog.get_logger("tidemark.node")
-
-TASKS = web.AppKey("tasks", list)
-FAKE_CORRUPTION_ENV = "TIDEMARK_FAKE_DISK_CORRUPTION"
-
-
-def error(status: int, code: str, message: str, **extra) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
-
-
-def refuse(exc: ProtocolError) -> web.Response:
-    status = {UnknownSegment.code: 404, CorruptRecord.code: 500}.get(exc.code, 409)
-    if isinstance(exc, MalformedFrame) and not isinstance(exc, CorruptRecord):
-        status = 400
-    return error(status, exc.code, str(exc))
-
-
-async def read_json(request: web.Request) -> dict:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise MalformedFrame(f"body is not JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise MalformedFrame("body must be a JSON object")
-    return body
-
-
-def int_param(request: web.Request, name: str, default: int | None = None) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        if default is None:
-            raise MalformedFrame(f"query parameter {name!r} is required")
-        return default
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise MalformedFrame(f"query parameter {name!r} must be an integer") from exc
-    if not 0 <= value <= keys.MAX_U64:
-        raise MalformedFrame(f"query parameter {name!r} must be in [0, 2**64)")
-    return value
-
-
-def segment_of(state: NodeState, request: web.Request) -> Segment:
-    try:
-        pg = int(request.match_info["pg"])
-    except ValueError as exc:
-        raise MalformedFrame("pg must be an integer") from exc
-    seg = state.segments.get(pg)
-    if seg is None:
-        raise UnknownSegment(f"pg {pg} is not hosted here")
-    return seg
 
 
 ALWAYS_SERVED = frozenset({"/livez", "/readyz", "/metrics"})
@@ -131,8 +86,8 @@ async def status(request: web.Request) -> web.Response:
             "generation": state.generation,
             "disk_bytes": state.store.disk_bytes(),
             "segments": [s.status() for s in sorted(state.segments.values(), key=lambda s: s.pg)],
-            "backup": state.backup_status.to_json() if getattr(state, "backup_status", None) else None,
-            **(state.scrubber.status() if state.scrubber is not None else {}),
+            "backup": state.backup_status.to_json() if state.backup_status is not None else None,
+            **state.scrubber.status(),
         }
     )
 
@@ -215,8 +170,8 @@ async def report(request: web.Request) -> web.Response:
         out = []
         prefix = keys.pg_prefix(b"L", seg.pg)
         for _key, raw in state.store.scan(keys.log_key(seg.pg, floor + 1), keys.prefix_end(prefix)):
-            lsn, _page, prev = peek_header(raw)
-            out.append([lsn, prev, raw[1]])
+            h = peek_header(raw)
+            out.append([h.lsn, h.prev_lsn_in_pg, h.flags])
         return out
 
     records = await asyncio.get_running_loop().run_in_executor(state.reader, scan)
@@ -290,7 +245,7 @@ async def get_records(request: web.Request) -> web.Response:
     if corrupt is not None:
         state.telemetry.corrupt.add(1)
         log.error("corrupt_record", pg=seg.pg, lsn=corrupt, during="records")
-        request_scrub(state)
+        state.scrubber.request()
         if not body:
             return error(500, CorruptRecord.code, f"stored record pg={seg.pg} lsn={corrupt} fails its CRC",
                          lsn=corrupt)
@@ -335,36 +290,18 @@ async def get_page(request: web.Request) -> web.Response:
     except CorruptRecord as exc:
         state.telemetry.corrupt.add(1)
         log.error("corrupt_record", pg=seg.pg, page=page, during="page_read", error=str(exc))
-        request_scrub(state)  # repair soon; this read is refused, never served bad bytes
+        state.scrubber.request()  # repair soon; this read is refused, never served bad bytes
         raise
     state.telemetry.page_reads.add(1)
     return web.Response(body=image, content_type="application/octet-stream",
                         headers={"X-Tidemark-SCL": str(seg.durable_scl)})
 
 
-async def fake_disk_corruption(request: web.Request) -> web.Response:
-    """Test-only (enabled by TIDEMARK_FAKE_DISK_CORRUPTION=1): flip a byte of a stored
-    record's payload in place, as a failing disk would, without touching anything else."""
-    state = request.app[STATE]
-    seg = segment_of(state, request)
-    lsn = int_param(request, "lsn")
-    key = keys.log_key(seg.pg, lsn)
-    raw = state.store.get(key)
-    if raw is None:
-        return error(404, "not_found", f"no record lsn={lsn}")
-    pos = len(raw) - 5  # last payload byte (or a header byte for an empty payload)
-    bad = raw[:pos] + bytes([raw[pos] ^ 0xFF]) + raw[pos + 1 :]
-    batch = state.store.batch()
-    batch.put(key, bad)
-    await asyncio.get_running_loop().run_in_executor(None, state.store.write, batch)
-    return web.json_response({"pg": seg.pg, "lsn": lsn, "corrupted": True})
-
-
 # -- lifecycle -------------------------------------------------------------------------------
 def open_state(settings: Settings) -> NodeState:
     store = Store(os.path.join(settings.data, "rocksdb"))
-    telemetry = Telemetry(settings.name, settings.zone)
-    return NodeState(settings, store, telemetry, Committer(store, telemetry))
+    telemetry = Telemetry(settings.name, settings.zone, trace_console=settings.trace_console)
+    return NodeState(settings, store, telemetry, Committer(store, telemetry), Scrubber(telemetry))
 
 
 def load(state: NodeState) -> None:
@@ -403,11 +340,8 @@ async def start(state: NodeState, app: web.Application) -> None:
         loop.create_task(materialize_loop(state), name="materialize"),
         loop.create_task(gc_loop(state), name="gc"),
     ]
-    scrubber(state)
     app[TASKS].append(loop.create_task(scrub_loop(state), name="scrub"))
-    if state.settings.backup:  # continuous backup (tidemark_backup.uploader)
-        from tidemark_backup.uploader import start_uploader
-
+    if state.settings.backup:  # continuous backup (uploader.py)
         app[TASKS].append(start_uploader(state))
     state.ready = True
     log.info("node_started", node=state.name, zone=state.settings.zone, generation=state.generation,
@@ -453,9 +387,8 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/segments/{pg}/snapshot", get_snapshot)
     app.router.add_post("/v1/segments/{pg}/hydrate", post_hydrate)
     app.router.add_post("/v1/segments/{pg}/install", post_install)
-    if os.environ.get(FAKE_CORRUPTION_ENV) == "1":
-        app.router.add_post("/v1/debug/segments/{pg}/fake-disk-corruption", fake_disk_corruption)
-        app.router.add_post("/v1/debug/segments/{pg}/fake-page-corruption", fake_page_corruption)
+    if settings.fault_injection:  # `--enable-fault-injection` only (faults.py)
+        add_fault_routes(app)
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)
     app.on_cleanup.append(on_cleanup)

@@ -7,6 +7,10 @@ import sys
 
 import click
 import structlog
+from aiohttp import web
+
+from .app import make_app
+from .state import Settings
 
 
 def setup_logging(node: str, zone: str, level: str = "INFO") -> None:
@@ -58,6 +62,10 @@ def node() -> None:
 @click.option("--backup-snapshot-interval", type=float, default=60.0, show_default=True,
               help="seconds between automated snapshots of a PG")
 @click.option("--backup-retention-days", type=click.FloatRange(1, 35), default=1.0, show_default=True)
+@click.option("--enable-fault-injection", is_flag=True, default=False,
+              help="serve the fake disk corruption endpoints (tests and `tidemark chaos` only)")
+@click.option("--trace-console", is_flag=True, default=False,
+              help="export trace spans (batch commits) to stderr")
 def run(
     name: str,
     zone: str,
@@ -76,14 +84,11 @@ def run(
     backup_interval: float,
     backup_snapshot_interval: float,
     backup_retention_days: float,
+    enable_fault_injection: bool,
+    trace_console: bool,
 ) -> None:
     """Run a storage node until SIGTERM/SIGINT."""
     setup_logging(name, zone, log_level)
-    from aiohttp import web
-
-    from .app import make_app
-    from .state import Settings
-
     settings = Settings(
         name=name,
         zone=zone,
@@ -98,6 +103,8 @@ def run(
         backup=backup_url,
         backup_options={"interval": backup_interval, "snapshot_interval": backup_snapshot_interval,
                         "retention_days": backup_retention_days},
+        fault_injection=enable_fault_injection,
+        trace_console=trace_console,
     )
     app = make_app(settings)
     # aiohttp turns SIGTERM/SIGINT into a graceful exit: on_shutdown/on_cleanup run.

@@ -1,5 +1,15 @@
-"""Group commit: every change to stored state goes through one queue, and everything that
-queued while a synced write was in flight goes into the next single RocksDB write.
+"""Group commit: changes to stored state go through one queue, and everything that queued
+while a synced write was in flight goes into the next single RocksDB write.
+
+Every write of records, page versions, index entries, deletes and segment metas goes
+through it. The exceptions are bulk loads and faults, none of which touch a meta:
+- a hydration's snapshot SST file is ingested on the committer's thread
+  (`run_ordered`), so it is ordered with the queued writes (hydration/sst_loader.py);
+- a restore install ingests its SST file directly, after a queued range delete has
+  wiped the (empty) segment; the meta follows through the queue (install.py);
+- the node's generation is written once at load, before the committer starts (app.py);
+- fault injection (faults.py, `--enable-fault-injection` only) overwrites stored values
+  in place, as a failing disk would.
 
 Ordering matters: a segment's in-memory state (SegmentLog) advances when records are
 accepted, before they are durable. Because one writer drains the queue in order and
@@ -19,7 +29,8 @@ from typing import Any
 
 import structlog
 
-from . import store as keys
+from tidemark_protocol import keys
+
 from .segments import Segment
 from .store import Store
 from .telemetry import Telemetry
@@ -50,6 +61,11 @@ class Committer:
         self._task: asyncio.Task | None = None
         self.failed: BaseException | None = None
         self.commits = 0
+
+    @property
+    def queued(self) -> int:
+        """Changes waiting for the next write (background work backs off while > 0)."""
+        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="committer")

@@ -16,8 +16,11 @@ from bisect import bisect_right
 
 import structlog
 
-from . import store as keys
-from .segments import Segment, peek_header
+from tidemark_protocol import keys
+from tidemark_protocol.errors import MalformedFrame
+from tidemark_protocol.records import peek_header
+
+from .segments import Segment
 from .state import NodeState
 from .store import Store
 
@@ -67,9 +70,8 @@ def log_garbage(store: Store, pg: int, after: int, upto: int) -> tuple[list[byte
         lsn = keys.log_lsn(key)
         garbage.append(key)
         try:
-            _lsn, page, _prev = peek_header(raw)
-            garbage.append(keys.index_key(pg, page, lsn))
-        except ValueError:
+            garbage.append(keys.index_key(pg, peek_header(raw).page, lsn))
+        except MalformedFrame:
             pass  # a mangled header: the L key still goes, its index entry is orphaned
         count += 1
         last = lsn
@@ -90,7 +92,7 @@ async def gc_segment(state: NodeState, seg: Segment) -> int:
         await state.committer.submit([seg], deletes=garbage)
         deleted += len(garbage)
     cutoff = min(seg.gc_lsn, seg.meta.floor, seg.durable_scl - state.settings.gc_log_tail)
-    holds = getattr(state, "backup_holds", None)  # backup: log not yet in the bucket stays
+    holds = state.backup_holds  # backup: log not yet in the bucket stays
     if holds is not None:
         cutoff = min(cutoff, holds.get(seg.pg, 0))
     if cutoff > seg.log_gc_lsn:

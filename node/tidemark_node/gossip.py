@@ -14,8 +14,9 @@ import aiohttp
 import structlog
 
 from tidemark_protocol.errors import ProtocolError
+from tidemark_protocol.records import split_records
 
-from .intake import decode_raw_records, ingest
+from .intake import ingest
 from .segments import Segment
 from .state import NodeState
 
@@ -24,7 +25,7 @@ log = structlog.get_logger("tidemark.node.gossip")
 _TIMEOUT = aiohttp.ClientTimeout(total=10, connect=2)
 
 
-async def _peer_status(session: aiohttp.ClientSession, url: str) -> dict[int, dict]:
+async def peer_status(session: aiohttp.ClientSession, url: str) -> dict[int, dict]:
     try:
         async with session.get(f"{url}/v1/status", timeout=aiohttp.ClientTimeout(total=3)) as resp:
             if resp.status != 200:
@@ -51,7 +52,7 @@ async def pull(state: NodeState, session: aiohttp.ClientSession, seg: Segment, u
         if not body:
             break
         try:
-            records = decode_raw_records(body)
+            records = split_records(body)
         except ProtocolError as exc:
             log.warning("gossip_bad_records", pg=seg.pg, peer=url, error=str(exc))
             break
@@ -74,12 +75,12 @@ async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
             if url:
                 urls[name] = url
     statuses = dict(
-        zip(urls, await asyncio.gather(*(_peer_status(session, u) for u in urls.values())), strict=True)
+        zip(urls, await asyncio.gather(*(peer_status(session, u) for u in urls.values())), strict=True)
     )
     pulled = 0
     for seg in list(state.segments.values()):
         if seg.hydrating():
-            continue  # its base comes from a snapshot first (hydrate.py)
+            continue  # its base comes from a snapshot first (hydration/)
         best: tuple[int, str] | None = None
         for name in seg.membership.all_members:
             peer = statuses.get(name, {}).get(seg.pg)

@@ -13,8 +13,8 @@ ingests it in one step — no per-page writes, WAL, memtable or compaction churn
 ingestion syncs the file and the manifest. Nothing is installed unless every check
 passes.
 
-Then the segment is re-based at L like a hydrated segment's snapshot phase (see
-hydrate.install_base): floor = SCL = VDL hint = materialized = GC horizons = L, no log
+Then the segment is re-based at L like a hydrated segment's snapshot phase
+(Segment.rebase, SegmentLog.rebase): floor = SCL = VDL hint = materialized = GC horizons = L, no log
 records. A recovering writer then finds every PG's tail at L and the volume's VDL at L
 (recovery.plan_recovery), and reads at any R >= L see exactly the installed pages.
 """
@@ -24,26 +24,23 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import struct
 import time
 import uuid
-from array import array
 
 import google_crc32c
 import structlog
 from aiohttp import web
 from rocksdict import IngestExternalFileOptions, Options, Rdict
 
+from tidemark_protocol import keys
 from tidemark_protocol.errors import MalformedFrame, ProtocolError
+from tidemark_protocol.hydration import HydrationState
 
-from . import store as keys
+from .httputil import int_param, segment_of
 from .segments import Segment
 from .state import STATE, NodeState
 
 log = structlog.get_logger("tidemark.node.install")
-
-_CRC = struct.Struct("<I")
-_VKEY = struct.Struct(">cIQQ")
 
 
 class NotEmpty(ProtocolError):
@@ -85,12 +82,13 @@ def verify_sst(path: str, scratch: str, pg: int, lsn: int, first: int, last: int
         it.seek_to_first()
         while it.valid():
             key, value = it.key(), it.value()
-            if len(key) != _VKEY.size:
-                raise MalformedFrame(f"unexpected key {key[:32]!r} in the install file")
-            tag, kpg, page, klsn = _VKEY.unpack(key)
-            if tag != b"V" or kpg != pg or klsn != lsn or not first <= page <= last or page <= prev:
+            try:
+                kpg, page, klsn = keys.parse_version_key(key)
+            except ValueError as exc:
+                raise MalformedFrame(f"unexpected key {key[:32]!r} in the install file") from exc
+            if kpg != pg or klsn != lsn or not first <= page <= last or page <= prev:
                 raise MalformedFrame(f"key V/{kpg}/{page}/{klsn} is not a page of pg {pg} at lsn {lsn}")
-            if len(value) < _CRC.size or google_crc32c.value(value[4:]) != _CRC.unpack_from(value)[0]:
+            if not keys.version_crc_ok(value):
                 raise MalformedFrame(f"page {page}: crc32c mismatch")
             prev = page
             n += 1
@@ -103,8 +101,6 @@ def verify_sst(path: str, scratch: str, pg: int, lsn: int, first: int, last: int
 
 
 async def post_install(request: web.Request) -> web.Response:
-    from .app import int_param, segment_of
-
     state: NodeState = request.app[STATE]
     seg = segment_of(state, request)
     lsn = int_param(request, "lsn")
@@ -121,7 +117,7 @@ async def post_install(request: web.Request) -> web.Response:
         return web.json_response({"pg": seg.pg, "lsn": lsn, "pages": count, "scl": seg.durable_scl,
                                   "already": True})
     _check_empty(seg)
-    seg.hydration = {"state": "installing", "bytes": 0, "total_bytes": 0, "pct": 0.0, "error": None}
+    seg.hydration = {"state": HydrationState.INSTALLING, "bytes": 0, "total_bytes": 0, "pct": 0.0, "error": None}
     work = os.path.join(state.store.path.rstrip("/") + "-install", uuid.uuid4().hex)
     os.makedirs(work)
     path = os.path.join(work, f"pg{seg.pg}.sst")
@@ -151,11 +147,10 @@ async def post_install(request: web.Request) -> web.Response:
         wipe = [(keys.pg_prefix(t, seg.pg), keys.prefix_end(keys.pg_prefix(t, seg.pg))) for t in (b"V", b"L", b"X")]
         await state.committer.submit([], ranges=wipe)
         if count:
-            opts = IngestExternalFileOptions()
-            opts.set_move_files(True)
-            await asyncio.to_thread(state.store.db.ingest_external_file, [path], opts)
-        rebase(seg, lsn)
-        await state.committer.submit([seg])  # the meta (floor = SCL = L), synced
+            await asyncio.to_thread(state.store.ingest, [path])  # durable when it returns
+        # An empty segment now holds the PG as of L: no log, everything <= L durable.
+        deletes = seg.rebase(state.store, lsn, vdl_hint=lsn)
+        await state.committer.submit([seg], deletes=deletes)  # the meta (floor = SCL = L), synced
         seconds = {"receive": round(t_recv, 3), "verify": round(t_verify, 3),
                    "total": round(time.perf_counter() - t0, 3)}
     except BaseException:
@@ -167,17 +162,3 @@ async def post_install(request: web.Request) -> web.Response:
     log.info("segment_installed", pg=seg.pg, lsn=lsn, pages=count, bytes=size, seconds=seconds)
     return web.json_response({"pg": seg.pg, "lsn": lsn, "pages": count, "scl": seg.durable_scl,
                               "seconds": seconds})
-
-
-def rebase(seg: Segment, lsn: int) -> None:
-    """An empty segment now holds the PG as of `lsn`: no log, everything <= lsn durable."""
-    from tidemark_protocol.segment import SegmentLog
-
-    meta = seg.meta
-    meta.floor = meta.scl = lsn
-    meta.vdl_hint = max(meta.vdl_hint, lsn)
-    seg.log = SegmentLog(meta, [])
-    seg.materialized_lsn = lsn
-    seg.gc_lsn = seg.log_gc_lsn = lsn
-    seg.boundaries = [lsn]
-    seg.unmaterialized = array("Q")

@@ -1,6 +1,7 @@
-"""Log intake: decode WriteBatch frames once, check epochs per PG group, accept records
-into SegmentLog, and hand the new ones to the group committer. Acks go out per frame,
-in order, once the commit holding the frame's records is synced.
+"""Log intake: decode write batch frames once (frames.decode_frame keeps each record's
+encoded bytes), check epochs per PG group, accept records into SegmentLog, and hand the
+new ones to the group committer. Acks go out per frame, in order, once the commit
+holding the frame's records is synced.
 
 Gossip feeds pulled records through `ingest`, the same accept + persist path.
 """
@@ -9,146 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import json
-import struct
-from dataclasses import dataclass
 
 import structlog
 from aiohttp import WSMsgType, web
 
-from tidemark_protocol.errors import CorruptRecord, MalformedFrame, ProtocolError, UnknownSegment
-from tidemark_protocol.frames import MAGIC, MAX_FRAME, decode_marks
-from tidemark_protocol.records import FORMAT_VERSION, MAX_PAYLOAD, RecordFlags, crc32c
+from tidemark_protocol import keys
+from tidemark_protocol.errors import MalformedFrame, ProtocolError, UnknownSegment
+from tidemark_protocol.frames import MAX_FRAME, Frame, decode_frame
+from tidemark_protocol.records import EncodedRecord
 
-from . import store as keys
 from .segments import Segment
 from .state import STATE, NodeState
 
 log = structlog.get_logger("tidemark.node.intake")
 
-_HEAD = struct.Struct("<4sQQQQI")
-_GROUP = struct.Struct("<IQI")
-_CRC = struct.Struct("<I")
-_RECORD = struct.Struct("<BBHIQQQQI")  # records.py header, format version 1
-_VALID_FLAGS = frozenset(int(f) for f in range(4) if RecordFlags(f) == f)
 MAX_INFLIGHT_FRAMES = 2048  # per connection: beyond this the reader waits for acks
 
 
-class Rec:
-    """What intake needs of a record: the SegmentLog fields plus its encoded bytes.
-
-    A plain slotted class rather than protocol Record: decoding is the hot loop (one
-    object per record at ~100k records/s per node), and SegmentLog only reads
-    lsn / pg / prev_lsn_in_pg."""
-
-    __slots__ = ("lsn", "pg", "page", "prev_lsn_in_pg", "raw")
-
-    def __init__(self, lsn: int, pg: int, page: int, prev: int, raw: bytes) -> None:
-        self.lsn = lsn
-        self.pg = pg
-        self.page = page
-        self.prev_lsn_in_pg = prev
-        self.raw = raw
-
-
-@dataclass(slots=True)
-class Group:
-    pg: int
-    membership_epoch: int
-    records: list[Rec]
-
-
-@dataclass(slots=True)
-class Frame:
-    seq: int
-    volume_epoch: int
-    writer_vdl: int
-    pgmrpl: int
-    groups: list[Group]
-    vdl_marks: list[tuple[int, int]]  # (vdl, unix time µs): kept for point-in-time restore
-
-
-def decode_records_raw(buf: bytes, offset: int, end: int, count: int | None, pg: int | None) -> tuple[list[Rec], int]:
-    """Decode records from buf[offset:end] with exactly the checks of
-    records.decode_record (version, length, CRC32C, back-links, flags); `count` records
-    (or until `end` when None), each of PG `pg` when given."""
-    out: list[Rec] = []
-    unpack = _RECORD.unpack_from
-    hsize = _RECORD.size
-    n = 0
-    while (n < count) if count is not None else (offset < end):
-        if end - offset < hsize + 4:
-            raise MalformedFrame("record truncated: shorter than its header")
-        version, flags, _r, rpg, lsn, page, prev, prev_page, plen = unpack(buf, offset)
-        if version != FORMAT_VERSION:
-            raise MalformedFrame(f"unsupported record format version {version}")
-        if plen > MAX_PAYLOAD:
-            raise MalformedFrame(f"record payload length {plen} exceeds {MAX_PAYLOAD}")
-        stop = offset + hsize + plen + 4
-        if stop > end:
-            raise MalformedFrame("record truncated: payload or crc missing")
-        raw = buf[offset:stop]
-        if crc32c(raw[:-4]) != int.from_bytes(raw[-4:], "little"):
-            raise CorruptRecord(f"record lsn={lsn} pg={rpg}: crc32c mismatch")
-        if lsn == 0 or prev >= lsn or prev_page >= lsn:
-            raise MalformedFrame(f"record lsn={lsn}: back-links must point below its lsn")
-        if flags not in _VALID_FLAGS:
-            raise MalformedFrame(f"record lsn={lsn}: unknown flags {flags:#x}")
-        if pg is not None and rpg != pg:
-            raise MalformedFrame(f"record lsn={lsn} of pg {rpg} in group {pg}")
-        out.append(Rec(lsn, rpg, page, prev, raw))
-        offset = stop
-        n += 1
-    return out, offset
-
-
-def decode_frame(buf: bytes) -> Frame:
-    """Same checks as frames.decode_batch, but keeps each record's encoded bytes so the
-    node stores them without re-encoding, and builds only light `Rec` objects."""
-    if len(buf) > MAX_FRAME:
-        raise MalformedFrame(f"frame of {len(buf)} bytes exceeds {MAX_FRAME}")
-    if len(buf) < _HEAD.size + _CRC.size:
-        raise MalformedFrame("frame shorter than its header")
-    end_body = len(buf) - _CRC.size
-    (stored_crc,) = _CRC.unpack_from(buf, end_body)
-    body = buf[:end_body]  # one copy per frame (the CRC codec wants read-only bytes)
-    if crc32c(body) != stored_crc:
-        raise MalformedFrame("frame crc32c mismatch")
-    magic, seq, epoch, vdl, pgmrpl, ngroups = _HEAD.unpack_from(body, 0)
-    if magic != MAGIC:
-        raise MalformedFrame(f"bad frame magic {magic!r}")
-    offset = _HEAD.size
-    groups: list[Group] = []
-    for _ in range(ngroups):
-        if end_body - offset < _GROUP.size:
-            raise MalformedFrame("frame truncated in a group header")
-        pg, mepoch, count = _GROUP.unpack_from(body, offset)
-        offset += _GROUP.size
-        records, offset = decode_records_raw(body, offset, end_body, count, pg)
-        groups.append(Group(pg, mepoch, records))
-    marks = decode_marks(body, offset, end_body)
-    return Frame(seq, epoch, vdl, pgmrpl, groups, marks)
-
-
-def decode_raw_records(buf: bytes) -> list[Rec]:
-    """A concatenation of records (gossip response)."""
-    return decode_records_raw(buf, 0, len(buf), None, None)[0]
-
-
-def stage(seg: Segment, records: list[Rec], puts: list) -> int:
+def stage(seg: Segment, records: list[EncodedRecord], puts: list) -> int:
     """Accept records into the segment's chain; append the new ones' keys to `puts`."""
-    fresh = seg.log.accept(records)  # type: ignore[arg-type]  # duck-typed Rec
+    fresh = seg.log.accept(records)
     if not fresh:
         return 0
     pg = seg.pg
     log_key, index_key = keys.log_key, keys.index_key
     for r in fresh:
-        puts.append((log_key(pg, r.lsn), r.raw))  # type: ignore[attr-defined]
+        puts.append((log_key(pg, r.lsn), r.raw))
         puts.append((index_key(pg, r.page, r.lsn), b""))
     seg.note_stored(fresh)
     return len(fresh)
 
 
-async def ingest(state: NodeState, seg: Segment, records: list[Rec]) -> int:
+async def ingest(state: NodeState, seg: Segment, records: list[EncodedRecord]) -> int:
     """Gossip/re-replication path: accept and persist durably; returns new record count."""
     puts: list = []
     n = stage(seg, records, puts)
@@ -181,7 +74,7 @@ def apply_frame(state: NodeState, frame: Frame, nbytes: int) -> tuple[asyncio.Fu
             seg.pgmrpl = frame.pgmrpl
         touched.append(seg)
         results[group.pg] = {}
-    marks = getattr(state, "backup_marks", None)  # backup: VDL marks map time -> LSN
+    marks = state.backup_marks  # backup: VDL marks map time -> LSN
     if marks is not None and frame.vdl_marks:
         marks.extend(frame.vdl_marks)
     fut = state.committer.submit(touched, puts=puts, records=fresh, nbytes=nbytes, frames=1)

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import structlog
 
+from tidemark_protocol import keys
 from tidemark_protocol.errors import MalformedFrame, ProtocolError
 from tidemark_protocol.pages import empty_page
 from tidemark_protocol.records import RecordFlags
 
-from . import store as keys
-from .reads import encode_version, latest_version, parse_stored
+from .reads import latest_version, parse_stored
 from .segments import Segment
 from .state import NodeState
 from .store import Store
@@ -77,7 +77,7 @@ def build_chunk(store: Store, pg: int, page_size: int, after: int, upto: int, li
         last_lsn = lsn
         count += 1
     puts = [
-        (keys.version_key(pg, page, last[page]), encode_version(bytes(image)))
+        (keys.version_key(pg, page, last[page]), keys.encode_version(bytes(image)))
         for page, image in images.items()
     ]
     return Chunk(puts, count, last_lsn)

@@ -7,45 +7,34 @@ CRC-checked when read; a corrupt one raises CorruptRecord and is never served.
 
 from __future__ import annotations
 
-import struct
-
+from tidemark_protocol import keys
 from tidemark_protocol.errors import CorruptRecord
+from tidemark_protocol.keys import decode_version
 from tidemark_protocol.pages import apply_redo, empty_page
-from tidemark_protocol.records import FORMAT_VERSION, Record, crc32c, decode_one
+from tidemark_protocol.records import (
+    CRC_SIZE,
+    FORMAT_VERSION,
+    HEADER_SIZE,
+    Record,
+    crc32c,
+    decode_one,
+    peek_header,
+)
 
-from . import store as keys
 from .store import Store
-
-_CRC = struct.Struct("<I")
-_RECORD = struct.Struct("<BBHIQQQQI")  # records.py header, format version 1
 
 
 def parse_stored(raw: bytes, pg: int, lsn: int) -> tuple[int, int, bytes]:
     """(page, flags, payload) of a stored record after checking its CRC and framing:
     the light path of decode_one for background scans (no Record object)."""
-    size = _RECORD.size
-    if len(raw) < size + 4:
+    if len(raw) < HEADER_SIZE + CRC_SIZE:
         raise CorruptRecord(f"stored record pg={pg} lsn={lsn}: shorter than its header")
-    version, flags, _r, rpg, rlsn, page, _prev, _prev_page, plen = _RECORD.unpack_from(raw)
-    if version != FORMAT_VERSION or size + plen + 4 != len(raw) or rpg != pg or rlsn != lsn or flags > 3:
+    h = peek_header(raw)
+    if h.version != FORMAT_VERSION or h.encoded_size != len(raw) or h.pg != pg or h.lsn != lsn or h.flags > 3:
         raise CorruptRecord(f"stored record pg={pg} lsn={lsn}: header does not match its key")
-    if crc32c(raw[:-4]) != _CRC.unpack_from(raw, len(raw) - 4)[0]:
+    if crc32c(raw[:-CRC_SIZE]) != int.from_bytes(raw[-CRC_SIZE:], "little"):
         raise CorruptRecord(f"stored record pg={pg} lsn={lsn}: crc32c mismatch")
-    return page, flags, raw[size:-4]
-
-
-def encode_version(image: bytes) -> bytes:
-    return _CRC.pack(crc32c(image)) + image
-
-
-def decode_version(value: bytes, pg: int, page: int, lsn: int) -> bytes:
-    if len(value) < _CRC.size:
-        raise CorruptRecord(f"page version pg={pg} page={page} lsn={lsn}: truncated")
-    (crc,) = _CRC.unpack_from(value)
-    image = value[_CRC.size :]
-    if crc32c(image) != crc:
-        raise CorruptRecord(f"page version pg={pg} page={page} lsn={lsn}: crc32c mismatch")
-    return image
+    return h.page, h.flags, raw[HEADER_SIZE:-CRC_SIZE]
 
 
 def read_record(store: Store, pg: int, lsn: int) -> Record | None:

@@ -24,21 +24,15 @@ import time
 
 import aiohttp
 import structlog
-from aiohttp import web
 
+from tidemark_protocol import keys
 from tidemark_protocol.errors import CorruptRecord, ProtocolError
+from tidemark_protocol.hydration import HydrationState
+from tidemark_protocol.keys import decode_version, encode_version
 from tidemark_protocol.pages import apply_redo, empty_page
+from tidemark_protocol.records import split_records
 
-from . import store as keys
-from .intake import decode_raw_records
-from .reads import (
-    decode_version,
-    encode_version,
-    latest_version,
-    page_records,
-    parse_stored,
-    read_record,
-)
+from .reads import latest_version, page_records, parse_stored, read_record
 from .segments import Segment
 from .state import NodeState
 from .store import Store
@@ -47,54 +41,6 @@ log = structlog.get_logger("tidemark.node.scrub")
 
 CHUNK = 256  # keys per scan step
 _TIMEOUT = aiohttp.ClientTimeout(total=10, connect=2)
-
-
-class Scrubber:
-    """Node-wide scrub state and counters (one per node)."""
-
-    def __init__(self, state: NodeState) -> None:
-        self.state = state
-        meter = state.telemetry.meter_provider.get_meter("tidemark.node.scrub")
-        self.m_detected = meter.create_counter(
-            "tidemark_corruptions_detected", description="corrupt stored records/page versions found")
-        self.m_repaired = meter.create_counter(
-            "tidemark_corruptions_repaired", description="corrupt stored copies repaired")
-        self.detected = 0
-        self.repaired = 0
-        self.passes = 0
-        self.last_pass_at: float | None = None
-        self.known: set[tuple[int, str, int, int]] = set()  # (pg, kind, page, lsn) still bad
-        self.wake = asyncio.Event()
-
-    def status(self) -> dict:
-        return {"corruptions_detected": self.detected, "corruptions_repaired": self.repaired,
-                "scrub_passes": self.passes, "scrub_unrepaired": len(self.known),
-                "last_scrub_at": self.last_pass_at}
-
-    def note(self, seg: Segment, kind: str, page: int, lsn: int) -> None:
-        key = (seg.pg, kind, page, lsn)
-        if key in self.known:
-            return
-        self.known.add(key)
-        self.detected += 1
-        seg.corruptions_detected += 1
-        self.m_detected.add(1, {"kind": kind})
-        log.error("corruption_detected", pg=seg.pg, kind=kind, page=page, lsn=lsn)
-
-    def fixed(self, seg: Segment, kind: str, page: int, lsn: int, how: str) -> None:
-        self.known.discard((seg.pg, kind, page, lsn))
-        self.repaired += 1
-        seg.corruptions_repaired += 1
-        self.m_repaired.add(1, {"kind": kind})
-        log.info("corruption_repaired", pg=seg.pg, kind=kind, page=page, lsn=lsn, how=how)
-
-
-def scrubber(state: NodeState) -> Scrubber:
-    sc = getattr(state, "scrubber", None)
-    if sc is None:
-        sc = Scrubber(state)
-        state.scrubber = sc
-    return sc
 
 
 # -- blocking scans (reader executor) ----------------------------------------------------
@@ -179,7 +125,7 @@ async def repair_record(state: NodeState, session: aiohttp.ClientSession, seg: S
                 if resp.status != 200:
                     continue
                 body = await resp.read()
-            recs = [r for r in decode_raw_records(body) if r.lsn == lsn and r.pg == seg.pg]
+            recs = [r for r in split_records(body) if r.lsn == lsn and r.pg == seg.pg]
         except (aiohttp.ClientError, TimeoutError, ProtocolError) as exc:
             log.info("scrub_peer_failed", pg=seg.pg, lsn=lsn, peer=name, error=repr(exc))
             continue
@@ -228,13 +174,12 @@ async def repair_version(state: NodeState, session: aiohttp.ClientSession, seg: 
 
 # -- the pass ------------------------------------------------------------------------------
 async def _pause(state: NodeState) -> None:
-    queued = len(getattr(state.committer, "_queue", ()))
-    await asyncio.sleep(0.05 if queued else 0.001)
+    await asyncio.sleep(0.05 if state.committer.queued else 0.001)
 
 
 async def scrub_segment(state: NodeState, session: aiohttp.ClientSession, seg: Segment) -> tuple[int, int]:
     """One pass over a segment; returns (found, repaired) in this pass."""
-    sc = scrubber(state)
+    sc = state.scrubber
     loop = asyncio.get_running_loop()
     found = fixed = 0
     bad_records: list[int] = []
@@ -281,12 +226,12 @@ async def scrub_segment(state: NodeState, session: aiohttp.ClientSession, seg: S
 
 
 async def scrub_pass(state: NodeState, session: aiohttp.ClientSession) -> tuple[int, int]:
-    sc = scrubber(state)
+    sc = state.scrubber
     found = fixed = 0
     for seg in list(state.segments.values()):
         if seg.deleted or seg.hydrating():
             continue
-        if seg.hydration is not None and seg.hydration.get("state") == "failed":
+        if seg.hydration_state() == HydrationState.FAILED:
             continue  # incomplete data, to be hydrated again: nothing to trust a rebuild on
         try:
             f, r = await scrub_segment(state, session, seg)
@@ -302,7 +247,7 @@ async def scrub_pass(state: NodeState, session: aiohttp.ClientSession) -> tuple[
 
 
 async def scrub_loop(state: NodeState) -> None:
-    sc = scrubber(state)
+    sc = state.scrubber
     interval = state.settings.scrub_interval
     if interval <= 0:
         return
@@ -319,33 +264,3 @@ async def scrub_loop(state: NodeState) -> None:
                 raise
             except Exception:
                 log.exception("scrub_error")
-
-
-def request_scrub(state: NodeState) -> None:
-    """A read met a corrupt copy: scrub soon rather than at the next interval."""
-    sc = getattr(state, "scrubber", None)
-    if sc is not None:
-        sc.wake.set()
-
-
-# -- test-only: corrupt a stored page version ---------------------------------------------
-async def fake_page_corruption(request: web.Request) -> web.Response:
-    """Flip a byte of page version (page, lsn) in place (`offset` into the stored value,
-    default the last byte); with only `page`, the page's newest version."""
-    from .app import error, int_param, segment_of
-    from .state import STATE
-
-    state: NodeState = request.app[STATE]
-    seg = segment_of(state, request)
-    page = int_param(request, "page")
-    lsn = int_param(request, "lsn", keys.MAX_U64)
-    found = state.store.last_at_or_below(keys.version_key(seg.pg, page, lsn), keys.page_prefix(b"V", seg.pg, page))
-    if found is None:
-        return error(404, "not_found", f"no version of page {page} at or below {lsn}")
-    key, value = found
-    pos = int_param(request, "offset", len(value) - 1) % len(value)
-    bad = value[:pos] + bytes([value[pos] ^ 0xFF]) + value[pos + 1 :]
-    batch = state.store.batch()
-    batch.put(key, bad)
-    await asyncio.get_running_loop().run_in_executor(None, state.store.write, batch)
-    return web.json_response({"pg": seg.pg, "page": page, "lsn": keys.page_lsn(key)[1], "corrupted": True})

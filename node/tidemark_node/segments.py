@@ -5,29 +5,21 @@ segment is rebuilt from RocksDB on restart."""
 from __future__ import annotations
 
 import json
-import struct
+import time
 from array import array
 from bisect import bisect_right, insort
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tidemark_protocol import keys
+from tidemark_protocol.errors import MalformedFrame
+from tidemark_protocol.hydration import FETCHING, RUNNING, HydrationState
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.quorum import Membership
-from tidemark_protocol.records import HEADER_SIZE
-from tidemark_protocol.segment import SegmentLog, SegmentMeta, in_ranges
+from tidemark_protocol.records import peek_header
+from tidemark_protocol.segment import Range, SegmentLog, SegmentMeta, in_ranges
 
-from . import store as keys
 from .store import Store
-
-# Header fields we need without a CRC check (startup scan, GC): see records.py.
-_HEADER = struct.Struct("<BBHIQQQQI")
-
-
-def peek_header(raw: bytes) -> tuple[int, int, int]:
-    """(lsn, page, prev_lsn_in_pg) from an encoded record's header."""
-    if len(raw) < HEADER_SIZE:
-        raise ValueError("stored record shorter than its header")
-    _v, _f, _r, _pg, lsn, page, prev_pg, _prev_page, _plen = _HEADER.unpack_from(raw, 0)
-    return lsn, page, prev_pg
 
 
 @dataclass(slots=True, eq=False)  # identity semantics: segments are hashable
@@ -48,7 +40,7 @@ class Segment:
     boundaries: list[int] = field(default_factory=list)
     corrupt_lsn: int | None = None  # first corrupt record met by a background task
     deleted: bool = False
-    # Rebuild progress while this segment hydrates from peers (hydrate.py); None: idle.
+    # Rebuild progress while this segment hydrates from peers (hydration/); None: idle.
     hydration: dict | None = None
     # Snapshot pins (snapshot.py): token -> (LSN, expiry); GC keeps page versions at them.
     pins: dict = field(default_factory=dict)
@@ -116,7 +108,7 @@ class Segment:
             "backlog": self.backlog(),
             "corrupt_lsn": self.corrupt_lsn,
             "hydration": dict(self.hydration) if self.hydration is not None else {
-                "state": "idle", "bytes": 0, "total_bytes": 0, "pct": 0.0, "error": None},
+                "state": HydrationState.IDLE, "bytes": 0, "total_bytes": 0, "pct": 0.0, "error": None},
             "corruptions_detected": self.corruptions_detected,
             "corruptions_repaired": self.corruptions_repaired,
         }
@@ -124,12 +116,30 @@ class Segment:
     def hydrating(self) -> bool:
         """True while the segment's base (snapshot) or log backfill is being fetched:
         gossip, GC and scrub leave it alone until then."""
-        return self.hydration is not None and self.hydration.get("state") in ("snapshot", "log")
+        return self.hydration is not None and self.hydration.get("state") in FETCHING
+
+    def hydration_state(self) -> HydrationState:
+        return HydrationState.IDLE if self.hydration is None else self.hydration["state"]
+
+    def rebase(self, store: Store, base: int, truncations: Iterable[Range] = (),
+               vdl_hint: int = 0) -> list[bytes]:
+        """Start the segment from a page snapshot at `base` (SegmentLog.rebase): a
+        hydration's snapshot phase and a restore install. Everything <= base counts as
+        materialized and below the GC horizons. Returns the keys to delete, to be
+        committed with the meta in one write."""
+        result = self.log.rebase(base, truncations, vdl_hint)
+        deletes = drop_keys(store, self.pg, result.dropped)
+        self.note_dropped(result.dropped)
+        if result.rebased:
+            self.materialized_lsn = base
+            self.gc_lsn = max(self.gc_lsn, base)
+            self.log_gc_lsn = max(self.log_gc_lsn, base)
+            self.boundaries = [base]
+            self.unmaterialized = array("Q", (x for x in self.unmaterialized if x > base))
+        return deletes
 
     def pin_limit(self) -> int | None:
         """Lowest LSN pinned by a live snapshot (GC's horizon may not pass it)."""
-        import time
-
         now = time.monotonic()
         for token in [t for t, (_lsn, exp) in self.pins.items() if exp is not None and exp < now]:
             del self.pins[token]
@@ -154,7 +164,8 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
     chain_input: list[tuple[int, int]] = []
     unmat = array("Q")
     for _key, raw in store.scan(keys.log_key(pg, start + 1), keys.prefix_end(keys.pg_prefix(b"L", pg))):
-        lsn, _page, prev = peek_header(raw)
+        header = peek_header(raw)
+        lsn, prev = header.lsn, header.prev_lsn_in_pg
         if in_ranges(lsn, meta.truncations):
             continue  # a seal's meta reached disk before its deletes: stays void
         if lsn > meta.floor:
@@ -176,14 +187,14 @@ def load_segment(store: Store, raw_meta: bytes) -> Segment:
         boundaries=[materialized],
     )
     seg.records = int(data["records"]) if "records" in data else count_records(store, pg)
-    if data.get("hydration_state") in ("snapshot", "log", "catching_up"):
+    if data.get("hydration_state") in RUNNING:
         # A rebuild does not survive a restart: say so; the executor hydrates it again.
-        seg.hydration = {"state": "failed", "bytes": 0, "total_bytes": 0, "pct": 0.0,
+        seg.hydration = {"state": HydrationState.FAILED, "bytes": 0, "total_bytes": 0, "pct": 0.0,
                          "error": "interrupted by a node restart: hydrate again"}
-    elif data.get("hydration_state") == "done":
+    elif data.get("hydration_state") == HydrationState.DONE:
         # Finished and durable before the restart: a repairer that has not finalized yet
         # must see "done", not "idle", or it would rebuild the whole segment again.
-        seg.hydration = {"state": "done", "bytes": 0, "total_bytes": 0, "pct": 100.0, "error": None}
+        seg.hydration = {"state": HydrationState.DONE, "bytes": 0, "total_bytes": 0, "pct": 100.0, "error": None}
     return seg
 
 
@@ -203,8 +214,7 @@ def drop_keys(store: Store, pg: int, lsns: list[int]) -> list[bytes]:
         if raw is None:
             continue  # accepted but not yet written: the X key is orphaned (reads skip it)
         try:
-            _lsn, page, _prev = peek_header(raw)
-            out.append(keys.index_key(pg, page, lsn))
-        except ValueError:
+            out.append(keys.index_key(pg, peek_header(raw).page, lsn))
+        except MalformedFrame:
             pass
     return out

@@ -10,26 +10,24 @@ then fetches the log above S). S is read from the meta on disk, which is written
 same batch as the versions it covers. If a GC step that started before the pin moved
 the horizon above S, the stream ends with an error instead of a wrong page.
 
-Stream format (all integers little-endian):
+Stream format 2 (all integers little-endian; `?format=2`, the default and the only one):
     header   b"TMSN" | u32 json_len | json | u32 crc32c(everything before it)
-             json: format, pg, snapshot_lsn (S), base_lsn (B), pages, page_size,
+             json: format (2), pg, snapshot_lsn (S), base_lsn (B), pages, page_size,
                    est_bytes, log_records_above, scl, source, meta (segment meta JSON)
-    entries  b"P" | u64 page | u64 version_lsn | u32 len | value
-             value = u32 crc32c(image) | image   (exactly as stored; CRC end to end)
-             b"B" | u64 page | u64 version_lsn   the stored version failed its CRC:
-             fetch this page at read point B from another segment
+    frames   b"F" | u32 entries | u32 body_len | body | u32 crc32c(b"F"...body), of about
+             2 MiB, so the receiver reads, checks and stores a frame at a time; body =
+             entries, each
+                 b"P" | u64 page | u64 version_lsn | u32 len | value
+                 value = u32 crc32c(image) | image   (exactly as stored; CRC end to end)
+             or  b"B" | u64 page | u64 version_lsn   no stored version: fetch this page
+                 at read point B from another segment
+             The frame CRC also covers the page numbers and LSNs, which the per-page CRC
+             does not. The source sends stored values without checking them first: the
+             receiver checks every page's CRC and fetches a bad one from another
+             segment, as it would for "B".
     trailer  b"E" | u64 pages | u64 snapshot_lsn | u64 base_lsn | u32 crc32c(b"E"...)
              or b"X" | u32 len | utf-8 message  (the source gave up: discard all)
-
-Format 2 (`?format=2`, what hydration asks for) wraps the entries in frames of about
-2 MiB so the receiver reads, checks and stores a frame at a time instead of a page:
-    frame    b"F" | u32 entries | u32 body_len | body | u32 crc32c(b"F"...body)
-             body = entries exactly as above (P/B); the frame CRC also covers the
-             page numbers and LSNs, which the per-page CRC does not. The source sends
-             stored values without checking them first ("B" only for a missing
-             version): the receiver checks every page's CRC and fetches a bad one from
-             another segment, as it would for "B"
-The header (with "format": 2) and the trailer are the same as in format 1.
+(Format 1, unframed entries with a source-side CRC check, had no reader left.)
 
 B (base_lsn) is the PG's last record at or below S: the highest version LSN (every
 record <= S is covered by a version at or below S, keyed by the page's last record).
@@ -51,20 +49,19 @@ import structlog
 from aiohttp import web
 from rocksdict import ReadOptions
 
-from tidemark_protocol.errors import CorruptRecord
+from tidemark_protocol import keys
+from tidemark_protocol.hydration import HydrationState
+from tidemark_protocol.records import crc32c
 
-from . import store as keys
-from .reads import decode_version
+from .httputil import error, segment_of
 from .segments import Segment
-from .state import NodeState
+from .state import STATE, NodeState
 from .store import Store
 
 log = structlog.get_logger("tidemark.node.snapshot")
 
 MAGIC = b"TMSN"
-FORMAT = 1
 FORMAT_FRAMED = 2
-FORMATS = (FORMAT, FORMAT_FRAMED)
 ENTRY = struct.Struct("<QQI")  # page, version lsn, value length
 BAD = struct.Struct("<QQ")
 _P_ENTRY = struct.Struct("<cQQI")  # b"P" + ENTRY
@@ -72,7 +69,6 @@ TRAILER = struct.Struct("<QQQ")
 FRAME = struct.Struct("<II")  # entries, body length (after the b"F" tag)
 U32 = struct.Struct("<I")
 PIN_LEASE = 120.0  # seconds a served snapshot keeps S pinned after the stream ends
-PAGES_PER_STEP = 256
 FRAME_BYTES = 2 << 20  # format 2: page bytes per frame (fewer, larger steps per byte)
 PREFETCH = 3  # frames being read from RocksDB: the next one to send and those after it
 MAX_FRAME_BODY = 64 << 20  # a receiver refuses frames claiming more (corrupt length)
@@ -109,32 +105,21 @@ def list_pages(store: Store, pg: int, at: int) -> list[tuple[int, int]]:
     return out
 
 
-def encode_pages(store: Store, pg: int, pages: list[tuple[int, int]], check: bool = True) -> tuple[bytes, int]:
-    """Blocking: entries for `pages` (one multi-get); returns the bytes and how many were
-    bad. `check=False` skips the source-side CRC pass (format 2: the receiver checks
-    every page's CRC anyway and fetches a bad one elsewhere, the same outcome as "B")."""
+def encode_frame(store: Store, pg: int, pages: list[tuple[int, int]]) -> tuple[bytes, int]:
+    """Blocking: one frame holding the entries for `pages` (one multi-get); returns it
+    and how many pages had no stored version ("B" entries). Values are sent unchecked:
+    the receiver checks every page's CRC and fetches a bad one elsewhere."""
     values = store.db.get([keys.version_key(pg, page, lsn) for page, lsn in pages])
     parts: list[bytes] = []
     bad = 0
     for (page, lsn), value in zip(pages, values, strict=True):
-        ok = value is not None
-        if ok and check:
-            try:
-                decode_version(value, pg, page, lsn)
-            except CorruptRecord:
-                ok = False
-        if ok:
+        if value is not None:
             parts.append(_P_ENTRY.pack(b"P", page, lsn, len(value)))
             parts.append(value)  # joined once below: no per-page concatenation copy
         else:
             bad += 1
             parts.append(b"B" + BAD.pack(page, lsn))
-    return b"".join(parts), bad
-
-
-def encode_frame(store: Store, pg: int, pages: list[tuple[int, int]]) -> tuple[bytes, int]:
-    """Blocking: one format-2 frame holding the entries for `pages`."""
-    body, bad = encode_pages(store, pg, pages, check=False)
+    body = b"".join(parts)
     head = b"F" + FRAME.pack(len(pages), len(body))
     return head + body + U32.pack(google_crc32c.extend(google_crc32c.value(head), body)), bad
 
@@ -159,19 +144,12 @@ def release(seg: Segment, token: int, lease: float = PIN_LEASE) -> None:
 
 
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
-    from .app import segment_of  # late: app imports this module
-    from .state import STATE
-
     state: NodeState = request.app[STATE]
     seg = segment_of(state, request)
-    try:
-        fmt = int(request.query.get("format", FORMAT))
-    except ValueError:
-        fmt = -1
-    if fmt not in FORMATS:
-        return web.json_response({"error": "malformed", "message": f"format must be one of {FORMATS}"},
-                                 status=400)
-    if seg.hydrating() or (seg.hydration is not None and seg.hydration.get("state") == "failed"):
+    if request.query.get("format", str(FORMAT_FRAMED)) != str(FORMAT_FRAMED):
+        return error(400, "malformed", f"format must be {FORMAT_FRAMED}")
+    fmt = FORMAT_FRAMED
+    if seg.hydrating() or seg.hydration_state() == HydrationState.FAILED:
         # A failed rebuild may hold partial pages: never a source for another one.
         return web.json_response({"error": "not_complete", "message": f"pg {seg.pg} is itself hydrating "
                                   f"or its rebuild failed"}, status=409)
@@ -205,9 +183,8 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
                                            "X-Tidemark-Base-LSN": str(base)})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
-        await resp.write(head + U32.pack(keys_crc(head)))
-        encode = encode_frame if fmt == FORMAT_FRAMED else encode_pages
-        step = max(1, FRAME_BYTES // page_size) if fmt == FORMAT_FRAMED else PAGES_PER_STEP
+        await resp.write(head + U32.pack(crc32c(head)))
+        step = max(1, FRAME_BYTES // page_size)
         steps = [pages[i : i + step] for i in range(0, len(pages), step)]
         bad_total = 0
         failure = None
@@ -216,7 +193,7 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
             # Read the next frames while this one is on the wire: disk and network overlap.
             for k in range(len(steps)):
                 while len(ahead) < PREFETCH and k + len(ahead) < len(steps):
-                    ahead.append(loop.run_in_executor(_POOL, encode, state.store, seg.pg,
+                    ahead.append(loop.run_in_executor(_POOL, encode_frame, state.store, seg.pg,
                                                       steps[k + len(ahead)]))
                 chunk, bad = await ahead.pop(0)
                 if seg.deleted:
@@ -237,16 +214,10 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
             await resp.write(b"X" + U32.pack(len(msg)) + msg)
         else:
             tail = b"E" + TRAILER.pack(len(pages), s, base)
-            await resp.write(tail + U32.pack(keys_crc(tail)))
+            await resp.write(tail + U32.pack(crc32c(tail)))
         await resp.write_eof()
         log.info("snapshot_served", pg=seg.pg, snapshot_lsn=s, base_lsn=base, pages=len(pages),
                  bad=bad_total, format=fmt, peer=request.remote)
         return resp
     finally:
         release(seg, token)
-
-
-def keys_crc(data: bytes) -> int:
-    from tidemark_protocol.records import crc32c
-
-    return crc32c(data)

@@ -1,18 +1,24 @@
-"""The node's shared state: identity, store, hosted segments, committer, telemetry."""
+"""The node's shared state: identity, store, hosted segments, committer, telemetry,
+the scrubber's counters and what the backup uploader shares with intake and GC."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
+from tidemark_protocol.keys import node_key
+
 from .commit import Committer
+from .scrubber import Scrubber
 from .segments import Segment
-from .store import Store, node_key
+from .store import Store
 from .telemetry import Telemetry
+from .uploader_state import UploaderStatus
 
 
 @dataclass
@@ -29,22 +35,33 @@ class Settings:
     gossip_chunk: int = 5000  # records per gossip pull
     scrub_interval: float = 300.0  # seconds between scrub passes (0: no scrubbing)
     backup: str | None = None  # backup target URL (s3://bucket/prefix or file:///path)
-    backup_options: dict = field(default_factory=dict)  # tidemark_backup.uploader.BackupSettings
+    backup_options: dict = field(default_factory=dict)  # uploader_state.BackupSettings
+    # Serve the fault-injection endpoints (faults.py): only `--enable-fault-injection`
+    # turns this on (tests and `tidemark chaos corrupt`), never the environment.
+    fault_injection: bool = False
+    trace_console: bool = False  # export trace spans to stderr (`--trace-console`)
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeState:
     settings: Settings
     store: Store
     telemetry: Telemetry
     committer: Committer
+    scrubber: Scrubber
     generation: int = 0
     segments: dict[int, Segment] = field(default_factory=dict)
     peers: dict[str, str] = field(default_factory=dict)  # node-level peer directory
     ready: bool = False
     load_error: str | None = None
-    sockets: set = field(default_factory=set)  # open log streams, closed on shutdown
-    scrubber: Any = None  # scrub.Scrubber, created when the node starts
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)  # open log streams
+    # Continuous backup (uploader.py), None while no uploader runs:
+    # VDL marks intake received (time -> LSN), uploaded and popped by the uploader;
+    backup_marks: deque[tuple[int, int]] | None = None
+    # per PG, the bucket's coverage end: log GC keeps every record above it (None once
+    # the uploader is fenced: a fenced uploader holds nothing back);
+    backup_holds: dict[int, int] | None = None
+    backup_status: UploaderStatus | None = None  # shown in /v1/status
     # Reads and background scans run here so the event loop never blocks on RocksDB.
     reader: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="read")
@@ -66,3 +83,4 @@ class NodeState:
 
 
 STATE = web.AppKey("state", NodeState)
+TASKS = web.AppKey("tasks", list[asyncio.Task])  # background tasks, cancelled on shutdown

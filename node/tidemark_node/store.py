@@ -1,17 +1,10 @@
-"""RocksDB key layout and the few primitives the node needs (synced batches, range scans).
-
-Keys use big-endian integers so RocksDB's byte order is numeric order:
-    L pg(4) lsn(8)            -> encoded record (as received, CRC included)
-    X pg(4) page(8) lsn(8)    -> b""  per-page index of log records (reads, GC)
-    V pg(4) page(8) lsn(8)    -> crc32c(4, LE) + page image (materialized version)
-    M pg(4)                   -> segment meta JSON (written with the records it describes)
-    N name                    -> node-level state (generation, peer directory)
+"""The node's RocksDB and the few primitives it needs (synced batches, range scans, SST
+ingestion). The key layout is `tidemark_protocol.keys` (restore builds SST files in it).
 """
 
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterator
 
 from rocksdict import (
@@ -25,55 +18,6 @@ from rocksdict import (
     WriteBatch,
     WriteOptions,
 )
-
-_PG = struct.Struct(">I")
-_PG_LSN = struct.Struct(">IQ")
-_PG_PAGE_LSN = struct.Struct(">IQQ")
-_PG_PAGE = struct.Struct(">IQ")
-MAX_U64 = (1 << 64) - 1
-
-
-def log_key(pg: int, lsn: int) -> bytes:
-    return b"L" + _PG_LSN.pack(pg, lsn)
-
-
-def log_lsn(key: bytes) -> int:
-    return _PG_LSN.unpack_from(key, 1)[1]
-
-
-def index_key(pg: int, page: int, lsn: int) -> bytes:
-    return b"X" + _PG_PAGE_LSN.pack(pg, page, lsn)
-
-
-def version_key(pg: int, page: int, lsn: int) -> bytes:
-    return b"V" + _PG_PAGE_LSN.pack(pg, page, lsn)
-
-
-def page_lsn(key: bytes) -> tuple[int, int]:
-    """(page, lsn) of an X or V key."""
-    _pg, page, lsn = _PG_PAGE_LSN.unpack_from(key, 1)
-    return page, lsn
-
-
-def page_prefix(tag: bytes, pg: int, page: int) -> bytes:
-    return tag + _PG_PAGE.pack(pg, page)
-
-
-def meta_key(pg: int) -> bytes:
-    return b"M" + _PG.pack(pg)
-
-
-def pg_prefix(tag: bytes, pg: int) -> bytes:
-    return tag + _PG.pack(pg)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key starting with `prefix`."""
-    return (int.from_bytes(prefix, "big") + 1).to_bytes(len(prefix), "big")
-
-
-def node_key(name: str) -> bytes:
-    return b"N" + name.encode()
 
 
 class Store:

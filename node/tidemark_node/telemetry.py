@@ -2,12 +2,11 @@
 
 Counters are bumped per frame or per commit, never per record, to keep the foreground
 path cheap. Spans are created around batch commits; they are exported to the console
-only when TIDEMARK_TRACE_CONSOLE=1 (no collector exists on a loopback test fleet).
+only with `tidemark node run --trace-console` (no collector exists on a loopback test
+fleet).
 """
 
 from __future__ import annotations
-
-import os
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
@@ -21,7 +20,7 @@ _SYNC_BUCKETS = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 
 
 
 class Telemetry:
-    def __init__(self, node: str, zone: str) -> None:
+    def __init__(self, node: str, zone: str, trace_console: bool = False) -> None:
         resource = Resource.create({"service.name": "tidemark-node", "tidemark.node": node, "tidemark.zone": zone})
         reader = PrometheusMetricReader()
         view = View(
@@ -62,7 +61,7 @@ class Telemetry:
         self.page_reads = meter.create_counter("tidemark_page_reads", description="pages served")
 
         self.tracer_provider = TracerProvider(resource=resource)
-        if os.environ.get("TIDEMARK_TRACE_CONSOLE") == "1":
+        if trace_console:
             self.tracer_provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         self.tracer = self.tracer_provider.get_tracer("tidemark.node")
 

@@ -9,7 +9,6 @@ latency over time with the faults and the repairs marked.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import time
@@ -198,6 +197,9 @@ async def _wait_for_repairs(run: Run, timeout: float) -> None:
         await asyncio.sleep(0.5)
 
 
+# Experiments that need the nodes' fault-injection endpoints (`--enable-fault-injection`).
+FAULT_INJECTING = frozenset({"corrupt"})
+
 EXPERIMENTS: dict[str, Callable[[Run], Awaitable[None]]] = {
     "kill-node": kill_node,
     "kill-zone": kill_zone,
@@ -211,10 +213,10 @@ EXPERIMENTS: dict[str, Callable[[Run], Awaitable[None]]] = {
 async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip: str) -> bool:
     if directory.exists():
         shutil.rmtree(directory)
-    os.environ["TIDEMARK_FAKE_DISK_CORRUPTION"] = "1"  # lets the corrupt experiment damage data
     repair = {"node_loss_timeout": 2.0, "max_concurrent": 4, "bandwidth": 0}
     fleet, topology = await fleet_mod.up(
-        directory, 3, 4, 64, 4096, base_ip, gossip_interval=0.5, repair=repair, scrub_interval=1.0
+        directory, 3, 4, 64, 4096, base_ip, gossip_interval=0.5, repair=repair, scrub_interval=1.0,
+        fault_injection=name in FAULT_INJECTING,  # only the corrupt experiment damages data
     )
     try:
         writer = await Writer.open(topology, membership_source=membership_source(directory))

@@ -104,6 +104,8 @@ class Fleet:
                           ("--materialize-interval", "materialize_interval")):
             if key in self.options:
                 cmd += [flag, str(self.options[key])]
+        if self.options.get("fault_injection"):  # `tidemark chaos corrupt` only
+            cmd.append("--enable-fault-injection")
         with self.log_file(node.name).open("ab") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -145,10 +147,12 @@ class Fleet:
         self.kill(name)
         self.spawn(self.nodes[name])
 
-    def spawn_supervisor(self) -> None:
-        """The repair loop runs as its own process, like an operator's daemon."""
+    def spawn_supervisor(self, command: list[str] | None = None) -> None:
+        """The repair loop runs as its own process, like an operator's daemon. COMMAND
+        (default `tidemark playground supervise`) gets the options appended."""
         repair = self.options.get("repair", {})
-        cmd = [sys.executable, "-m", "tidemark_cli.main", "playground", "supervise", "--dir", str(self.dir)]
+        base = command or [sys.executable, "-m", "tidemark_cli.main", "playground", "supervise"]
+        cmd = [*base, "--dir", str(self.dir)]
         for key, value in repair.items():
             cmd += [f"--{key.replace('_', '-')}", str(value)]
         self.log_file("supervisor").parent.mkdir(parents=True, exist_ok=True)
@@ -250,11 +254,14 @@ async def up(
     repair: dict | None = None,
     backup: str | None = None,
     backup_options: dict | None = None,
+    fault_injection: bool = False,
 ) -> tuple[Fleet, Topology]:
     """Start a fleet in `directory` (or restart the stopped nodes of an existing one).
 
     `repair`: None for no automatic repair, else the supervisor's options
-    (node_loss_timeout, max_concurrent, bandwidth)."""
+    (node_loss_timeout, max_concurrent, bandwidth). `fault_injection`: the nodes serve
+    the fake disk corruption endpoints (`tidemark node run --enable-fault-injection`;
+    kept for restarts of this fleet)."""
     directory.mkdir(parents=True, exist_ok=True)
     if (directory / FLEET_FILE).exists():
         fleet = Fleet.load(directory)
@@ -270,6 +277,8 @@ async def up(
         fleet.options["gossip_interval"] = gossip_interval
     if scrub_interval is not None:
         fleet.options["scrub_interval"] = scrub_interval
+    if fault_injection:
+        fleet.options["fault_injection"] = True
     if backup:  # every node streams backups there (`tidemark node run --backup URL`)
         fleet.options["backup"] = backup
         fleet.options.update(backup_options or {})

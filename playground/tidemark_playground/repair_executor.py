@@ -15,16 +15,17 @@ hydration state) or aborted.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import aiohttp
 import structlog
 
 from tidemark_compute.topology import Topology
-from tidemark_protocol.quorum import WRITE_QUORUM, Membership
+from tidemark_protocol.hydration import RUNNING, HydrationState
+from tidemark_protocol.quorum import Membership, has_write_quorum
 from tidemark_protocol.repair import RepairAction
 
 log = structlog.get_logger("tidemark.repair")
@@ -32,22 +33,32 @@ log = structlog.get_logger("tidemark.repair")
 SavePlacement = Callable[[int, Membership, Membership], Awaitable[None]]  # CAS: pg, old, new
 
 
-RUNNING = ("snapshot", "log", "catching_up")  # a node's hydration states while it works
 HYDRATE_ATTEMPTS = 3
-CRASH_ENV = "TIDEMARK_SUPERVISOR_CRASH_AT"  # test-only: "after-begin" | "after-finish"
-CRASH_EXIT = 70
+# Called with a step's name right after it is durable ("after-begin", "after-finish"):
+# the narrowest windows of a repair. Empty in production; tests append an observer that
+# kills the process there (tests/process/crashing_supervisor.py).
+STEP_OBSERVERS: list[Callable[[str], None]] = []
+
+
+class RepairStep(StrEnum):
+    """Where a repair stands (`tidemark playground status`, repairs.json)."""
+
+    PLANNED = "planned"
+    DUAL_MEMBERSHIP = "dual-membership"
+    HYDRATING = "hydrating"
+    FINALIZING = "finalizing"
+    FENCING = "fencing"
+    DONE = "done"
+    FAILED = "failed"
 
 
 class RepairFailed(Exception):
     pass
 
 
-def crash_point(name: str) -> None:
-    """Die on the spot (as a SIGKILL would) when a test asked for NAME: the narrowest
-    windows of a repair are right after a placement write."""
-    if os.environ.get(CRASH_ENV) == name:
-        log.warning("crash_point", point=name)
-        os._exit(CRASH_EXIT)
+def step_done(name: str) -> None:
+    for observe in STEP_OBSERVERS:
+        observe(name)
 
 
 @dataclass
@@ -55,7 +66,7 @@ class RepairProgress:
     pg: int
     lost: str
     target: str
-    step: str = "planned"
+    step: RepairStep = RepairStep.PLANNED
     pct: float = 0.0
     started: float = field(default_factory=time.time)
     finished: float | None = None
@@ -97,7 +108,7 @@ async def record_membership(
             *(put_segment(session, topology, m, pg, membership) for m in pending)
         )
         done.update(m for m, ok in zip(pending, results, strict=True) if ok)
-        if all(len(done & set(s)) >= WRITE_QUORUM for s in membership.sets):
+        if has_write_quorum(membership, done):
             return
         if time.monotonic() > deadline:
             raise RepairFailed(f"pg {pg}: membership epoch {membership.epoch} reached only {sorted(done)}")
@@ -128,9 +139,9 @@ async def execute_repair(
     pg = action.pg
     current = topology.memberships[pg]
     dual = current.begin_replace(action.lost, action.target)
-    progress.step = "dual-membership"
+    progress.step = RepairStep.DUAL_MEMBERSHIP
     await save(pg, current, dual)
-    crash_point("after-begin")
+    step_done("after-begin")
     topology.memberships[pg] = dual
     return await _finish_from_dual(session, topology, action, dual, save, progress, bandwidth, deadline)
 
@@ -177,24 +188,24 @@ async def _finish_from_dual(
         raise RepairFailed(f"pg {pg}: could not create the segment on {action.target}")
     await record_membership(session, topology, pg, dual, deadline)
 
-    progress.step = "hydrating"
+    progress.step = RepairStep.HYDRATING
     sources = {s: topology.nodes[s] for s in action.sources}
     seg = await _segment_status(session, topology.nodes[action.target], pg)
-    state = ((seg or {}).get("hydration") or {}).get("state", "idle")
-    if state not in (*RUNNING, "done"):  # a fresh segment, or a rebuild cut short
+    state = HydrationState(((seg or {}).get("hydration") or {}).get("state", "idle"))
+    if state not in RUNNING and state != HydrationState.DONE:  # a fresh segment, or a rebuild cut short
         await _start_hydration(session, topology, action, sources, bandwidth)
     await _wait_caught_up(session, topology, action, progress, deadline,
                           lambda: _start_hydration(session, topology, action, sources, bandwidth))
 
     final = dual.finish_replace()
-    progress.step = "finalizing"
+    progress.step = RepairStep.FINALIZING
     await save(pg, dual, final)
-    crash_point("after-finish")
+    step_done("after-finish")
     topology.memberships[pg] = final
     await record_membership(session, topology, pg, final, deadline)
-    progress.step = "fencing"
+    progress.step = RepairStep.FENCING
     await fence_stale_segment(session, topology.nodes.get(action.lost), pg)
-    progress.step = "done"
+    progress.step = RepairStep.DONE
     progress.pct = 100.0
     progress.finished = time.time()
     return final
@@ -237,8 +248,8 @@ async def _wait_caught_up(
         if target is not None:
             hydration = target.get("hydration") or {}
             progress.pct = float(hydration.get("pct", 0.0))
-            state = hydration.get("state", "done")
-            if state in ("failed", "idle"):  # idle: its node restarted before or after the rebuild
+            state = HydrationState(hydration.get("state", "done"))
+            if state in (HydrationState.FAILED, HydrationState.IDLE):  # idle: its node restarted before or after the rebuild
                 if attempts >= HYDRATE_ATTEMPTS:
                     raise RepairFailed(f"pg {pg}: hydration failed: {hydration.get('error')}")
                 attempts += 1
@@ -247,7 +258,7 @@ async def _wait_caught_up(
                 earlier_peer_scl = None
                 continue
             # Compare with what the peers had one poll ago: under load they keep moving.
-            if state == "done" and earlier_peer_scl is not None and target["scl"] >= earlier_peer_scl:
+            if state == HydrationState.DONE and earlier_peer_scl is not None and target["scl"] >= earlier_peer_scl:
                 return
         earlier_peer_scl = peer_scl
         if time.monotonic() > deadline:

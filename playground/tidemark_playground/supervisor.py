@@ -30,6 +30,7 @@ from .fleet import Fleet
 from .repair_executor import (
     RepairFailed,
     RepairProgress,
+    RepairStep,
     execute_repair,
     fence_stale_segment,
     put_segment,
@@ -158,7 +159,7 @@ class Supervisor:
             log.info("repair_done", pg=pg, target=progress.target, resumed=progress.resumed,
                      seconds=round(time.time() - progress.started, 2))
         except (TimeoutError, RepairFailed, PlacementConflict, aiohttp.ClientError, OSError) as exc:
-            progress.step = "failed"
+            progress.step = RepairStep.FAILED
             progress.error = str(exc)
             log.error("repair_failed", pg=pg, error=str(exc))
             await self._abort(session, pg, progress.target)

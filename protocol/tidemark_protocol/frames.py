@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 
 from .errors import MalformedFrame
-from .records import Record, crc32c, decode_record
+from .records import EncodedRecord, Record, crc32c, decode_encoded, decode_record
 
 MAGIC = b"TMB1"
 _HEAD = struct.Struct("<4sQQQQI")
@@ -31,33 +31,23 @@ MAX_FRAME = 64 << 20
 
 
 @dataclass(slots=True)
-class PgBatch:
+class FrameGroup:
     pg: int
     membership_epoch: int
-    records: list[Record] = field(default_factory=list)
+    records: list[EncodedRecord]
 
 
 @dataclass(slots=True)
-class WriteBatch:
+class Frame:
+    """A decoded write batch: its records keep their encoded bytes (the node stores them
+    as received, without encoding them again)."""
+
     seq: int
     volume_epoch: int
     writer_vdl: int  # lets nodes know what is durable (materialize, backup, recovery hint)
     pgmrpl: int  # lowest read point in use: below it versions may be coalesced
-    groups: list[PgBatch]
+    groups: list[FrameGroup]
     vdl_marks: list[tuple[int, int]] = field(default_factory=list)  # (vdl, unix time µs)
-
-    def encode(self) -> bytes:
-        parts = [
-            _HEAD.pack(
-                MAGIC, self.seq, self.volume_epoch, self.writer_vdl, self.pgmrpl, len(self.groups)
-            )
-        ]
-        for group in self.groups:
-            parts.append(_GROUP.pack(group.pg, group.membership_epoch, len(group.records)))
-            parts.extend(r.encode() for r in group.records)
-        parts.append(encode_marks(self.vdl_marks))
-        body = b"".join(parts)
-        return body + _CRC.pack(crc32c(body))
 
 
 def encode_batch_with_encoded_records(
@@ -68,8 +58,9 @@ def encode_batch_with_encoded_records(
     groups: list[tuple[int, int, list[bytes]]],
     vdl_marks: list[tuple[int, int]] | tuple = (),
 ) -> bytes:
-    """Like WriteBatch.encode, but from records already encoded once (the writer sends
-    each record to six segments; encoding it six times would be wasted work)."""
+    """A write batch frame from records already encoded once (the writer sends each
+    record to six segments; encoding it six times would be wasted work).
+    `groups`: (pg, membership_epoch, encoded records)."""
     parts = [_HEAD.pack(MAGIC, seq, volume_epoch, writer_vdl, pgmrpl, len(groups))]
     for pg, epoch, encoded in groups:
         parts.append(_GROUP.pack(pg, epoch, len(encoded)))
@@ -79,34 +70,32 @@ def encode_batch_with_encoded_records(
     return body + _CRC.pack(crc32c(body))
 
 
-def decode_batch(buf: bytes) -> WriteBatch:
+def decode_frame(buf: bytes) -> Frame:
+    """Check a frame (size, CRC32C, magic, group headers, every record as
+    `records.decode_record` does, records in their group's PG, the marks section)."""
     if len(buf) > MAX_FRAME:
         raise MalformedFrame(f"frame of {len(buf)} bytes exceeds {MAX_FRAME}")
     if len(buf) < _HEAD.size + _CRC.size:
         raise MalformedFrame("frame shorter than its header")
-    (stored_crc,) = _CRC.unpack_from(buf, len(buf) - _CRC.size)
-    body = memoryview(buf)[: len(buf) - _CRC.size]
-    if crc32c(bytes(body)) != stored_crc:
+    end_body = len(buf) - _CRC.size
+    (stored_crc,) = _CRC.unpack_from(buf, end_body)
+    body = buf[:end_body]  # one copy per frame (the CRC codec wants read-only bytes)
+    if crc32c(body) != stored_crc:
         raise MalformedFrame("frame crc32c mismatch")
     magic, seq, epoch, vdl, pgmrpl, ngroups = _HEAD.unpack_from(body, 0)
     if magic != MAGIC:
         raise MalformedFrame(f"bad frame magic {magic!r}")
     offset = _HEAD.size
-    groups: list[PgBatch] = []
+    groups: list[FrameGroup] = []
     for _ in range(ngroups):
-        if len(body) - offset < _GROUP.size:
+        if end_body - offset < _GROUP.size:
             raise MalformedFrame("frame truncated in a group header")
         pg, mepoch, count = _GROUP.unpack_from(body, offset)
         offset += _GROUP.size
-        group = PgBatch(pg, mepoch)
-        for _ in range(count):
-            record, offset = decode_record(body, offset)
-            if record.pg != pg:
-                raise MalformedFrame(f"record lsn={record.lsn} of pg {record.pg} in group {pg}")
-            group.records.append(record)
-        groups.append(group)
-    marks = decode_marks(body, offset, len(body))
-    return WriteBatch(seq, epoch, vdl, pgmrpl, groups, marks)
+        records, offset = decode_encoded(body, offset, end_body, count, pg)
+        groups.append(FrameGroup(pg, mepoch, records))
+    marks = decode_marks(body, offset, end_body)
+    return Frame(seq, epoch, vdl, pgmrpl, groups, marks)
 
 
 def encode_marks(marks: list[tuple[int, int]] | tuple) -> bytes:
@@ -127,12 +116,8 @@ def decode_marks(body: bytes | memoryview, offset: int, end: int) -> list[tuple[
     raise MalformedFrame("trailing bytes after the last group")
 
 
-def encode_records(records: list[Record]) -> bytes:
-    """A plain concatenation of records (gossip and hydration responses)."""
-    return b"".join(r.encode() for r in records)
-
-
 def decode_records(buf: bytes) -> list[Record]:
+    """A plain concatenation of records (gossip and hydration answers), decoded."""
     out: list[Record] = []
     offset = 0
     while offset < len(buf):

@@ -12,11 +12,13 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .errors import NeedsSeal, StaleEpoch, StaleMembership
-from .records import Record
+from .records import EncodedRecord, Record
 
 Range = tuple[int, int]  # (start, end]: LSNs start < lsn <= end are void
+AnyRecord = TypeVar("AnyRecord", Record, EncodedRecord)  # decoded, or as received
 
 
 def in_ranges(lsn: int, ranges: Iterable[Range]) -> bool:
@@ -60,6 +62,12 @@ class SealResult:
     dropped: list[int]  # LSNs to delete from storage
     scl_before: int
     scl_after: int
+
+
+@dataclass(slots=True)
+class RebaseResult:
+    dropped: list[int]  # LSNs to delete from storage (voided by a range, or at/below the base)
+    rebased: bool  # the chain now starts at the base (False: the base was not above SCL)
 
 
 class SegmentLog:
@@ -109,9 +117,9 @@ class SegmentLog:
         i = bisect_right(self.chain, lsn)
         return i > 0 and self.chain[i - 1] == lsn
 
-    def accept(self, records: Iterable[Record]) -> list[Record]:
+    def accept(self, records: Iterable[AnyRecord]) -> list[AnyRecord]:
         """Take records (any order, duplicates allowed); return the new ones to persist."""
-        fresh: list[Record] = []
+        fresh: list[AnyRecord] = []
         for record in records:
             if record.pg != self.meta.pg:
                 continue
@@ -200,3 +208,45 @@ class SegmentLog:
                 self._link(lsn, prev)
         self.meta.volume_epoch = volume_epoch
         return SealResult(sorted(drop_set), scl_before, self.meta.scl)
+
+    # -- rebase: start the chain from a page snapshot (rebuild, restore install) ------------
+    def rebase(self, base: int, truncations: Iterable[Range] = (), vdl_hint: int = 0) -> RebaseResult:
+        """Re-base the segment on a page snapshot at `base` (the PG's last record the
+        snapshot covers), taken from a source whose truncation ranges are `truncations`
+        and whose VDL hint is `vdl_hint`: floor = SCL = base when base > SCL.
+
+        The source's ranges this segment did not know are applied like a seal at its own
+        epoch (clipped to the floor): records it holds inside them (the writer's, taken
+        before a membership change, or a retried hydration's) are uncommitted by
+        definition and go, or the SCL would count them and no later record could link
+        (found by the simulator, tests/sim). Records held above the base relink (e.g. the
+        writer's, which keep arriving during a rebuild); those at or below it are covered
+        by the snapshot and go. Pure: the caller deletes `dropped` and persists the meta.
+        """
+        meta = self.meta
+        dropped: list[int] = []
+        new_ranges = [r for r in truncations if r not in meta.truncations]
+        clipped = [(max(a, meta.floor), b) for a, b in new_ranges if b > meta.floor]
+        if clipped:
+            dropped += self.seal(meta.volume_epoch, clipped).dropped
+        for r in new_ranges:
+            if r not in meta.truncations:
+                meta.truncations.append(r)
+        meta.vdl_hint = max(meta.vdl_hint, vdl_hint)
+        if base <= meta.scl:
+            return RebaseResult(dropped, False)
+        held: list[tuple[int, int]] = []
+        prev = meta.floor
+        for lsn in self.chain:
+            held.append((lsn, prev))
+            prev = lsn
+        held.extend((lsn, p) for p, lsn in self.pending.items())
+        keep = [(lsn, p) for lsn, p in held if lsn > base and not in_ranges(lsn, meta.truncations)]
+        dropped += [lsn for lsn, _p in held if lsn <= base]
+        meta.floor = meta.scl = base
+        self.chain = array("Q")
+        self.pending.clear()
+        self.above.clear()
+        for lsn, p in sorted(keep):
+            self._link(lsn, p)
+        return RebaseResult(dropped, True)

@@ -166,8 +166,13 @@ class WriterCore:
     def read_candidates(self, pg: int, read_point: int) -> list[str]:
         return self.trackers[pg].complete_segments(self.read_tail(pg, read_point))
 
+    def read_history_size(self) -> int:
+        """How many LSNs the read-tail history holds (bounded by forget_below)."""
+        return sum(len(lsns) for lsns in self._pg_lsns.values())
+
     def forget_below(self, read_floor: int) -> None:
-        """No read will use a point below `read_floor` (PGMRPL): drop read-tail history."""
+        """No read will use a point below `read_floor` (PGMRPL): drop read-tail history.
+        Amortized: history is cut only once more than 1024 LSNs of a PG lie below it."""
         for lsns in self._pg_lsns.values():
             cut = bisect_right(lsns, read_floor) - 1
             if cut > 1024:

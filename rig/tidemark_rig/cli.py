@@ -9,6 +9,12 @@ from pathlib import Path
 
 import click
 
+from .control_plane import ClusterConfig, ControlPlane, load_state
+from .install_bins import InstallError, install
+from .minio import MinioServer
+from .procs import RigError
+from .versions import bin_dir
+
 DEFAULT_DIR = ".tidemark-rig"
 
 
@@ -24,8 +30,6 @@ def dev() -> None:
 @click.option("--print-dir", is_flag=True, help="Only print the directory of stable links.")
 def install_bins_cmd(only: tuple[str, ...], force: bool, print_dir: bool) -> None:
     """Build/cache the rig's pinned binaries (etcd, kube-*, kwok, minio, mc, helm)."""
-    from .install_bins import InstallError, install
-    from .versions import bin_dir
 
     if print_dir:
         click.echo(bin_dir() / "current")
@@ -58,9 +62,6 @@ def cluster_up(rig_dir: Path, zones: str, nodes_per_zone: int, minio: bool, as_j
     """Start the rig in DIR and return once nodes are Ready (processes keep running)."""
     from rich.console import Console
 
-    from .control_plane import ClusterConfig, ControlPlane, load_state
-    from .minio import MinioServer
-    from .procs import RigError
 
     console = Console(stderr=True)
     if load_state(rig_dir) is not None and (rig_dir / "pids.json").exists():
@@ -104,7 +105,6 @@ def cluster_up(rig_dir: Path, zones: str, nodes_per_zone: int, minio: bool, as_j
 @_dir_opt
 def cluster_down(rig_dir: Path) -> None:
     """Kill every process the rig in DIR started and check no listener is left."""
-    from .control_plane import ControlPlane
 
     if not (rig_dir / "pids.json").exists():
         click.echo(f"no rig in {rig_dir}")
@@ -118,7 +118,6 @@ def cluster_down(rig_dir: Path) -> None:
 @_dir_opt
 def cluster_kubeconfig(rig_dir: Path) -> None:
     """Print the path of the rig's admin kubeconfig."""
-    from .control_plane import load_state
 
     state = load_state(rig_dir)
     if state is None:

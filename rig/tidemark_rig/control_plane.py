@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from . import kwok_nodes, pki
-from .procs import ProcessGroup, RigError, free_port, tail, wait_for
+from .pod_runner import read_state
+from .procs import ProcessGroup, RigError, free_port, kill_pid, pid_runs, tail, wait_for
 from .versions import bin_path, missing_binaries
 
 CONTROL_PLANE_BINS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
@@ -278,8 +279,6 @@ class ControlPlane:
     def _kill_pod_processes(self) -> None:
         # The pod runner kills its children on SIGTERM and they carry PDEATHSIG; this catches
         # any left over if the runner itself was SIGKILLed mid-way.
-        from .pod_runner import read_state
-        from .procs import kill_pid, pid_runs
 
         for rec in read_state(self.dir).values():
             pid, argv = rec.get("pid"), rec.get("argv") or [""]

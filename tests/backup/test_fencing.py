@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 
 from tidemark_backup import layout
-from tidemark_backup.cli import status_of
 from tidemark_backup.objstore import open_store
-from tidemark_backup.restore import iso, load_inventory, rebuild_volume
+from tidemark_restore.inventory import iso, load_inventory, rebuild_volume
+from tidemark_restore.status import status_of
 
 from .conftest import backup_fleet, check_pages, wait_until
 

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from tidemark_backup.cli import status_of
 from tidemark_backup.objstore import open_store
-from tidemark_backup.restore import iso, load_inventory, parse_time, rebuild_volume
 from tidemark_compute.topology import load_topology
 from tidemark_playground import fleet as fleet_mod
+from tidemark_restore.inventory import iso, load_inventory, parse_time, rebuild_volume
+from tidemark_restore.status import status_of
 
 from .conftest import backup_fleet, base_ip, check_pages, read_volume, wait_until
 

@@ -9,20 +9,13 @@ import aiohttp
 import google_crc32c
 import pytest
 
-from tidemark_backup.cli import status_of
 from tidemark_backup.objstore import open_store
-from tidemark_backup.restore import (
-    RestoreError,
-    install_file,
-    iso,
-    load_inventory,
-    parse_time,
-    rebuild_volume,
-    restore_into,
-)
 from tidemark_compute.writer import Writer
 from tidemark_playground import fleet as fleet_mod
 from tidemark_protocol.writer_core import Change
+from tidemark_restore.install import install_file, restore_into
+from tidemark_restore.inventory import RestoreError, iso, load_inventory, parse_time, rebuild_volume
+from tidemark_restore.status import status_of
 
 from .conftest import backup_fleet, base_ip, check_pages, read_volume, wait_until
 

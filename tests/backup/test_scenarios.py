@@ -16,10 +16,11 @@ import pytest
 from click.testing import CliRunner
 
 from tidemark_backup import layout, retention
-from tidemark_backup.cli import snapshot, status_of
 from tidemark_backup.objstore import open_store
-from tidemark_backup.restore import iso, load_inventory, rebuild_volume
 from tidemark_protocol.writer_core import Change
+from tidemark_restore.cli import snapshot
+from tidemark_restore.inventory import iso, load_inventory, rebuild_volume
+from tidemark_restore.status import status_of
 
 from .conftest import backup_fleet, wait_until
 

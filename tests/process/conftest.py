@@ -193,12 +193,12 @@ class LogChain:
 
 def frame(seq: int, groups: list[tuple[int, int, list]], volume_epoch: int = 1,
           vdl: int = 0, pgmrpl: int = 0) -> bytes:
-    """A WriteBatch frame; groups are (pg, membership_epoch, records)."""
-    from tidemark_protocol.frames import PgBatch, WriteBatch
+    """A write batch frame; groups are (pg, membership_epoch, records)."""
+    from tidemark_protocol.frames import encode_batch_with_encoded_records
 
-    return WriteBatch(
-        seq, volume_epoch, vdl, pgmrpl, [PgBatch(pg, me, list(recs)) for pg, me, recs in groups]
-    ).encode()
+    return encode_batch_with_encoded_records(
+        seq, volume_epoch, vdl, pgmrpl, [(pg, me, [r.encode() for r in recs]) for pg, me, recs in groups]
+    )
 
 
 class LogStream:

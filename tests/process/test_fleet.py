@@ -225,3 +225,25 @@ async def test_writer_follows_a_node_whose_address_changed(fleet):
         await _assert_verified(writer, model)
     finally:
         await writer.close()
+
+
+async def test_writer_read_history_stays_bounded(fleet):
+    """The writer keeps, per PG, the LSNs a read at a point still in use may need; the
+    rest is dropped as VDL moves (it once grew by one entry per record for the life of
+    the writer: forget_below had no caller)."""
+    writer = await _open(fleet)
+    sem = asyncio.Semaphore(32)
+    pages = writer.topology.layout.page_count
+
+    async def one(i: int) -> None:
+        async with sem:
+            await writer.commit([Change(i * 7 % pages, patch_payload(0, i.to_bytes(8, "little")))])
+
+    try:
+        await asyncio.gather(*(one(i) for i in range(6000)))
+        pgs = writer.topology.layout.pg_count
+        assert writer.core.read_history_size() <= pgs * 1100, writer.core.read_history_size()
+        page = 6000 * 7 % pages  # reads at VDL still find their tail
+        assert len(await writer.read_page(page)) == writer.topology.layout.page_size
+    finally:
+        await writer.close()

@@ -22,7 +22,7 @@ SRC_ARGS = ["--gossip-interval", "0.5", "--materialize-interval", "0.05", "--mat
             "--materialize-min-batch", "500", "--gc-interval", "0.2", "--gc-log-tail", "0",
             "--scrub-interval", "0"]
 NEW_ARGS = ["--gossip-interval", "0.3", "--materialize-interval", "0.1", "--scrub-interval", "0"]
-FAKE = {"TIDEMARK_FAKE_DISK_CORRUPTION": "1"}
+FAULTS = ["--enable-fault-injection"]  # the fake disk corruption endpoints
 MEMBERS = ["a", "b", "c", "d", "e", "f"]
 
 
@@ -65,9 +65,9 @@ def frame_of(seq, records, vdl, pgmrpl, mepoch):
     return _WIRE["frame"](seq, [(0, mepoch, records)], vdl=vdl, pgmrpl=pgmrpl)
 
 
-async def sources(node_factory, node_client, wire, env=None):
+async def sources(node_factory, node_client, wire, extra_args=()):
     _WIRE["frame"] = wire.frame
-    nodes = [node_factory(n, z, extra_args=SRC_ARGS, env=env) for n, z in (("a", "z1"), ("b", "z2"), ("c", "z3"))]
+    nodes = [node_factory(n, z, extra_args=SRC_ARGS + list(extra_args)) for n, z in (("a", "z1"), ("b", "z2"), ("c", "z3"))]
     clients = [node_client(n) for n in nodes]
     peers = {n.name: n.url for n in nodes}
     for c in clients:
@@ -205,7 +205,7 @@ async def test_hydrate_from_three_sources_capped_and_with_live_writes(node_facto
 
 
 async def test_hydrate_refetches_corrupt_source_copies(node_factory, node_client, wire):
-    nodes, clients, peers, streams = await sources(node_factory, node_client, wire, env=FAKE)
+    nodes, clients, peers, streams = await sources(node_factory, node_client, wire, extra_args=FAULTS)
     rng = random.Random(9)
     chain = wire.LogChain(0)
     records = make_records(chain, 1, 600, rng)
@@ -320,8 +320,8 @@ def parse_snapshot(body: bytes) -> tuple[dict, list[tuple], tuple]:
 
 
 async def test_snapshot_framed_format(node_factory, node_client, wire):
-    """`?format=2` carries the same entries as format 1 in CRC-checked ~2 MiB frames;
-    an unknown format is refused before anything is pinned or streamed."""
+    """Format 2 (the default; `?format=2`) carries the entries in CRC-checked ~2 MiB
+    frames; any other format is refused before anything is pinned or streamed."""
     _WIRE["frame"] = wire.frame
     node = node_factory("a", "z1", extra_args=SRC_ARGS)
     c = node_client(node)
@@ -337,13 +337,13 @@ async def test_snapshot_framed_format(node_factory, node_client, wire):
     assert h2["X-Tidemark-Snapshot-LSN"] == "600"
     info1, e1, t1 = parse_snapshot(b1)
     info2, e2, t2 = parse_snapshot(b2)
-    assert info1["format"] == 1 and info2["format"] == 2
+    assert info1["format"] == info2["format"] == 2  # the default, and the only format
     assert e1 == e2 and len(e2) == PAGES and t1 == t2 == (PAGES, 600, info2["base_lsn"])
     assert info2["frames"] == 1  # 256 pages of 4 KiB (1 MiB): one frame
     assert [p for p, _l, _v in e2] == list(range(PAGES))
     for page, lsn, value in e2[:: 37]:
         assert value[4:] == reference(records, page, lsn)
-    for bad in ("3", "x"):
+    for bad in ("1", "3", "x"):  # format 1 (unframed) had no reader left: gone
         status, body, _ = await c.request("GET", "/v1/segments/0/snapshot", params={"format": bad})
         assert status == 400 and b"format" in body
     await log.close()
@@ -355,7 +355,8 @@ def test_receiver_checks_each_frame_entry():
     count or length does not add up, fails the whole source."""
     import google_crc32c
 
-    from tidemark_node.hydrate import SourceError, parse_frame
+    from tidemark_node.hydration.errors import SourceError
+    from tidemark_node.hydration.frame_parser import parse_frame
     from tidemark_protocol.layout import VolumeLayout
 
     layout = VolumeLayout(pg_count=2, pages_per_pg=PAGES, page_size=PAGE_SIZE)

@@ -15,7 +15,7 @@ PAGE_SIZE = 256
 LAYOUT = {"pg_count": 4, "pages_per_pg": 16, "page_size": PAGE_SIZE}
 ARGS = ["--gossip-interval", "5", "--materialize-interval", "0.1", "--materialize-chunk", "400",
         "--gc-interval", "0.3", "--gc-log-tail", "0"]
-FAKE = {"TIDEMARK_FAKE_DISK_CORRUPTION": "1"}
+FAULTS = ["--enable-fault-injection"]  # the fake disk corruption endpoints
 
 
 def make_records(wire, pg: int, start: int, count: int, rng: random.Random, chain=None):
@@ -102,7 +102,7 @@ async def test_materialize_read_gc_restart(node_factory, node_client, wire):
 
 
 async def test_corrupt_stored_record_detected_not_served(node_factory, node_client, wire):
-    node = node_factory("n1", extra_args=ARGS, env=FAKE)
+    node = node_factory("n1", extra_args=ARGS + FAULTS)
     c = node_client(node)
     await c.put_segment(0, ["n1"], layout=LAYOUT)
     rng = random.Random(11)
@@ -139,11 +139,14 @@ async def test_corrupt_stored_record_detected_not_served(node_factory, node_clie
 
 
 async def test_fake_corruption_endpoint_absent_by_default(node_factory, node_client):
-    node = node_factory("n1", extra_args=ARGS)
+    """Only `--enable-fault-injection` serves it; the environment (the switch it once
+    had) turns nothing on."""
+    node = node_factory("n1", extra_args=ARGS, env={"TIDEMARK_FAKE_DISK_CORRUPTION": "1"})
     c = node_client(node)
     await c.put_segment(0, ["n1"], layout=LAYOUT)
-    status, _, _ = await c.request("POST", "/v1/debug/segments/0/fake-disk-corruption?lsn=1")
-    assert status in (404, 405)
+    for path in ("fake-disk-corruption?lsn=1", "fake-page-corruption?page=0"):
+        status, _, _ = await c.request("POST", f"/v1/debug/segments/0/{path}")
+        assert status in (404, 405)
 
 
 async def test_corruption_made_offline_is_detected_after_restart(node_factory, node_client, wire):

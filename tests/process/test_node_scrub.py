@@ -21,7 +21,7 @@ LAYOUT = {"pg_count": 4, "pages_per_pg": 16, "page_size": PAGE_SIZE}
 ARGS = ["--gossip-interval", "5", "--materialize-interval", "0.05", "--materialize-chunk", "400",
         "--materialize-min-batch", "100", "--gc-interval", "0.2", "--gc-log-tail", "0",
         "--scrub-interval", "0.5"]
-FAKE = {"TIDEMARK_FAKE_DISK_CORRUPTION": "1"}
+FAULTS = ["--enable-fault-injection"]  # the fake disk corruption endpoints
 MEMBERS = ["a", "b", "c", "d", "e", "f"]
 
 
@@ -74,7 +74,7 @@ async def wait_horizons_settled(c, quiet: float = 1.0, timeout: float = 30.0) ->
 
 
 async def setup(node_factory, node_client, wire):
-    nodes = [node_factory(n, z, extra_args=ARGS, env=FAKE) for n, z in (("a", "z1"), ("b", "z2"), ("c", "z3"))]
+    nodes = [node_factory(n, z, extra_args=ARGS + FAULTS) for n, z in (("a", "z1"), ("b", "z2"), ("c", "z3"))]
     clients = [node_client(n) for n in nodes]
     peers = {n.name: n.url for n in nodes}
     for c in clients:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +18,9 @@ from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, verify
 from tidemark_compute.writer import Writer
 from tidemark_playground import fleet as fleet_mod
-from tidemark_playground.repair_executor import CRASH_ENV
 from tidemark_playground.status import fleet_status
 from tidemark_playground.supervisor import read_repairs
+from tidemark_protocol.hydration import RUNNING
 
 pytestmark = [pytest.mark.process, pytest.mark.rebuild, pytest.mark.timeout(240)]
 
@@ -111,7 +111,6 @@ async def _finish_verified(work, writer, model):
 
 
 # -- a supervisor killed mid-repair --------------------------------------------------------
-RUNNING = ("snapshot", "log", "catching_up")
 
 
 async def _node_statuses(fl) -> dict[str, dict | None]:
@@ -132,17 +131,14 @@ def _segment(status: dict | None, pg: int) -> dict | None:
     return next((s for s in (status or {}).get("segments", []) if s["pg"] == pg), None)
 
 
+CRASHING_SUPERVISOR = Path(__file__).with_name("crashing_supervisor.py")
+
+
 def _spawn_supervisor(fl, crash_at: str | None = None) -> None:
     """Restart the supervisor the way `playground up` does on an existing fleet
-    (Fleet.spawn_supervisor), optionally told to die at a crash point."""
+    (Fleet.spawn_supervisor), optionally one that dies at a crash point."""
     fl.stop_supervisor()
-    os.environ.pop(CRASH_ENV, None)
-    if crash_at:
-        os.environ[CRASH_ENV] = crash_at
-    try:
-        fl.spawn_supervisor()
-    finally:
-        os.environ.pop(CRASH_ENV, None)
+    fl.spawn_supervisor([sys.executable, str(CRASHING_SUPERVISOR), crash_at] if crash_at else None)
 
 
 @pytest.mark.timeout(300)

@@ -11,7 +11,7 @@ Two halves, both driven by the simulator's one seeded RNG:
   loses them (sometimes after the node applied them). It can crash at any tick, losing
   everything it had in memory, and resumes from the durable state alone: the placement
   (`Sim.memberships`, the topology.json of the simulation) and the segments' epochs.
-* Hydration runs on the target node (mirrors node/tidemark_node/hydrate.py): snapshot
+* Hydration runs on the target node (mirrors node/tidemark_node/hydration/): snapshot
   from one source (pages at a base B <= the source's VDL hint), re-base the chain at B
   (floor = SCL = B), fetch the log (B, T] in chunks from sources at the same volume
   epoch, then catch up with the most advanced peer. One chunk per event, so faults
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 from tidemark_protocol.pages import apply_redo
 from tidemark_protocol.quorum import WRITE_QUORUM, Membership
 from tidemark_protocol.repair import NodeHealth, RepairAction, RepairLimits, plan_repairs
-from tidemark_protocol.segment import SegmentLog, in_ranges
+from tidemark_protocol.segment import in_ranges
 
 if TYPE_CHECKING:
     from simulator import Segment, Sim
@@ -147,7 +147,7 @@ def _pull(sim: Sim, seg: Segment, src: Segment, upto: int) -> None:
 
 def install_base(sim: Sim, seg: Segment, src: Segment) -> None:
     """Snapshot at a base B the source knows is durable (<= its VDL hint), then re-base
-    the target's chain on it, as hydrate.install_base does (one atomic write)."""
+    the target's chain on it, as hydration/rebase.py install_base does (one atomic write)."""
     smeta = src.log.meta
     limit = min(smeta.scl, smeta.vdl_hint)
     chain_lsns = [lsn for lsn in sorted(src.store) if lsn <= limit and src.log.has(lsn)]
@@ -167,35 +167,24 @@ def install_base(sim: Sim, seg: Segment, src: Segment) -> None:
         lsns.add(lsn)
     seg.hyd_base = base
     meta = seg.log.meta
-    new_ranges = [r for r in smeta.truncations if r not in meta.truncations]
-    if sim.cfg.hydrate_applies_ranges:
-        # The source's ranges void records the target may already hold (a retried
-        # hydration, or writes that linked from an empty PG): apply them like a seal at
-        # the segment's own epoch, so a later seal does not skip them as known.
-        dropped = seg.log.seal(meta.volume_epoch, new_ranges).dropped
-        for lsn in dropped:
-            seg.store.pop(lsn, None)
-    else:
-        meta.truncations.extend(new_ranges)  # what node/hydrate.py install_base does
-    meta.vdl_hint = max(meta.vdl_hint, smeta.vdl_hint)
+    ranges = smeta.truncations
+    if not sim.cfg.hydrate_applies_ranges:
+        # Node hydration as of issue #5: the source's ranges recorded, the
+        # records they void kept.
+        meta.truncations.extend(r for r in smeta.truncations if r not in meta.truncations)
+        ranges = []
     sim.log.append(f"pg{seg.pg} snapshot base={base} (target scl={meta.scl})")
-    if base <= meta.scl:
+    # The node's code (SegmentLog.rebase, what hydration and restore install call): the
+    # source's ranges applied like a seal at the segment's own epoch, then the chain
+    # re-based on the snapshot if its base is above the SCL.
+    result = seg.log.rebase(base, ranges, smeta.vdl_hint)
+    for lsn in result.dropped:
+        seg.store.pop(lsn, None)
+    if not result.rebased:
         return
-    old = seg.log
-    held: list[tuple[int, int]] = []
-    prev = meta.floor
-    for lsn in old.chain:
-        held.append((lsn, prev))
-        prev = lsn
-    held.extend((lsn, p) for p, lsn in old.pending.items())
-    keep = [(lsn, p) for lsn, p in held if lsn > base and not in_ranges(lsn, meta.truncations)]
-    for lsn in [lsn for lsn in seg.store if lsn <= base]:
+    # The snapshot covers every record <= base, and nothing voided stays stored.
+    for lsn in [lsn for lsn in seg.store if lsn <= base or in_ranges(lsn, meta.truncations)]:
         del seg.store[lsn]
-    for lsn in [lsn for lsn in seg.store if in_ranges(lsn, meta.truncations)]:
-        del seg.store[lsn]
-    meta.floor = base
-    meta.scl = base
-    seg.log = SegmentLog(meta, keep)
     seg.base_lsn, seg.base_pages, seg.base_lsns = base, pages, lsns
     seg.persist([])
 

@@ -188,7 +188,7 @@ class SimConfig:
     # the real planner (rebuild.py). False keeps the original schedules seed for seed.
     rebuilds: bool = False
     # Hydration applies the source's truncation ranges it did not know (dropping the
-    # records they void) instead of only recording them; False mirrors node/hydrate.py
+    # records they void) instead of only recording them; False mirrors node hydration
     # install_base as of issue #5 (see test_hydration_applies_the_sources_truncation_ranges).
     hydrate_applies_ranges: bool = True
 
@@ -464,7 +464,7 @@ class Sim:
         if sa is None or sb is None:
             return
         if sa.hydration in ("snapshot", "log"):
-            return  # its base comes from a snapshot first (node/hydrate.py)
+            return  # its base comes from a snapshot first (node/tidemark_node/hydration/)
         if self.gossip_same_epoch and sa.log.meta.volume_epoch != sb.log.meta.volume_epoch:
             return  # like the real node: gossip only with peers at the same volume epoch
         after = sa.log.scl

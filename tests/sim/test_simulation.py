@@ -132,7 +132,7 @@ def _hydrate_after_a_truncation(applies_ranges: bool) -> Sim:
 
 def test_hydration_applies_the_sources_truncation_ranges() -> None:
     """Recording the source's ranges without dropping what they void (what
-    node/hydrate.py install_base does when the snapshot base is not above the target's
+    node hydration did, as of issue #5, when the snapshot base is not above the target's
     SCL) leaves the voided records in G's chain: a later seal with that range skips it
     as known. G's SCL then counts an unacknowledged mini-transaction: the executor sees
     it "caught up" and finalizes, and G can never link the new writer's records (their

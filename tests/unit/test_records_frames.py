@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,12 +12,10 @@ from hypothesis import strategies as st
 from tidemark_protocol.errors import CorruptRecord, MalformedFrame
 from tidemark_protocol.frames import (
     MAGIC,
-    PgBatch,
-    WriteBatch,
-    decode_batch,
+    Frame,
+    decode_frame,
     decode_records,
     encode_batch_with_encoded_records,
-    encode_records,
 )
 from tidemark_protocol.records import (
     HEADER_SIZE,
@@ -27,6 +26,9 @@ from tidemark_protocol.records import (
     decode_one,
     decode_record,
     encoded_size,
+    iter_encoded,
+    peek_header,
+    split_records,
 )
 
 pytestmark = pytest.mark.unit
@@ -47,6 +49,46 @@ def records(draw, pg: int | None = None) -> Record:
         flags=draw(st.sampled_from(list(RecordFlags) + [RecordFlags.CPL | RecordFlags.FULL_IMAGE])),
         payload=draw(st.binary(max_size=64)),
     )
+
+
+# A test-side model of a write batch, encoded field by field from the layout in
+# frames.py's docstring (production only encodes from pre-encoded records).
+@dataclass
+class PgBatch:
+    pg: int
+    membership_epoch: int
+    records: list[Record] = field(default_factory=list)
+
+
+@dataclass
+class WriteBatch:
+    seq: int
+    volume_epoch: int
+    writer_vdl: int
+    pgmrpl: int
+    groups: list[PgBatch]
+    vdl_marks: list[tuple[int, int]] = field(default_factory=list)
+
+    def encode(self) -> bytes:
+        parts = [struct.pack("<4sQQQQI", MAGIC, self.seq, self.volume_epoch, self.writer_vdl,
+                             self.pgmrpl, len(self.groups))]
+        for g in self.groups:
+            parts.append(struct.pack("<IQI", g.pg, g.membership_epoch, len(g.records)))
+            parts.extend(r.encode() for r in g.records)
+        if self.vdl_marks:
+            parts.append(struct.pack("<I", len(self.vdl_marks)))
+            parts.extend(struct.pack("<QQ", v, t) for v, t in self.vdl_marks)
+        body = b"".join(parts)
+        return body + struct.pack("<I", crc32c(body))
+
+
+def decode_batch(buf: bytes) -> WriteBatch:
+    """decode_frame, with its records decoded (to compare with the model)."""
+    frame: Frame = decode_frame(buf)
+    groups = [PgBatch(g.pg, g.membership_epoch, [decode_one(r.raw) for r in g.records])
+              for g in frame.groups]
+    return WriteBatch(frame.seq, frame.volume_epoch, frame.writer_vdl, frame.pgmrpl, groups,
+                      list(frame.vdl_marks))
 
 
 @st.composite
@@ -109,7 +151,7 @@ def test_truncated_record_is_malformed(record: Record, data) -> None:
 
 @given(st.binary(max_size=200))
 def test_garbage_never_raises_anything_but_malformed(garbage: bytes) -> None:
-    for decode in (decode_one, decode_records, decode_batch):
+    for decode in (decode_one, decode_records, decode_batch, split_records):
         try:
             decode(garbage)
         except MalformedFrame:
@@ -166,7 +208,37 @@ def test_oversized_payload_length_rejected_before_reading() -> None:
 
 @given(st.lists(records(), max_size=6))
 def test_records_concatenation_round_trip(rs: list[Record]) -> None:
-    assert decode_records(encode_records(rs)) == rs
+    buf = b"".join(r.encode() for r in rs)
+    assert decode_records(buf) == rs
+    for encoded in (split_records(buf), list(iter_encoded(buf)), list(iter_encoded(memoryview(buf)))):
+        assert [bytes(e.raw) for e in encoded] == [r.encode() for r in rs]
+        assert [(e.lsn, e.pg, e.page, e.prev_lsn_in_pg, e.flags, bytes(e.payload)) for e in encoded] == [
+            (r.lsn, r.pg, r.page, r.prev_lsn_in_pg, int(r.flags), r.payload) for r in rs]
+
+
+@given(records())
+def test_header_peek_reads_the_header_only(record: Record) -> None:
+    buf = b"xx" + record.encode()
+    h = peek_header(buf, 2)
+    assert (h.version, h.flags, h.pg, h.lsn, h.page, h.prev_lsn_in_pg, h.prev_lsn_of_page) == (
+        1, int(record.flags), record.pg, record.lsn, record.page, record.prev_lsn_in_pg,
+        record.prev_lsn_of_page)
+    assert h.payload_len == len(record.payload) and h.encoded_size == len(buf) - 2
+    bad = bytearray(buf)
+    bad[-1] ^= 1  # the CRC is not checked by a peek...
+    assert peek_header(bytes(bad), 2) == h
+    with pytest.raises(CorruptRecord):  # ...but by split_records
+        split_records(bytes(bad[2:]))
+    with pytest.raises(MalformedFrame, match="shorter"):
+        peek_header(buf[: 2 + HEADER_SIZE - 1], 2)
+
+
+def test_iter_encoded_checks_framing() -> None:
+    raw = _rec().encode()
+    with pytest.raises(MalformedFrame, match="truncated"):
+        list(iter_encoded(raw + raw[:-1]))
+    with pytest.raises(MalformedFrame, match="version"):
+        list(iter_encoded(b"\x02" + raw[1:]))
 
 
 # -- frames -------------------------------------------------------------------------------

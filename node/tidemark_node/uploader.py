@@ -8,13 +8,14 @@ S3 calls in a thread):
 - uploads the VDL marks the node received since the last upload (`marks/...`);
 - for every hosted PG for which it is the designated uploader (the first live member
   in a per-PG rotation of the membership; a dead one's successor takes over), uploads
-  log chunks of records <= the certified end (see `certified_end`) contiguously from
-  where the bucket's coverage ends, and takes a snapshot of the PG's pages by policy;
+  log chunks of records <= the certified end (uploader_state.certified_end)
+  contiguously from where the bucket's coverage ends, and takes a snapshot of the PG's
+  pages by policy;
 - holds back the node's log GC above the bucket's coverage so nothing is lost while
   the store is unreachable (backups lag, then catch up with no gap);
 - applies retention (designated uploader only, unfenced only).
 A failed upload is retried on the next round (tenacity inside a round); it never stops
-later ones.
+later ones. The bucket's format (keys, objects, catalog, retention) is tidemark_backup.
 """
 
 from __future__ import annotations
@@ -23,17 +24,27 @@ import asyncio
 import json
 import time
 from collections import deque
-from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
+from opentelemetry.metrics import Observation
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from tidemark_protocol.records import HEADER_SIZE
+from tidemark_backup import chunks, layout, retention
+from tidemark_backup.catalog import catalog
+from tidemark_backup.objstore import Exists, ObjStore, open_store
+from tidemark_protocol.records import iter_encoded
 
-from . import chunks, layout, retention
-from .catalog import catalog
-from .objstore import Exists, ObjStore, open_store
+from . import reads
+from .segments import Segment
+from .state import NodeState
+from .uploader_state import (
+    BackupSettings,
+    PgProgress,
+    UploaderStatus,
+    certified_end,
+    designation_order,
+)
 
 log = structlog.get_logger("tidemark.backup.uploader")
 
@@ -41,61 +52,8 @@ MAX_CHUNK_RECORDS = 20_000
 MARKS_MAX = 1_000_000
 
 
-@dataclass
-class BackupSettings:
-    url: str
-    interval: float = 2.0
-    snapshot_interval: float = 60.0  # seconds between automated snapshots of a PG
-    snapshot_log_bytes: int = 64 << 20  # or after this much log since the last one
-    retention_days: float = 1.0
-    retention_interval: float = 30.0
-
-
-@dataclass
-class PgProgress:
-    covered: int = -1  # bucket coverage end known to us (-1: unknown)
-    last_snap_time: float = 0.0
-    log_bytes_since_snap: int = 0
-    designated: bool = False
-    refreshed: float = 0.0
-    manifest_written: bool = False
-
-
-@dataclass
-class UploaderStatus:
-    fenced: bool = False
-    last_successful_upload: float | None = None
-    last_error: str | None = None
-    last_error_time: float | None = None
-    uploaded_objects: int = 0
-    uploaded_bytes: int = 0
-    pending_marks: int = 0
-    vdl_seen: int = 0
-    pgs: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return {
-            "fenced": self.fenced,
-            "lastSuccessfulUpload": self.last_successful_upload,
-            "lastError": self.last_error,
-            "lastErrorTime": self.last_error_time,
-            "uploadedObjects": self.uploaded_objects,
-            "uploadedBytes": self.uploaded_bytes,
-            "pendingMarks": self.pending_marks,
-            "vdlSeen": self.vdl_seen,
-            "pgs": self.pgs,
-        }
-
-
-def designation_order(pg: int, members: list[str]) -> list[str]:
-    """Members in the order they take the uploader role for `pg` (spread over nodes)."""
-    ordered = sorted(members)
-    k = pg % len(ordered) if ordered else 0
-    return ordered[k:] + ordered[:k]
-
-
 class Uploader:
-    def __init__(self, state, settings: BackupSettings, store: ObjStore | None = None) -> None:
+    def __init__(self, state: NodeState, settings: BackupSettings, store: ObjStore | None = None) -> None:
         self.state = state
         self.settings = settings
         self.store = store or open_store(settings.url)
@@ -115,12 +73,7 @@ class Uploader:
 
     def _register_metrics(self) -> None:
         """OpenTelemetry gauges on the node's meter provider (served at /metrics)."""
-        provider = getattr(getattr(self.state, "telemetry", None), "meter_provider", None)
-        if provider is None:
-            return
-        from opentelemetry.metrics import Observation
-
-        meter = provider.get_meter("tidemark.backup")
+        meter = self.state.telemetry.meter_provider.get_meter("tidemark.backup")
         st = self.status
         gauges = {
             "tidemark_backup_last_successful_upload_seconds": lambda: st.last_successful_upload or 0.0,
@@ -153,7 +106,7 @@ class Uploader:
         self.status.uploaded_bytes += len(data)
         self.status.last_successful_upload = time.time()
 
-    def _header(self, pg: int, start: int, end: int, seg) -> dict:
+    def _header(self, pg: int, start: int, end: int, seg: Segment) -> dict:
         return {"pg": pg, "start": start, "end": end, "epoch": seg.meta.volume_epoch,
                 "node": self.state.name, "gen": self.state.generation,
                 "created_us": int(time.time() * 1e6), "format": layout.FORMAT_VERSION}
@@ -189,7 +142,7 @@ class Uploader:
         self.peers = await self._peer_round(session)
         live = self._live_nodes()
         for pg, seg in sorted(state.segments.items()):
-            if seg.deleted or getattr(seg, "hydrating", lambda: False)():
+            if seg.deleted or seg.hydrating():
                 continue  # a rebuilding segment is not complete yet
             prog = self.progress.setdefault(pg, PgProgress())
             order = designation_order(pg, list(seg.membership.all_members))
@@ -198,7 +151,7 @@ class Uploader:
             prog.designated = mine and not any(n in live for n in ahead)
             try:
                 if prog.designated:
-                    await self._upload_pg(session, seg, prog)
+                    await self._upload_pg(seg, prog)
                 elif time.monotonic() - prog.refreshed > 5 * self.settings.interval:
                     await self._refresh_coverage(seg, prog)
             except asyncio.CancelledError:
@@ -283,8 +236,10 @@ class Uploader:
                 live.add(name)
         return live
 
-    def _peer_statuses(self, seg) -> list[dict]:
-        out = []
+    def _peer_segments(self, seg: Segment) -> dict[str, dict]:
+        """This round's status of the PG's segment on each other member that answered,
+        with that node's `vdl_seen`."""
+        out = {}
         for name in seg.membership.all_members:
             data = self.peers.get(name)
             if name == self.state.name or not data:
@@ -292,29 +247,20 @@ class Uploader:
             seen = int((data.get("backup") or {}).get("vdlSeen") or 0)
             for s in data.get("segments", []):
                 if s.get("pg") == seg.pg:
-                    out.append({**s, "vdl_seen": seen})
+                    out[name] = {**s, "vdl_seen": seen}
         return out
 
-    async def certified_end(self, session: aiohttp.ClientSession, seg) -> int:
-        """Highest LSN L such that this segment holds every record of its PG <= L and
-        L <= VDL hint (durable, never truncated). If SCL passed the VDL hint, that is
-        the hint; else the hint when a read quorum of members holds nothing beyond our
-        SCL (the PG's last durable record is in a write quorum, which meets any read
-        quorum); else our SCL."""
+    def certified_end(self, seg: Segment) -> int:
+        """See uploader_state.certified_end."""
         # The PG's hint moves only with frames holding its records; the marks carry
         # the writer's VDL to every node.
-        scl, vdl = seg.durable_scl, max(seg.meta.vdl_hint, self.vdl_seen)
-        peers = self._peer_statuses(seg)
+        peers = self._peer_segments(seg)
         # Marks reach only nodes that got a frame after the VDL moved: learn from peers.
-        vdl = max([vdl] + [p["vdl_seen"] for p in peers])
-        if scl >= vdl:
-            return vdl
-        quiet = [p for p in peers if p.get("max_lsn", 1 << 62) <= scl]
-        if seg.log.max_lsn <= scl and len(quiet) + 1 >= 3:
-            return vdl
-        return scl
+        vdl = max([seg.meta.vdl_hint, self.vdl_seen] + [p["vdl_seen"] for p in peers.values()])
+        return certified_end(self.state.name, seg.membership, seg.durable_scl, seg.log.max_lsn,
+                             vdl, peers)
 
-    async def _refresh_coverage(self, seg, prog: PgProgress) -> None:
+    async def _refresh_coverage(self, seg: Segment, prog: PgProgress) -> None:
         objs = await self._io(self.store.list, layout.pg_dir(seg.pg))
         cat = catalog(objs).get(seg.pg)
         prog.refreshed = time.monotonic()
@@ -326,7 +272,7 @@ class Uploader:
         if cat.snaps:
             prog.last_snap_time = max(prog.last_snap_time, cat.snaps[-1].mtime)
 
-    async def _upload_pg(self, session: aiohttp.ClientSession, seg, prog: PgProgress) -> None:
+    async def _upload_pg(self, seg: Segment, prog: PgProgress) -> None:
         state = self.state
         if prog.covered < 0 or time.monotonic() - prog.refreshed > 30:
             await self._refresh_coverage(seg, prog)
@@ -336,14 +282,12 @@ class Uploader:
                                "generation": state.generation}).encode()
             await self._put(layout.manifest_key(seg.pg, state.name, state.generation), body)
             prog.manifest_written = True
-        end = await self.certified_end(session, seg)
+        end = self.certified_end(seg)
         if prog.covered < 0 or prog.covered < seg.log_gc_lsn:
             # The log we would need is gone here: restart the chain with a snapshot.
             await self._snapshot(seg, prog, end)
             return
         loop = asyncio.get_running_loop()
-        from tidemark_node import reads
-
         while prog.covered < end:
             start = prog.covered
             body, corrupt = await loop.run_in_executor(
@@ -351,14 +295,15 @@ class Uploader:
                 MAX_CHUNK_RECORDS)
             if corrupt is not None:
                 raise RuntimeError(f"pg {seg.pg}: stored record {corrupt} is corrupt; not uploaded")
-            raws = _split(body)
+            # read_records CRC-checked every record: cut them apart without a second check.
+            records = list(iter_encoded(body))
             stop = end
-            if len(raws) >= MAX_CHUNK_RECORDS:
-                stop = _lsn_of(raws[-1])
+            if len(records) >= MAX_CHUNK_RECORDS:
+                stop = records[-1].lsn
             hdr = self._header(seg.pg, start, stop, seg)
             await self._put(layout.chunk_key(seg.pg, start, stop, seg.meta.volume_epoch,
                                              state.name, state.generation),
-                            chunks.encode_chunk(hdr, raws))
+                            chunks.encode_chunk(hdr, [r.raw for r in records]))
             prog.covered = stop
             prog.log_bytes_since_snap += len(body)
             _pin(seg, stop)
@@ -371,12 +316,10 @@ class Uploader:
         ):
             await self._snapshot(seg, prog, prog.covered)
 
-    async def _snapshot(self, seg, prog: PgProgress, at: int) -> None:
+    async def _snapshot(self, seg: Segment, prog: PgProgress, at: int) -> None:
         state = self.state
         if at < seg.gc_lsn:  # versions below the GC horizon are gone (see _pin)
             return
-        from tidemark_node import reads
-
         lay = seg.layout
         first = seg.pg * lay.pages_per_pg
 
@@ -410,34 +353,15 @@ class Uploader:
             log.info("backup_retention", deleted=len(deletes))
 
 
-def _pin(seg, lsn: int) -> None:
+def _pin(seg: Segment, lsn: int) -> None:
     """Keep page versions at `lsn` (GC's horizon stays at or below it) so the next
     snapshot can be read at the uploaded boundary even under sustained load."""
-    pins = getattr(seg, "pins", None)
-    if isinstance(pins, dict):
-        pins["backup"] = (lsn, None)
+    seg.pins["backup"] = (lsn, None)
 
 
-def _split(body: bytes) -> list[bytes]:
-    """Cut a concatenation of records the node just CRC-checked (read_records) at the
-    header's payload lengths: no second decode on the node's CPU."""
-    out = []
-    off, n = 0, len(body)
-    while off < n:
-        plen = int.from_bytes(body[off + HEADER_SIZE - 4 : off + HEADER_SIZE], "little")
-        end = off + HEADER_SIZE + plen + 4
-        out.append(body[off:end])
-        off = end
-    return out
-
-
-def _lsn_of(raw: bytes) -> int:
-    return int.from_bytes(raw[8:16], "little")
-
-
-def start_uploader(state) -> asyncio.Task:
+def start_uploader(state: NodeState) -> asyncio.Task:
     """Called by the node's start sequence when `--backup URL` is given."""
+    assert state.settings.backup is not None
     settings = BackupSettings(state.settings.backup, **state.settings.backup_options)
     uploader = Uploader(state, settings)
-    state.backup_uploader = uploader
     return asyncio.get_running_loop().create_task(uploader.run(), name="backup")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,16 +12,18 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from . import bench_write as bw
-from .topology import record_volume_epoch
-from .writer import Writer
+from tidemark_compute import bench_write as bw
+from tidemark_compute.topology import record_volume_epoch
+from tidemark_compute.writer import Writer
+from tidemark_playground import bench_backup
+from tidemark_playground import fleet as fleet_mod
+from tidemark_playground.bench_rebuild import bench_rebuild
+from tidemark_rig.minio import MinioServer
 
 console = Console(stderr=True, highlight=False)
 
 
 async def _bench_write(seconds: float, concurrency: int, keep: Path | None) -> dict:
-    from tidemark_playground import fleet as fleet_mod  # the bench runs its own fleet
-
     directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-"))
     console.print(f"[bold]baseline[/bold]: one process, synced RocksDB batches, {seconds}s")
     baseline = await asyncio.to_thread(bw.baseline_rocksdb, seconds)
@@ -105,9 +108,23 @@ def write(seconds: float, concurrency: int, keep: Path | None, as_json: bool) ->
 def backup_bench(seconds: float, concurrency: int, volume_mb: int, rounds: int, backup_interval: float,
                  store_dir: Path | None, keep: Path | None, as_json: bool) -> None:
     """Commit throughput with continuous backup on vs off; restore vs raw download (MinIO)."""
-    from tidemark_backup.bench import run  # the backup component owns this benchmark
-
-    out = asyncio.run(run(seconds, concurrency, volume_mb, keep, rounds, store_dir, backup_interval))
+    directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-backup-"))
+    minio_dir = Path(tempfile.mkdtemp(prefix="tidemark-minio-", dir=store_dir)) if store_dir else directory / "minio"
+    server = MinioServer(minio_dir)  # the rig's pinned MinIO, on loopback
+    server.start()
+    try:
+        info = server.make_bucket("bench-backup")
+        os.environ.update(AWS_ACCESS_KEY_ID=info.access_key, AWS_SECRET_ACCESS_KEY=info.secret_key,
+                          TIDEMARK_S3_ENDPOINT=info.endpoint)  # the bench's nodes inherit these
+        out = asyncio.run(bench_backup.run("s3://bench-backup", seconds, concurrency, volume_mb, directory,
+                                           rounds, backup_interval))
+    finally:
+        server.stop()
+        if keep is None:
+            shutil.rmtree(directory, ignore_errors=True)
+            if store_dir:
+                shutil.rmtree(minio_dir, ignore_errors=True)
+    out["store_dir"] = str(minio_dir)
     click.echo(json.dumps(out, indent=None if as_json else 2))
 
 
@@ -117,7 +134,5 @@ def backup_bench(seconds: float, concurrency: int, volume_mb: int, rounds: int, 
 @click.option("--json", "as_json", is_flag=True)
 def rebuild_bench(volume_mb: int, keep: Path | None, as_json: bool) -> None:
     """Rebuild a lost node's segments with the workload running, vs a raw loopback copy."""
-    from tidemark_playground.bench_rebuild import bench_rebuild
-
     out = asyncio.run(bench_rebuild(volume_mb, lambda text: console.print(text), keep))
     click.echo(json.dumps(out, indent=None if as_json else 2))

@@ -9,19 +9,18 @@ from pathlib import Path
 
 import click
 
-from .topology import load_topology, membership_source, record_volume_epoch
-from .verify_model import Model
-from .workload import run_workload, summarize, verify
-from .writer import Writer
+from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
+from tidemark_compute.verify_model import Model
+from tidemark_compute.workload import run_workload, summarize, verify
+from tidemark_compute.writer import Writer
+from tidemark_operator.topology import cluster_membership_source
 
 
 async def _workload(
     directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int,
     from_cluster: str | None = None, namespace: str | None = None,
 ) -> dict:
-    if from_cluster:  # an AuroraCluster's placement ConfigMap + pod IPs (tidemark_operator)
-        from tidemark_operator.topology import cluster_membership_source
-
+    if from_cluster:  # an AuroraCluster's placement ConfigMap + pod IPs
         source = cluster_membership_source(from_cluster, namespace)
         topology = await source()
     else:

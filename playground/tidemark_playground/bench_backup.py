@@ -7,21 +7,27 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
 
+from tidemark_backup.catalog import catalog
+from tidemark_backup.objstore import open_store
+from tidemark_compute import bench_write as bw
+from tidemark_compute.writer import Writer
+from tidemark_protocol.writer_core import Change
+from tidemark_restore.install import restore_into
+from tidemark_restore.inventory import load_inventory, rebuild_volume
+
+from . import fleet as fleet_mod
+
 console = Console(stderr=True, highlight=False)
 
 
-async def _fill(writer, pages: int, page_size: int, concurrency: int = 32, per_commit: int = 8) -> float:
-    from tidemark_protocol.writer_core import Change
-
+async def _fill(writer: Writer, pages: int, page_size: int, concurrency: int = 32, per_commit: int = 8) -> float:
     t0 = time.monotonic()
     sem = asyncio.Semaphore(concurrency)
 
@@ -35,24 +41,11 @@ async def _fill(writer, pages: int, page_size: int, concurrency: int = 32, per_c
     return time.monotonic() - t0
 
 
-async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | None, rounds: int = 3,
-              store_dir: Path | None = None, backup_interval: float = 2.0) -> dict:
-    from tidemark_backup.catalog import catalog
-    from tidemark_backup.objstore import open_store
-    from tidemark_backup.restore import load_inventory, rebuild_volume, restore_into
-    from tidemark_compute import bench_write as bw
-    from tidemark_compute.writer import Writer
-    from tidemark_playground import fleet as fleet_mod
-    from tidemark_rig.minio import MinioServer
-
-    directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-backup-"))
-    minio_dir = Path(tempfile.mkdtemp(prefix="tidemark-minio-", dir=store_dir)) if store_dir else directory / "minio"
-    server = MinioServer(minio_dir)
-    server.start()
-    info = server.make_bucket("bench-backup")
-    os.environ.update(AWS_ACCESS_KEY_ID=info.access_key, AWS_SECRET_ACCESS_KEY=info.secret_key,
-                      TIDEMARK_S3_ENDPOINT=info.endpoint)
-    url = "s3://bench-backup/vol"
+async def run(bucket_url: str, seconds: float, concurrency: int, volume_mb: int, directory: Path,
+              rounds: int = 3, backup_interval: float = 2.0) -> dict:
+    """BUCKET_URL (s3://bucket) is an empty bucket whose endpoint and credentials are in
+    the environment (the nodes inherit them); the fleets live under DIRECTORY."""
+    url = f"{bucket_url}/vol"
     fleets = []
     try:
         ratio = paired = None
@@ -87,7 +80,7 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
 
         # -- restore vs raw download --------------------------------------------------
         pages_per_pg = max(16, volume_mb * 256 // 4)
-        url2 = "s3://bench-backup/restore"
+        url2 = f"{bucket_url}/restore"
         src, topo = await fleet_mod.up(directory / "src", 2, 4, pages_per_pg, 4096, "127.0.0.160",
                                        backup=url2, backup_options={"backup_interval": 1.0,
                                                                     "backup_snapshot_interval": 5.0})
@@ -156,7 +149,6 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
             "commits_per_s_backup_off": rates["off"],
             "commits_per_s_backup_on": rates["on"],
             "backup_interval_s": backup_interval,
-            "store_dir": str(minio_dir),
             "foreground_ratio": round(ratio, 3) if ratio is not None else None,
             "foreground_ratio_paired_median": round(paired, 3) if paired is not None else None,
             "volume_mb": volume_mb,
@@ -176,8 +168,3 @@ async def run(seconds: float, concurrency: int, volume_mb: int, keep: Path | Non
     finally:
         for f in fleets:
             f.down()
-        server.stop()
-        if keep is None:
-            shutil.rmtree(directory, ignore_errors=True)
-            if store_dir:
-                shutil.rmtree(minio_dir, ignore_errors=True)
