@@ -15,9 +15,8 @@ from dataclasses import dataclass
 import structlog
 
 from tidemark_protocol import keys
-from tidemark_protocol.errors import MalformedFrame, ProtocolError
-from tidemark_protocol.pages import empty_page
-from tidemark_protocol.records import RecordFlags
+from tidemark_protocol.errors import ProtocolError
+from tidemark_protocol.pages import apply_payload, empty_page
 
 from .reads import latest_version, parse_stored
 from .segments import Segment
@@ -27,22 +26,6 @@ from .store import Store
 log = structlog.get_logger("tidemark.node.materialize")
 
 MAX_BOUNDARIES = 256
-
-
-def apply_in_place(image: bytearray, flags: int, payload: bytes, page_size: int) -> None:
-    """pages.apply_redo on a mutable page (same checks), sparing a page copy per record."""
-    if flags & RecordFlags.FULL_IMAGE:
-        if len(payload) > page_size:
-            raise MalformedFrame(f"full image of {len(payload)} bytes > page {page_size}")
-        image[:] = payload.ljust(page_size, b"\0")
-        return
-    if len(payload) < 4:
-        raise MalformedFrame("patch payload shorter than its offset")
-    offset = int.from_bytes(payload[:4], "little")
-    size = len(payload) - 4
-    if offset + size > page_size:
-        raise MalformedFrame(f"patch [{offset}, {offset + size}) beyond page {page_size}")
-    image[offset : offset + size] = payload[4:]
 
 
 @dataclass(slots=True)
@@ -70,7 +53,7 @@ def build_chunk(store: Store, pg: int, page_size: int, after: int, upto: int, li
                 found = latest_version(store, pg, page, after)
                 image = bytearray(found[1] if found else empty_page(page_size))
                 images[page] = image
-            apply_in_place(image, flags, payload, page_size)
+            apply_payload(image, flags, payload, page_size)
         except ProtocolError:
             return Chunk([], count, last_lsn, corrupt_lsn=lsn)
         last[page] = lsn

@@ -1,5 +1,5 @@
 """spec.backup / spec.restore / AuroraSnapshot as typed values, the pods' backup
-environment, and the restore status (pure: unit-tested without a cluster)."""
+environment (pure: unit-tested without a cluster)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
+
+from .spec import Backup, Restore, parse_spec
 
 SNAPSHOT_PLURAL = "aurorasnapshots"
 SNAPSHOT_KIND = "AuroraSnapshot"
@@ -44,17 +46,24 @@ def split_target(target: str, endpoint: str | None = None) -> tuple[str, str | N
 
 @dataclass(frozen=True)
 class BackupSpec:
+    """spec.backup resolved: the store the pods upload to (None: backup is off)."""
+
     enabled: bool
     store: StoreRef | None
-    retention_days: int = 7
+    retention_days: int = Backup.model_fields["retention_days"].default
+
+    @classmethod
+    def of(cls, backup: Backup | None) -> BackupSpec:
+        b = backup or Backup()
+        if not b.enabled or not b.target:
+            return cls(False, None, b.retention_days)
+        url, endpoint = split_target(b.target, b.endpoint)
+        return cls(True, StoreRef(url, endpoint, b.credentials_secret), b.retention_days)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> BackupSpec:
-        b = spec.get("backup") or {}
-        if not b.get("enabled") or not b.get("target"):
-            return cls(False, None, int(b.get("retentionDays", 7)))
-        url, endpoint = split_target(str(b["target"]), b.get("endpoint"))
-        return cls(True, StoreRef(url, endpoint, b.get("credentialsSecret")), int(b.get("retentionDays", 7)))
+        """From a raw AuroraCluster spec (e.g. another cluster's, read from the apiserver)."""
+        return cls.of(parse_spec(spec).backup)
 
 
 @dataclass(frozen=True)
@@ -67,16 +76,19 @@ class RestoreSpec:
     point_in_time: str | None
 
     @classmethod
-    def from_spec(cls, spec: Mapping[str, Any]) -> RestoreSpec | None:
-        r = spec.get("restore")
-        if not r:
+    def of(cls, restore: Restore | None) -> RestoreSpec | None:
+        if restore is None:
             return None
-        src = r.get("source") or {}
+        src = restore.source
         store = None
-        if src.get("target"):
-            url, endpoint = split_target(str(src["target"]), src.get("endpoint"))
-            store = StoreRef(url, endpoint, src.get("credentialsSecret"))
-        return cls(src.get("cluster") or None, store, r.get("pointInTime") or None)
+        if src.target:
+            url, endpoint = split_target(src.target, src.endpoint)
+            store = StoreRef(url, endpoint, src.credentials_secret)
+        return cls(src.cluster or None, store, restore.point_in_time or None)
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any]) -> RestoreSpec | None:
+        return cls.of(parse_spec(spec).restore)
 
 
 def backup_env(backup: BackupSpec) -> list[dict[str, Any]]:
@@ -106,45 +118,3 @@ def same_store(a: StoreRef | None, b: StoreRef | None) -> bool:
     if a is None or b is None:
         return False
     return a.url.rstrip("/") == b.url.rstrip("/") and (a.endpoint or "") == (b.endpoint or "")
-
-
-# -- restore progress in status.restore ---------------------------------------------------
-
-RESTORE_DONE = "Done"
-
-
-def restore_condition_fields(restore_status: Mapping[str, Any] | None) -> tuple[bool, str, str]:
-    """(restored?, reason, message) for the Restored condition."""
-    st = restore_status or {}
-    phase = st.get("phase") or "Validating"
-    if phase == RESTORE_DONE:
-        return True, "RestoreComplete", (f"restored {st.get('pages', 0)} pages at LSN {st.get('lsn')} "
-                                         f"({st.get('pointInTime')})")
-    if phase == "Failed":
-        return False, "RestoreFailed", str(st.get("message") or "restore failed")
-    return False, phase, str(st.get("message") or phase.lower())
-
-
-def apply_restore_status(status: dict[str, Any], restore_status: Mapping[str, Any], generation: int,
-                         old_conds: list[Mapping[str, Any]], now: str) -> dict[str, Any]:
-    """Overlay the restore on a computed cluster status: never Ready before the backup is
-    fully loaded (phase Restoring/Failed), plus a Restored condition."""
-    from .status import condition
-
-    restored, reason, msg = restore_condition_fields(restore_status)
-    conds = [c for c in status.get("conditions", []) if c["type"] != "Restored"]
-    if not restored:
-        conds = [c for c in conds if c["type"] != "Ready"]
-        conds.insert(0, condition("Ready", False, "RestoreFailed" if reason == "RestoreFailed" else "Restoring",
-                                  msg, generation, old_conds, now))
-        status["phase"] = "Failed" if reason == "RestoreFailed" else "Restoring"
-    conds.append(condition("Restored", restored, reason, msg, generation, old_conds, now))
-    status["conditions"] = conds
-    status["restore"] = dict(restore_status)
-    return status
-
-
-def progress_text(phase: str, done: int, total: int) -> str:
-    what = {"inventory": "reading the backup's catalogue", "rebuild": "rebuilding PGs",
-            "load": "loading pages"}.get(phase, phase)
-    return f"{what}: {done}/{total}"

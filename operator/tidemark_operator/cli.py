@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import shlex
 
 import click
+import kopf
+
+from . import handlers, metrics
+from .reconcile import Settings
 
 
 @click.group()
@@ -21,29 +25,21 @@ def operator() -> None:
               help="kopf liveness endpoint URL ('' to disable).")
 @click.option("--metrics-port", type=int, default=9090, show_default=True,
               help="Prometheus metrics port (0 to disable).")
-@click.option("--node-command", default=None,
-              help="Command that starts a storage node in the pods (default: `tidemark`).")
-@click.option("--interval", type=float, default=None, help="Health observation interval (s).")
+@click.option("--node-command", default="tidemark", show_default=True,
+              help="Command that starts a storage node in the pods.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
+              help="Health observation interval (s).")
 def run(namespaces: tuple[str, ...], all_namespaces: bool, kubeconfig: str | None,
-        liveness: str, metrics_port: int, node_command: str | None, interval: float | None) -> None:
+        liveness: str, metrics_port: int, node_command: str, interval: float) -> None:
     """Run the operator until interrupted."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace (one or more) or --all-namespaces")
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig
-    if node_command:
-        os.environ["TIDEMARK_NODE_COMMAND"] = node_command
-    if interval:
-        os.environ["TIDEMARK_OPERATOR_INTERVAL"] = str(interval)
-    import kopf
-
-    from . import handlers, metrics
-
     if metrics_port:
         metrics.serve(metrics_port)
-    assert handlers  # registers the handlers
     kopf.configure(verbose=False)
     kopf.run(
+        registry=handlers.build_registry(interval),
+        memo=kopf.Memo(settings=Settings(node_command=tuple(shlex.split(node_command)), kubeconfig=kubeconfig)),
         standalone=True,
         clusterwide=all_namespaces,
         namespaces=list(namespaces) or None,

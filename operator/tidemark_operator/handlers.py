@@ -1,77 +1,119 @@
-"""kopf handlers: thin; everything real happens in reconcile.py (objects, placement,
-segments) and status.py (pure)."""
+"""kopf handlers, thin: everything real happens in reconcile.py (an AuroraCluster pass),
+backup_poll.py (status.backup) and snapshots.py (AuroraSnapshot).
+
+`build_registry(interval)` registers them on a registry of their own (the timer's
+interval is a run option). The operator process's shared objects (apiserver client,
+node client, settings) live in kopf's memo; what it remembers about one AuroraCluster
+in that object's memo (state.ClusterState)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-import os
-import shlex
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
-from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from . import backupops, metrics, snapshots
-from .backupspec import SNAPSHOT_PLURAL
-from .model import GROUP, PLURAL, VERSION
-from .reconcile import Kube, Settings, reconcile
+from . import backup_poll, metrics, restoreflow, snapshots
+from .backupspec import SNAPSHOT_PLURAL, BackupSpec
+from .kube import Kube, connection_info, load_config
+from .model import (
+    CLUSTER_LABEL,
+    COMPONENT_LABEL,
+    GROUP,
+    PLURAL,
+    STORAGE_COMPONENT,
+    VERSION,
+    ZONE_POD_LABEL,
+)
+from .nodeclient import NodeClient
+from .reconcile import Context, Settings, reconcile
+from .spec import parse_spec
+from .state import cluster_state
+from .status import PodObs
 
 log = logging.getLogger("tidemark_operator")
-SETTINGS = Settings(node_command=tuple(shlex.split(os.environ.get("TIDEMARK_NODE_COMMAND", "tidemark"))))
-_KUBE: Kube | None = None
-TIMER_INTERVAL = float(os.environ.get("TIDEMARK_OPERATOR_INTERVAL", "3"))
+Event = Callable[[str, str, str], None]
 
 
-def kube() -> Kube:
-    global _KUBE
-    if _KUBE is None:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-        _KUBE = Kube()
-    return _KUBE
+def context(memo: Any) -> Context:
+    ctx: Context = memo.context
+    return ctx
 
 
-@kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+def events(body: kopf.Body) -> Event:
+    def event(type_: str, reason: str, message: str) -> None:
+        log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, reason, message)
+        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
+    return event
+
+
+# -- the operator process --------------------------------------------------------------------
+
+def settings_of(memo: Any) -> Settings:
+    s: Settings = memo.get("settings") or Settings()
+    return s
+
+
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.persistence.finalizer = "tidemark.dev/operator"
-    kube()
+    await asyncio.to_thread(load_config, settings_of(memo).kubeconfig)
+    memo.context = Context(Kube(), NodeClient(), settings_of(memo))
 
 
-def _run(body: kopf.Body, patch: kopf.Patch, source: str) -> None:
-    def event(type_: str, reason: str, message: str) -> None:
-        log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, reason, message)
-        if type_ == "Warning":
-            kopf.warn(body, reason=reason, message=message)
-        else:
-            kopf.info(body, reason=reason, message=message)
+async def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's own apiserver login, from the same kubeconfig/in-cluster credentials."""
+    await asyncio.to_thread(load_config, settings_of(memo).kubeconfig)
+    return connection_info(settings.networking.trust_env)
 
+
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if "context" in memo:
+        await context(memo).nodes.close()
+
+
+# -- storage pods, indexed by cluster --------------------------------------------------------
+
+def storage_pods(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status,
+                 **_: Any) -> dict[tuple[str, str], PodObs]:
+    """(namespace, cluster) -> its storage pods as observed (kopf keeps the index current
+    from its watch: no pod listing per pass)."""
+    ip = status.get("podIP") or None
+    running = status.get("phase") == "Running" and bool(ip) and meta.get("deletionTimestamp") is None
+    return {(namespace, labels[CLUSTER_LABEL]): PodObs(name, labels.get(ZONE_POD_LABEL, ""), ip, running)}
+
+
+def pods_of(index: kopf.Index[tuple[str, str], PodObs], ns: str, cluster: str) -> Callable[[], list[PodObs]]:
+    return lambda: sorted(index.get((ns, cluster), []), key=lambda p: p.name)
+
+
+# -- AuroraCluster -----------------------------------------------------------------------------
+
+async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+               pods: kopf.Index[tuple[str, str], PodObs], source: str) -> None:
+    ctx = context(memo)
+    ns, name = body.metadata.namespace, body.metadata.name
     # Work from a fresh read: a timer may still fire for an object deleted meanwhile (a
     # zombie pass would recreate children owned by a dead uid), and the spec may be newer.
-    try:
-        fresh = kube().api.sanitize_for_serialization(client.CustomObjectsApi(kube().api).get_namespaced_custom_object(
-            GROUP, VERSION, body.metadata.namespace, PLURAL, body.metadata.name, _request_timeout=10))
-    except ApiException as exc:
-        if exc.status == 404:
-            return
-        raise
-    if fresh["metadata"].get("uid") != body.metadata.uid or fresh["metadata"].get("deletionTimestamp"):
+    fresh = await asyncio.to_thread(ctx.kube.cluster, ns, name)
+    if fresh is None or fresh["metadata"].get("uid") != body.metadata.uid \
+            or fresh["metadata"].get("deletionTimestamp"):
         return
     started = time.monotonic()
     try:
-        status = reconcile(kube(), fresh, event, SETTINGS)
+        status = await reconcile(ctx, cluster_state(memo), fresh, pods_of(pods, ns, name), events(body))
     except Exception:
         metrics.record_reconcile(source, "error", time.monotonic() - started)
         raise
     metrics.record_reconcile(source, "ok", time.monotonic() - started)
-    metrics.record_status(body.metadata.namespace, body.metadata.name, status)
+    metrics.record_status(ns, name, status)
     old = {k: v for k, v in (fresh.get("status") or {}).items() if k != "kopf"}
     if status != old:
         patch.status.update(status)
@@ -79,61 +121,71 @@ def _run(body: kopf.Body, patch: kopf.Patch, source: str) -> None:
             patch.status[key] = None
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+                    storage_pods: kopf.Index[tuple[str, str], PodObs], **_: Any) -> None:
     try:
-        _run(body, patch, "change")
+        await _run(body, patch, memo, storage_pods, "change")
     except Exception as exc:
         raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=3) from exc
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=1.0)
-def observe(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+async def observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+                  storage_pods: kopf.Index[tuple[str, str], PodObs], **_: Any) -> None:
     """Continuous observation: pod and segment health, drift of owned objects, VDL."""
     if body.metadata.get("deletionTimestamp"):
         return
-    _run(body, patch, "timer")
+    await _run(body, patch, memo, storage_pods, "timer")
 
 
-# -- AuroraSnapshot ------------------------------------------------------------------------------
-
-def _events(body: kopf.Body) -> Any:
-    def event(type_: str, reason: str, message: str) -> None:
-        log.info("%s/%s %s: %s", body.metadata.namespace, body.metadata.name, reason, message)
-        (kopf.warn if type_ == "Warning" else kopf.info)(body, reason=reason, message=message)
-    return event
+def backup_enabled(spec: kopf.Spec, **_: Any) -> bool:
+    return bool((spec.get("backup") or {}).get("enabled"))
 
 
-@kopf.on.resume(GROUP, VERSION, SNAPSHOT_PLURAL)
-@kopf.on.create(GROUP, VERSION, SNAPSHOT_PLURAL, retries=20, backoff=10)
-def snapshot_create(body: kopf.Body, retry: int, **_: Any) -> None:
+async def backup_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """status.backup of a backed-up cluster: poll its store every POLL_INTERVAL seconds
+    (in a thread) into the cluster's memo, for the passes to copy. Runs while
+    spec.backup.enabled; a restore cluster's own backup waits for the load."""
+    ctx, state = context(memo), cluster_state(memo)
+    while not stopped:
+        backup = BackupSpec.of(parse_spec(body.spec).backup)  # the body is live in daemons
+        waiting = body.spec.get("restore") and not restoreflow.restored(body, state.restore)
+        if backup.store is not None and not waiting:
+            key = (backup.store, backup.retention_days)
+            prev = state.backup_block if state.backup_of == key else None
+            block = await asyncio.to_thread(backup_poll.poll, ctx.kube.core, body.metadata.namespace,
+                                            backup.store, backup.retention_days, prev)
+            state.backup_block, state.backup_of = block, key
+        await stopped.wait(backup_poll.POLL_INTERVAL)
+
+
+# -- AuroraSnapshot (sync handlers: blocking store I/O in kopf's threads) ----------------------
+
+def snapshot_create(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
     """Pending -> Ready, or Failed with a reason (retried: a backup that has no restorable
     point yet, or an unreachable store, may recover)."""
     if (body.get("status") or {}).get("phase") == "Ready":
         return
+    kube = context(memo).kube
     raw = dict(body)
-    event = _events(body)
+    event = events(body)
     try:
-        status = snapshots.create(kube().api, kube().core, raw, event)
+        status = snapshots.create(kube, raw, event)
     except Exception as exc:
         reason = exc.reason if isinstance(exc, snapshots.SnapshotFailed) else "SnapshotError"
         msg = f"{exc}"[:1000] or type(exc).__name__
         event("Warning", reason, msg)
         with contextlib.suppress(Exception):
-            snapshots.patch_status(kube().api, raw, {"phase": "Failed", "reason": reason, "message": msg,
-                                                      "attempts": retry + 1})
+            snapshots.patch_status(kube, raw, {"phase": "Failed", "reason": reason, "message": msg,
+                                               "attempts": retry + 1})
         raise kopf.TemporaryError(msg, delay=10) from exc
-    snapshots.patch_status(kube().api, raw, {**status, "reason": None, "attempts": retry + 1})
+    snapshots.patch_status(kube, raw, {**status, "reason": None, "attempts": retry + 1})
 
 
-@kopf.on.delete(GROUP, VERSION, SNAPSHOT_PLURAL, retries=12, backoff=5)
-def snapshot_delete(body: kopf.Body, **_: Any) -> None:
+def snapshot_delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """The finalizer: the snapshot's objects go with the resource."""
-    event = _events(body)
+    event = events(body)
     try:
-        snapshots.delete(kube().core, dict(body), event)
+        snapshots.delete(context(memo).kube, dict(body), event)
     except ApiException as exc:
         if exc.status == 404:  # the credentials Secret is gone: the objects cannot be reached
             event("Warning", "SnapshotOrphaned", f"cannot delete the snapshot's objects: {exc.reason}")
@@ -144,8 +196,20 @@ def snapshot_delete(body: kopf.Body, **_: Any) -> None:
         raise kopf.TemporaryError(f"snapshot delete failed: {exc}", delay=5) from exc
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def cluster_deleted(body: kopf.Body, **_: Any) -> None:
-    """Stop the backup poller and forget a restore job of a deleted cluster."""
-    backupops.POLLERS.drop(body.metadata.namespace, body.metadata.name)
-    backupops.RESTORES.drop(body.metadata.uid)
+def build_registry(interval: float = 3.0) -> kopf.OperatorRegistry:
+    """Every handler of the operator on a fresh registry (INTERVAL: the observation timer)."""
+    reg = kopf.OperatorRegistry()
+    kopf.on.startup(registry=reg)(startup)
+    kopf.on.login(registry=reg)(login)
+    kopf.on.cleanup(registry=reg)(cleanup)
+    kopf.index("pods", labels={CLUSTER_LABEL: kopf.PRESENT, COMPONENT_LABEL: STORAGE_COMPONENT},
+               registry=reg)(storage_pods)
+    kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=reg)(on_change)
+    kopf.on.create(GROUP, VERSION, PLURAL, registry=reg)(on_change)
+    kopf.on.resume(GROUP, VERSION, PLURAL, registry=reg)(on_change)
+    kopf.timer(GROUP, VERSION, PLURAL, interval=interval, initial_delay=1.0, registry=reg)(observe)
+    kopf.daemon(GROUP, VERSION, PLURAL, when=backup_enabled, registry=reg)(backup_daemon)
+    kopf.on.create(GROUP, VERSION, SNAPSHOT_PLURAL, retries=20, backoff=10, registry=reg)(snapshot_create)
+    kopf.on.resume(GROUP, VERSION, SNAPSHOT_PLURAL, registry=reg)(snapshot_create)
+    kopf.on.delete(GROUP, VERSION, SNAPSHOT_PLURAL, retries=12, backoff=5, registry=reg)(snapshot_delete)
+    return reg

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from opentelemetry import metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import start_http_server
 
 _meter = metrics.get_meter("tidemark_operator")
 _reconciles = _meter.create_counter("tidemark_operator_reconciles", description="reconcile passes")
@@ -40,9 +43,5 @@ def record_status(ns: str, name: str, status: dict[str, Any]) -> None:
 
 
 def serve(port: int, host: str = "0.0.0.0") -> None:  # noqa: S104 - metrics endpoint
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.sdk.metrics import MeterProvider
-    from prometheus_client import start_http_server
-
     metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
     start_http_server(port, addr=host)

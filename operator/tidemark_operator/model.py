@@ -1,11 +1,11 @@
-"""The AuroraCluster spec as a typed value, resource names and labels (pure)."""
+"""Resource names, labels and the zones of an AuroraCluster (pure)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+
+from .spec import ClusterSpec
 
 GROUP = "tidemark.dev"
 VERSION = "v1alpha1"
@@ -15,53 +15,11 @@ ZONE_LABEL = "topology.kubernetes.io/zone"
 RUN_LOCAL_LABEL = "tidemark.dev/run-local"
 CLUSTER_LABEL = "tidemark.dev/cluster"
 ZONE_POD_LABEL = "tidemark.dev/zone"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+STORAGE_COMPONENT = "storage"
 SPEC_HASH = "tidemark.dev/spec-hash"
 TEMPLATE_HASH = "tidemark.dev/template-hash"
 NODE_PORT = 7000
-DEFAULT_IMAGE = "ghcr.io/tidemark/tidemark:0.1.0"
-
-
-@dataclass(frozen=True)
-class ClusterSpec:
-    zones: tuple[str, ...] | None = None
-    nodes_per_zone: int = 2
-    pg_count: int = 4
-    pages_per_pg: int = 64
-    page_size: int = 4096
-    storage_class: str | None = None
-    storage_size: str = "10Gi"
-    ephemeral_storage: bool = False
-    image: str = DEFAULT_IMAGE
-    image_pull_policy: str = "IfNotPresent"
-    resources: Mapping[str, Any] = field(default_factory=dict)
-    deletion_policy: str = "Retain"
-    node_loss_timeout: str = "5m"
-    max_concurrent_rebuilds: int = 2
-    rebuild_bandwidth: str = "50Mi"
-
-    @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> ClusterSpec:
-        volume = spec.get("volume") or {}
-        storage = spec.get("storage") or {}
-        repair = spec.get("repair") or {}
-        zones = spec.get("zones")
-        return cls(
-            zones=tuple(zones) if zones else None,
-            nodes_per_zone=int(spec.get("nodesPerZone", 2)),
-            pg_count=int(volume.get("pgCount", 4)),
-            pages_per_pg=int(volume.get("pagesPerPg", 64)),
-            page_size=int(volume.get("pageSize", 4096)),
-            storage_class=storage.get("className") or None,
-            storage_size=str(storage.get("size", "10Gi")),
-            ephemeral_storage=bool(storage.get("ephemeral", False)),
-            image=str(spec.get("image") or DEFAULT_IMAGE),
-            image_pull_policy=str(spec.get("imagePullPolicy") or "IfNotPresent"),
-            resources=dict(spec.get("resources") or {}),
-            deletion_policy=str(spec.get("deletionPolicy") or "Retain"),
-            node_loss_timeout=str(repair.get("nodeLossTimeout", "5m")),
-            max_concurrent_rebuilds=int(repair.get("maxConcurrentRebuilds", 2)),
-            rebuild_bandwidth=str(repair.get("rebuildBandwidth", "50Mi")),
-        )
 
 
 def dns_label(s: str) -> str:
@@ -99,7 +57,7 @@ def cluster_labels(cluster: str) -> dict[str, str]:
 
 
 def selector_labels(cluster: str) -> dict[str, str]:
-    return {CLUSTER_LABEL: cluster, "app.kubernetes.io/component": "storage"}
+    return {CLUSTER_LABEL: cluster, COMPONENT_LABEL: STORAGE_COMPONENT}
 
 
 def resolve_zones(spec: ClusterSpec, node_zones: Mapping[str, int]) -> tuple[list[str] | None, str, str]:

@@ -18,14 +18,15 @@ from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.placement import NodeInfo, place
 from tidemark_protocol.quorum import Membership
 
-from .model import ClusterSpec, cluster_labels, placement_name, pod_name
-from .resources import owner_reference
+from .model import cluster_labels, placement_name, pod_name
+from .spec import ClusterSpec
 
 DATA_KEY = "placement.json"
 
 
 class Conflict(Exception):
-    """The placement object changed under us (resourceVersion mismatch)."""
+    """An object changed under us (409: it exists already, or its resourceVersion is not
+    the one that was read)."""
 
 
 def planned_pods(cluster: str, zones: Sequence[str], nodes_per_zone: int) -> dict[str, list[str]]:
@@ -39,16 +40,17 @@ def desired_placement(cluster: str, zones: Sequence[str], spec: ClusterSpec,
     Existing PGs keep their members and epochs; new PGs (pgCount grew) go to the
     least-loaded pods, which includes pods added by scaling nodesPerZone up."""
     pods = planned_pods(cluster, zones, spec.nodes_per_zone)
+    vol = spec.volume
     nodes = [NodeInfo(p, z) for z, ps in pods.items() for p in ps]
     if current:
         layout = dict(current["layout"])
-        layout["pg_count"] = max(int(layout["pg_count"]), spec.pg_count)
+        layout["pg_count"] = max(int(layout["pg_count"]), vol.pg_count)
         pgs = {str(k): dict(v) for k, v in current["pgs"].items()}
         epoch = int(current.get("volume_epoch", 0))
         zones_doc = {z: sorted(set(current.get("zones", {}).get(z, [])) | set(ps))
                      for z, ps in pods.items()}
     else:
-        layout = VolumeLayout(spec.pg_count, spec.pages_per_pg, spec.page_size).to_json()
+        layout = VolumeLayout(vol.pg_count, vol.pages_per_pg, vol.page_size).to_json()
         pgs, epoch, zones_doc = {}, 0, {z: list(ps) for z, ps in pods.items()}
     existing = {int(k): v["members"] for k, v in pgs.items()}
     placed = place(list(range(layout["pg_count"])), nodes, existing)
@@ -71,11 +73,9 @@ def pods_of(doc: Mapping[str, Any]) -> set[str]:
 
 
 def configmap(cluster: str, namespace: str, doc: Mapping[str, Any],
-              owner: Mapping[str, Any] | None = None, resource_version: str | None = None) -> dict[str, Any]:
+              resource_version: str | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": placement_name(cluster), "namespace": namespace,
                             "labels": cluster_labels(cluster)}
-    if owner is not None:
-        meta["ownerReferences"] = [owner_reference(owner)]
     if resource_version is not None:
         meta["resourceVersion"] = resource_version
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,

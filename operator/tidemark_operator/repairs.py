@@ -1,23 +1,26 @@
 """Segment repair as placement changes (pure): which PGs start replacing a lost segment
 (membership epoch+1, dual member sets) and which finish (epoch+1, the new set only), from
 the nodes' observed health and the targets' hydration progress. The executor in
-reconcile.py writes the result with a compare-and-swap and drives the nodes."""
+repair_executor.py writes the result with a compare-and-swap and drives the nodes."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.utils import parse_quantity as k8s_quantity
+
+from tidemark_protocol.hydration import HydrationState
 from tidemark_protocol.quorum import Membership
 from tidemark_protocol.repair import NodeHealth, RepairLimits, plan_repairs
 
 from .placement import memberships
+from .spec import Repair
 
 _DUR = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_QTY = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-        "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 def parse_duration(s: str) -> float:
@@ -29,13 +32,22 @@ def parse_duration(s: str) -> float:
 
 
 def parse_quantity(s: str | int) -> int:
+    """A Kubernetes quantity in whole units: 50Mi, 128Ki, 2G, 1500 (kubernetes.utils);
+    anything else (e.g. '50MB') is refused."""
     if isinstance(s, int):
         return s
-    # Kubernetes quantities: decimal k/M/G/T, binary Ki/Mi/Gi/Ti ("128Ki" was refused before)
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T|)", str(s))
-    if not m:
-        raise ValueError(f"bad quantity {s!r}")
-    return int(float(m.group(1)) * _QTY[m.group(2)])
+    try:
+        return math.ceil(k8s_quantity(s))  # whole units, rounded up (as Kubernetes does)
+    except ValueError as exc:
+        raise ValueError(f"bad quantity {s!r}: expected a Kubernetes quantity such as 50Mi, "
+                         "128Ki or 2G") from exc
+
+
+def repair_limits(repair: Repair) -> RepairLimits:
+    """spec.repair as the planner's limits."""
+    return RepairLimits(node_loss_timeout=parse_duration(repair.node_loss_timeout),
+                        max_concurrent=repair.max_concurrent_rebuilds,
+                        bandwidth_bytes_per_s=parse_quantity(repair.rebuild_bandwidth))
 
 
 @dataclass(frozen=True)
@@ -47,10 +59,10 @@ class Change:
     sources: tuple[str, ...] = ()
 
 
-def hydration_state(status: Mapping[str, Any] | None, pg: int) -> str | None:
+def hydration_state(status: Mapping[str, Any] | None, pg: int) -> HydrationState | None:
     for s in (status or {}).get("segments", []):
         if int(s["pg"]) == pg:
-            return str((s.get("hydration") or {}).get("state", "idle"))
+            return HydrationState((s.get("hydration") or {}).get("state", "idle"))
     return None
 
 
@@ -77,7 +89,7 @@ def plan_changes(
             continue
         new = [x for x in m.next_members if x not in m.members]
         old = [x for x in m.members if x not in m.next_members]
-        if new and all(hydration_state(statuses.get(x), pg) == "done" for x in new):
+        if new and all(hydration_state(statuses.get(x), pg) == HydrationState.DONE for x in new):
             pgs[str(pg)] = m.finish_replace().to_json()
             changes.append(Change(pg, "finish", old[0] if old else "", new[0]))
         elif any(_lost(x, unhealthy_since, now, limits) for x in new):

@@ -7,6 +7,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import kopf
+
 from .backupspec import BackupSpec, backup_args, backup_env
 from .model import (
     NODE_PORT,
@@ -15,59 +17,47 @@ from .model import (
     TEMPLATE_HASH,
     ZONE_LABEL,
     ZONE_POD_LABEL,
-    ClusterSpec,
     cluster_labels,
     pdb_name,
     selector_labels,
     service_name,
     statefulset_name,
 )
+from .spec import ClusterSpec
 
 
 def spec_hash(obj: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
-    meta = owner["metadata"]
-    return {
-        "apiVersion": owner.get("apiVersion", "tidemark.dev/v1alpha1"),
-        "kind": owner.get("kind", "AuroraCluster"),
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _stamp(obj: dict[str, Any]) -> dict[str, Any]:
-    """Record a hash of the desired object so drift in what we manage is detectable."""
+def _stamp(obj: dict[str, Any], owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Owned by OWNER (the AuroraCluster: garbage-collected with it) and carrying a hash of
+    the desired object so drift in what we manage is detectable."""
+    if owner is not None:
+        kopf.adopt(obj, owner=owner)  # type: ignore[arg-type]  # a plain body dict
     h = spec_hash({k: v for k, v in obj.items() if k != "status"})
     obj["metadata"].setdefault("annotations", {})[SPEC_HASH] = h
     return obj
 
 
-def _meta(name: str, namespace: str, cluster: str, owner: Mapping[str, Any] | None,
+def _meta(name: str, namespace: str, cluster: str,
           extra_labels: Mapping[str, str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": namespace,
-                            "labels": {**cluster_labels(cluster), **(extra_labels or {})}}
-    if owner is not None:
-        meta["ownerReferences"] = [owner_reference(owner)]
-    return meta
+    return {"name": name, "namespace": namespace,
+            "labels": {**cluster_labels(cluster), **(extra_labels or {})}}
 
 
 def headless_service(cluster: str, namespace: str, owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return _stamp({
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(service_name(cluster), namespace, cluster, owner),
+        "metadata": _meta(service_name(cluster), namespace, cluster),
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": selector_labels(cluster),
             "ports": [{"name": "node", "port": NODE_PORT, "targetPort": NODE_PORT}],
         },
-    })
+    }, owner)
 
 
 def statefulset(
@@ -109,8 +99,8 @@ def statefulset(
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
-    if spec.resources:
-        container["resources"] = dict(spec.resources)
+    if resources := spec.container_resources():
+        container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "affinity": {
             "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
@@ -134,21 +124,21 @@ def statefulset(
         "selector": {"matchLabels": sel},
         "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
     }
-    if spec.ephemeral_storage:
+    if spec.storage.ephemeral:
         pod_spec["volumes"].append({"name": "data", "emptyDir": {}})
     else:
         pvc_spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
-                                    "resources": {"requests": {"storage": spec.storage_size}}}
-        if spec.storage_class:
-            pvc_spec["storageClassName"] = spec.storage_class
+                                    "resources": {"requests": {"storage": str(spec.storage.size)}}}
+        if spec.storage.class_name:
+            pvc_spec["storageClassName"] = spec.storage.class_name
         sts_spec["volumeClaimTemplates"] = [{"metadata": {"name": "data"}, "spec": pvc_spec}]
         policy = "Delete" if spec.deletion_policy == "Delete" else "Retain"
         sts_spec["persistentVolumeClaimRetentionPolicy"] = {"whenDeleted": policy,
                                                              "whenScaled": "Retain"}
-    meta = _meta(name, namespace, cluster, owner, {ZONE_POD_LABEL: zone})
+    meta = _meta(name, namespace, cluster, {ZONE_POD_LABEL: zone})
     meta["annotations"] = {TEMPLATE_HASH: spec_hash(sts_spec["template"])}
     return _stamp({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta,
-                   "spec": sts_spec})
+                   "spec": sts_spec}, owner)
 
 
 def statefulset_settled(sts: Mapping[str, Any] | None) -> bool:
@@ -192,9 +182,9 @@ def pod_disruption_budget(cluster: str, namespace: str, spec: ClusterSpec,
     return _stamp({
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(pdb_name(cluster), namespace, cluster, owner),
+        "metadata": _meta(pdb_name(cluster), namespace, cluster),
         "spec": {"minAvailable": total - 1, "selector": {"matchLabels": selector_labels(cluster)}},
-    })
+    }, owner)
 
 
 def desired_objects(cluster: str, namespace: str, zones: Sequence[str], spec: ClusterSpec,

@@ -9,18 +9,21 @@ so a half-loaded volume is never loaded over nor marked Ready."""
 from __future__ import annotations
 
 import time
-import urllib.error
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kubernetes import client
-
 from tidemark_protocol.quorum import SEGMENTS_PER_PG
+from tidemark_restore.inventory import iso, parse_time
 
-from . import backupops as ops
+from . import restorejobs as jobs
 from .backupspec import BackupSpec, RestoreSpec, StoreRef
-from .model import GROUP, PLURAL, VERSION, ClusterSpec
+from .kube import Kube
+from .nodeclient import NodeClient, NodeError
+from .restorejobs import RestoreJob
+from .spec import ClusterSpec
+from .state import ClusterState
 from .status import PodObs, healthy_segments
+from .stores import open_ref
 from .topology import topology_from_objects
 
 Event = Callable[[str, str, str], None]
@@ -28,29 +31,28 @@ PHASES = {"validating": "Validating", "validated": "Preparing", "loading": "Load
           "failed": "Failed"}
 
 
-def source_opener(kube: Any, ns: str, restore: RestoreSpec) -> Callable[[], tuple[Any, StoreRef]]:
+def source_opener(kube: Kube, ns: str, restore: RestoreSpec) -> Callable[[], tuple[Any, StoreRef]]:
     """Resolves the source when called (in the validation thread): a named AuroraCluster's
     spec.backup, or the explicit target."""
 
     def open_source() -> tuple[Any, StoreRef]:
         ref = restore.store
         if restore.source_cluster:
-            src = client.CustomObjectsApi(kube.api).get_namespaced_custom_object(
-                GROUP, VERSION, ns, PLURAL, restore.source_cluster, _request_timeout=10)
+            src = kube.cluster(ns, restore.source_cluster)
+            if src is None:
+                raise ValueError(f"source AuroraCluster {restore.source_cluster} does not exist")
             b = BackupSpec.from_spec(src.get("spec") or {})
             if not b.enabled or b.store is None:
                 raise ValueError(f"source AuroraCluster {restore.source_cluster} has no spec.backup")
             ref = b.store
         if ref is None:
             raise ValueError("spec.restore.source names neither a cluster nor a target")
-        return ops.open_ref(kube.core, ns, ref), ref
+        return open_ref(kube.core, ns, ref), ref
 
     return open_source
 
 
 def parse_pit(text: str | None) -> int | None:
-    from tidemark_backup.restore import parse_time
-
     return parse_time(text) if text else None
 
 
@@ -58,31 +60,33 @@ def retry_delay(attempt: int) -> float:
     """Seconds before retrying a failed restore step: doubling from RETRY_DELAY, at most
     10 minutes (a T outside the window may become restorable as the source uploads; a
     permanent mistake should not flood the events)."""
-    return min(600.0, ops.RETRY_DELAY * 2 ** min(max(attempt - 1, 0), 8))
+    return min(600.0, jobs.RETRY_DELAY * 2 ** min(max(attempt - 1, 0), 8))
 
 
-def restored(body: Mapping[str, Any], job: ops.RestoreJob | None) -> bool:
+def restored(body: Mapping[str, Any], job: RestoreJob | None) -> bool:
     """The backup is fully loaded (persisted Done, or this process's job finished)."""
     if ((body.get("status") or {}).get("restore") or {}).get("phase") == "Done":
         return True
     return job is not None and job.state == "done"
 
 
-def pre_build(kube: Any, body: Mapping[str, Any], spec: ClusterSpec, restore: RestoreSpec,
-              backup: BackupSpec, built: bool, event: Event) -> tuple[ops.RestoreJob | None, bool]:
+def pre_build(kube: Kube, state: ClusterState, body: Mapping[str, Any], spec: ClusterSpec,
+              restore: RestoreSpec, backup: BackupSpec, built: bool,
+              event: Event) -> tuple[RestoreJob | None, bool]:
     """(job, may build objects). No job once status.restore says Done."""
     meta = body["metadata"]
     old_rs = (body.get("status") or {}).get("restore") or {}
     if old_rs.get("phase") == "Done":
         return None, True
-    uid = meta["uid"]
-    job = ops.RESTORES.get(uid)
-    lay = {"pg_count": spec.pg_count, "pages_per_pg": spec.pages_per_pg, "page_size": spec.page_size}
+    job = state.restore
+    vol = spec.volume
+    lay = {"pg_count": vol.pg_count, "pages_per_pg": vol.pages_per_pg, "page_size": vol.page_size}
     start = False
     if job is None:
         interrupted = bool(old_rs.get("loadStarted"))
-        job = ops.RESTORES.create(uid, needs_wipe=interrupted,
-                                  attempt=int(old_rs.get("attempt", 0)) + (1 if interrupted else 0) or 1)
+        job = state.restore = RestoreJob(
+            needs_wipe=interrupted,
+            attempt=int(old_rs.get("attempt", 0)) + (1 if interrupted else 0) or 1)
         if interrupted:
             event("Warning", "RestoreInterrupted", "a previous load did not finish (operator restart): "
                   "the new pods' segments are wiped and the restore starts over")
@@ -96,36 +100,34 @@ def pre_build(kube: Any, body: Mapping[str, Any], spec: ClusterSpec, restore: Re
             job.state, job.message = "validated", "retrying the load on wiped segments"
     if start:
         event("Normal", "RestoreValidating", f"checking the source backup for {restore.point_in_time or 'latest'}")
-        ops.spawn(ops.validate, job, source_opener(kube, meta["namespace"], restore), lay,
-                  parse_pit(restore.point_in_time), backup.store if backup.enabled else None,
-                  name=f"restore-validate-{meta['name']}")
+        jobs.spawn(jobs.validate, job, source_opener(kube, meta["namespace"], restore), lay,
+                   parse_pit(restore.point_in_time), backup.store if backup.enabled else None,
+                   name=f"restore-validate-{meta['name']}")
     return job, built or job.lsn is not None
 
 
-def wipe(ns: str, pods: Sequence[PodObs], statuses: Mapping[str, Mapping[str, Any] | None],
-         event: Event, timeout: float, applied: dict[tuple[str, str, int], str]) -> bool:
+async def wipe(nodes: NodeClient, state: ClusterState, pods: Sequence[PodObs],
+               statuses: Mapping[str, Mapping[str, Any] | None], event: Event) -> bool:
     """Delete every segment on the new pods (a partial load); the next pass recreates them
     empty. True when every DELETE succeeded."""
-    from .reconcile import http_json
-
     ok = True
     for p in pods:
         for seg in (statuses.get(p.name) or {}).get("segments", []):
             pg = int(seg["pg"])
             try:
-                http_json("DELETE", f"{p.url}/v1/segments/{pg}", timeout=max(timeout, 5))
-            except (OSError, urllib.error.URLError, ValueError):
+                await nodes.delete_segment(p.url, pg)
+            except NodeError:
                 ok = False
                 continue
-            applied.pop((ns, p.name, pg), None)
+            state.applied.pop((p.name, pg), None)
     if ok:
         event("Warning", "RestoreWiped", "deleted the partially loaded segments; they are recreated empty")
     return ok
 
 
-def post_observe(job: ops.RestoreJob, body: Mapping[str, Any], doc: Mapping[str, Any] | None,
-                 pods: Sequence[PodObs], statuses: Mapping[str, Mapping[str, Any] | None],
-                 event: Event, timeout: float, applied: dict[tuple[str, str, int], str]) -> None:
+async def post_observe(nodes: NodeClient, state: ClusterState, job: RestoreJob, body: Mapping[str, Any],
+                       doc: Mapping[str, Any] | None, pods: Sequence[PodObs],
+                       statuses: Mapping[str, Mapping[str, Any] | None], event: Event) -> None:
     """Start the load once every PG has all 6 segments up (and wiped if needed)."""
     meta = body["metadata"]
     with job.lock:
@@ -136,22 +138,25 @@ def post_observe(job: ops.RestoreJob, body: Mapping[str, Any], doc: Mapping[str,
         if not healthy or full < len(healthy):
             job.message = f"waiting for the new pods' segments ({full}/{len(healthy)} PGs complete)"
             return
-        if job.needs_wipe:
-            if wipe(meta["namespace"], pods, statuses, event, timeout, applied):
+        wipe_now = job.needs_wipe
+    if wipe_now:
+        if await wipe(nodes, state, pods, statuses, event):
+            with job.lock:
                 job.needs_wipe = False
+        return
+    with job.lock:
+        if job.state != "validated":
             return
         topo = topology_from_objects(dict(doc), {p.name: p.ip for p in pods if p.running},
                                      meta["namespace"], meta["name"])
         job.state, job.message, job.progress = "loading", "loading the backup into the new pods", ""
     event("Normal", "RestoreLoading", f"loading the backup at LSN {job.lsn} into {len(topo.nodes)} pods")
-    ops.spawn(ops.load, job, topo, name=f"restore-load-{meta['name']}")
+    jobs.spawn(jobs.load, job, topo, name=f"restore-load-{meta['name']}")
 
 
-def restore_status(job: ops.RestoreJob | None, old: Mapping[str, Any], restore: RestoreSpec,
+def restore_status(job: RestoreJob | None, old: Mapping[str, Any], restore: RestoreSpec,
                    event: Event) -> dict[str, Any]:
     """status.restore from the job (or the persisted Done record)."""
-    from tidemark_backup.restore import iso
-
     old_rs = dict(old.get("restore") or {})
     if job is None:
         return old_rs

@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tidemark_protocol.hydration import HydrationState
 from tidemark_protocol.quorum import SEGMENTS_PER_PG, WRITE_QUORUM
 
 from .model import NODE_PORT
@@ -59,7 +60,7 @@ def caught_up_segments(doc: Mapping[str, Any], node_status: Mapping[str, Mapping
         out[pg] = sum(
             1 for c in copies
             if c is not None and not c.get("holes")
-            and (c.get("hydration") or {}).get("state", "idle") in ("idle", "done")
+            and (c.get("hydration") or {}).get("state", "idle") in (HydrationState.IDLE, HydrationState.DONE)
             and int(c.get("scl", 0)) >= best - max_lag)
     return out
 
@@ -136,3 +137,44 @@ def compute_status(
                   d_msg, generation, old_conds, now),
     ]
     return st
+
+
+# -- a restore cluster: status.restore and the Restored condition -----------------------------
+
+RESTORE_DONE = "Done"
+
+
+def restore_condition_fields(restore_status: Mapping[str, Any] | None) -> tuple[bool, str, str]:
+    """(restored?, reason, message) for the Restored condition."""
+    st = restore_status or {}
+    phase = st.get("phase") or "Validating"
+    if phase == RESTORE_DONE:
+        return True, "RestoreComplete", (f"restored {st.get('pages', 0)} pages at LSN {st.get('lsn')} "
+                                         f"({st.get('pointInTime')})")
+    if phase == "Failed":
+        return False, "RestoreFailed", str(st.get("message") or "restore failed")
+    return False, phase, str(st.get("message") or phase.lower())
+
+
+def apply_restore_status(status: dict[str, Any], restore_status: Mapping[str, Any], generation: int,
+                         old_conds: list[Mapping[str, Any]], now: str) -> dict[str, Any]:
+    """Overlay the restore on a computed cluster status: never Ready before the backup is
+    fully loaded (phase Restoring/Failed), plus a Restored condition."""
+    restored, reason, msg = restore_condition_fields(restore_status)
+    conds = [c for c in status.get("conditions", []) if c["type"] != "Restored"]
+    if not restored:
+        conds = [c for c in conds if c["type"] != "Ready"]
+        conds.insert(0, condition("Ready", False, "RestoreFailed" if reason == "RestoreFailed" else "Restoring",
+                                  msg, generation, old_conds, now))
+        status["phase"] = "Failed" if reason == "RestoreFailed" else "Restoring"
+    conds.append(condition("Restored", restored, reason, msg, generation, old_conds, now))
+    status["conditions"] = conds
+    status["restore"] = dict(restore_status)
+    return status
+
+
+def progress_text(phase: str, done: int, total: int) -> str:
+    """status.restore.progress of a load (restore_into's progress callback)."""
+    what = {"inventory": "reading the backup's catalogue", "rebuild": "rebuilding PGs",
+            "load": "loading pages"}.get(phase, phase)
+    return f"{what}: {done}/{total}"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from kubernetes import client, config
 
 from tidemark_compute.topology import Topology
 from tidemark_protocol.layout import VolumeLayout
@@ -37,8 +41,6 @@ def cluster_topology(core: Any, namespace: str, cluster: str) -> Topology:
 
 def load_cluster_topology(cluster: str, namespace: str | None = None,
                           kubeconfig: str | None = None) -> Topology:
-    from kubernetes import client, config
-
     try:
         config.load_incluster_config()
         ns = namespace or open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read().strip()
@@ -50,10 +52,9 @@ def load_cluster_topology(cluster: str, namespace: str | None = None,
 
 
 def cluster_membership_source(cluster: str, namespace: str | None = None,
-                              kubeconfig: str | None = None) -> Any:
+                              kubeconfig: str | None = None) -> Callable[[], Awaitable[Topology]]:
     """An async callable returning the cluster's current Topology (a Writer's
     membership_source: re-read when a PG's membership changes)."""
-    import asyncio
 
     async def load() -> Topology:
         return await asyncio.to_thread(load_cluster_topology, cluster, namespace, kubeconfig)

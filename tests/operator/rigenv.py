@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "auroraclusters.tidemark.dev.yaml"
 NAME = "demo"
 TIDEMARK = str(Path(sys.executable).with_name("tidemark"))
+CRASHING_OPERATOR = Path(__file__).with_name("crashing_operator.py")
 
 
 kubectl = kubectl_path
@@ -58,14 +59,17 @@ class Operator:
         self.proc: subprocess.Popen[bytes] | None = None
         self.health_port, self.metrics_port = free_port(), free_port()
 
-    def start(self) -> None:
+    def start(self, crash_at: str | None = None) -> None:
+        """Start `tidemark operator run`; with CRASH_AT, through the test-only launcher
+        that makes the process die at that step (crashing_operator.py)."""
+        args = ["run", "-n", self.ns, "--kubeconfig", self.kubeconfig, "--node-command", TIDEMARK,
+                "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
+                "--metrics-port", str(self.metrics_port), "--interval", "1"]
+        cmd = ([sys.executable, str(CRASHING_OPERATOR), crash_at, *args] if crash_at
+               else [TIDEMARK, "operator", *args])
         with self.log.open("ab") as fh:
-            self.proc = subprocess.Popen(
-                [TIDEMARK, "operator", "run", "-n", self.ns, "--kubeconfig", self.kubeconfig,
-                 "--node-command", TIDEMARK, "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
-                 "--metrics-port", str(self.metrics_port), "--interval", "1"],
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc and self.proc.poll() is None:

@@ -25,13 +25,13 @@ from rigenv import CRD, ROOT, cluster_body, cond, get_ac, operator_env, ready
 
 from tidemark_backup.catalog import Timeline
 from tidemark_backup.objstore import S3Store
-from tidemark_backup.restore import iso, parse_time
 from tidemark_compute.verify_model import SLOT, Model, parse_slot
 from tidemark_compute.workload import read_all_pages, run_workload
 from tidemark_compute.writer import Writer
 from tidemark_operator.backupspec import SNAPSHOT_PLURAL
 from tidemark_operator.model import GROUP, PLURAL, VERSION
 from tidemark_operator.topology import cluster_topology
+from tidemark_restore.inventory import iso, parse_time
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.minio import MinioServer
 from tidemark_rig.procs import wait_for

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from crashing_operator import CRASH_EXIT
 from kubernetes.client.exceptions import ApiException
 from rigenv import (
     NAME,
@@ -34,7 +35,7 @@ from rigenv import (
 )
 
 from tidemark_operator.model import GROUP, PLURAL, VERSION, ZONE_LABEL, ZONE_POD_LABEL
-from tidemark_operator.repair_resume import CRASH_ENV, CRASH_EXIT
+from tidemark_operator.steps import AFTER_REPAIR_BEGIN, AFTER_REPAIR_FINISH
 from tidemark_operator.topology import cluster_topology
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.pod_runner import read_state
@@ -61,6 +62,7 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     ({"backup": {"enabled": True}}, "backup.enabled needs backup.target and backup.credentialsSecret"),
     ({"backup": {"target": "ftp://x", "retentionDays": 40}}, "retentionDays"),
     ({"repair": {"nodeLossTimeout": "five minutes"}}, "nodeLossTimeout"),
+    ({"repair": {"rebuildBandwidth": "50MB"}}, "rebuildBandwidth"),
 ])
 def test_schema_refuses_invalid_manifests(env: dict[str, Any], spec: dict[str, Any], needle: str) -> None:
     body = cluster_body("bad", **spec)
@@ -351,16 +353,10 @@ def _segment(st: dict[str, Any] | None, pg: int) -> dict[str, Any] | None:
 
 
 def _start_operator(op: Operator, crash_at: str | None = None) -> None:
-    """(Re)start the operator, optionally told to die at a crash point of the repair
-    path (TIDEMARK_OPERATOR_CRASH_AT, see operator/tidemark_operator/repair_resume.py)."""
+    """(Re)start the operator, optionally one that dies at a step of the repair path
+    (tests/operator/crashing_operator.py, a step observer of tidemark_operator.steps)."""
     op.kill(signal.SIGKILL)
-    os.environ.pop(CRASH_ENV, None)
-    if crash_at:
-        os.environ[CRASH_ENV] = crash_at
-    try:
-        op.start()
-    finally:
-        os.environ.pop(CRASH_ENV, None)
+    op.start(crash_at)
 
 
 def test_operator_killed_mid_repair_resumes_and_finishes_it(env: dict[str, Any]) -> None:
@@ -414,7 +410,7 @@ def test_operator_killed_mid_repair_resumes_and_finishes_it(env: dict[str, Any])
 
     def action() -> None:
         # 1. dies right after writing the dual membership, before telling any node
-        _start_operator(op, "after-repair-begin")
+        _start_operator(op, AFTER_REPAIR_BEGIN)
         rig.mark_node_not_ready(node)
         wait_for(crashed, 90, "the operator to die after beginning a repair", interval=0.2)
         assert op.proc is not None and op.proc.returncode == CRASH_EXIT
@@ -429,7 +425,7 @@ def test_operator_killed_mid_repair_resumes_and_finishes_it(env: dict[str, Any])
         seen["begin"] = (p1, target1)
 
         # 2. a new process resumes it and dies right after writing the final membership
-        _start_operator(op, "after-repair-finish")
+        _start_operator(op, AFTER_REPAIR_FINISH)
         wait_for(crashed, 120, "the operator to die after finishing a repair", interval=0.2)
         assert op.proc is not None and op.proc.returncode == CRASH_EXIT
         m1 = cluster_topology(core, ns, NAME).memberships[p1]

@@ -2,35 +2,42 @@
 
 from __future__ import annotations
 
+import time
+import types
+import typing
+from pathlib import Path
+
+import annotated_types
 import pytest
+import yaml
+from pydantic import BaseModel, StringConstraints
+from pydantic.fields import FieldInfo
 
 from tidemark_operator import placement as pl
-from tidemark_operator.model import (
-    RUN_LOCAL_LABEL,
-    SPEC_HASH,
-    ZONE_LABEL,
-    ClusterSpec,
-    resolve_zones,
-)
+from tidemark_operator.model import RUN_LOCAL_LABEL, SPEC_HASH, ZONE_LABEL, resolve_zones
 from tidemark_operator.resources import desired_objects, pod_disruption_budget, statefulset
+from tidemark_operator.spec import ClusterSpec, parse_spec
 from tidemark_operator.status import PodObs, compute_status, healthy_segments
 from tidemark_operator.topology import topology_from_objects
 
 pytestmark = [pytest.mark.unit, pytest.mark.operator]
 
+ROOT = Path(__file__).resolve().parents[2]
 ZONES = ["zone-a", "zone-b", "zone-c"]
 OWNER = {"apiVersion": "tidemark.dev/v1alpha1", "kind": "AuroraCluster",
          "metadata": {"name": "demo", "uid": "u-1"}}
 
 
 def spec(**kw: object) -> ClusterSpec:
-    return ClusterSpec.from_dict({"nodesPerZone": 2, "volume": {"pgCount": 4}, **kw})
+    return parse_spec({"nodesPerZone": 2, "volume": {"pgCount": 4}, **kw})
 
 
 def test_spec_defaults() -> None:
-    s = ClusterSpec.from_dict({})
-    assert (s.nodes_per_zone, s.pg_count, s.pages_per_pg, s.page_size) == (2, 4, 64, 4096)
+    s = parse_spec({})
+    v = s.volume
+    assert (s.nodes_per_zone, v.pg_count, v.pages_per_pg, v.page_size) == (2, 4, 64, 4096)
     assert s.zones is None and s.deletion_policy == "Retain"
+    assert parse_spec(None) == s == ClusterSpec()
 
 
 def test_statefulset_pinned_to_zone_with_command_probes_and_owner() -> None:
@@ -397,7 +404,7 @@ def _ready_status() -> dict:
 
 
 def test_restore_overlay_never_ready_before_done() -> None:
-    from tidemark_operator.backupspec import apply_restore_status
+    from tidemark_operator.status import apply_restore_status
 
     base = _ready_status()
     assert next(c for c in base["conditions"] if c["type"] == "Ready")["status"] == "True"
@@ -417,9 +424,9 @@ def test_restore_overlay_never_ready_before_done() -> None:
 
 
 def test_restore_status_from_job_marks_load_started_until_done() -> None:
-    from tidemark_operator.backupops import RestoreJob
     from tidemark_operator.backupspec import RestoreSpec
     from tidemark_operator.restoreflow import restore_status
+    from tidemark_operator.restorejobs import RestoreJob
 
     r = RestoreSpec.from_spec({"restore": {"source": {"cluster": "src"}}})
     seen: list[tuple[str, str]] = []
@@ -448,7 +455,7 @@ def test_restore_status_from_job_marks_load_started_until_done() -> None:
 
 
 def test_backup_block_prefers_store_errors_and_keeps_metrics_keys() -> None:
-    from tidemark_operator.backupops import STATUS_KEYS, backup_block
+    from tidemark_operator.backup_poll import STATUS_KEYS, backup_block
 
     out = {k: 1 for k in STATUS_KEYS} | {"lastError": None}
     b = backup_block(out, None, "s3://b/p", "now")
@@ -460,10 +467,10 @@ def test_backup_block_prefers_store_errors_and_keeps_metrics_keys() -> None:
 
 
 def test_restore_retry_delay_doubles_and_is_capped() -> None:
-    from tidemark_operator import backupops
+    from tidemark_operator import restorejobs
     from tidemark_operator.restoreflow import retry_delay
 
-    base = backupops.RETRY_DELAY
+    base = restorejobs.RETRY_DELAY
     assert retry_delay(1) == base and retry_delay(2) == 2 * base and retry_delay(3) == 4 * base
     assert retry_delay(50) == 600.0
 
@@ -497,3 +504,178 @@ def test_repair_aborts_when_its_target_is_lost_and_starts_over_elsewhere() -> No
     assert m["epoch"] > dual["epoch"]
     restart = [c for c in changes if c.kind == "begin" and c.pg == pg]
     assert restart and restart[0].target not in (lost, target) and zone_of[restart[0].target] == "zone-a"
+
+
+# -- the CRD schema and the pydantic spec model agree ------------------------------------------
+
+_CRD_FILES = [ROOT / "crds" / "auroraclusters.tidemark.dev.yaml",
+              ROOT / "charts" / "tidemark" / "crds" / "auroraclusters.tidemark.dev.yaml"]
+_CHECKED = ("enum", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern",
+            "default")
+
+
+def _crd_facts(node: dict) -> dict:
+    """What the model must match in a CRD schema node (descriptions, formats and CEL
+    rules are the apiserver's alone)."""
+    out = {"type": "int-or-string" if node.get("x-kubernetes-int-or-string") else node["type"]}
+    out.update({k: node[k] for k in _CHECKED if k in node})
+    if "properties" in node:
+        out["properties"] = {k: _crd_facts(v) for k, v in node["properties"].items()}
+        out["required"] = sorted(node.get("required", []))
+    if "additionalProperties" in node:
+        out["additionalProperties"] = _crd_facts(node["additionalProperties"])
+    if "items" in node:
+        out["items"] = _crd_facts(node["items"])
+    return out
+
+
+def _model_facts(cls: type) -> dict:
+    props, required = {}, []
+    for name, f in cls.model_fields.items():
+        key = f.alias or name
+        facts = _type_facts(f.annotation, tuple(f.metadata))
+        if f.default_factory is not None:
+            value = f.default_factory()
+            assert isinstance(value, BaseModel) and value == type(value)(), (key, value)
+            facts["default"] = {}  # the apiserver's `default: {}` then fills nested defaults
+        elif f.is_required():
+            required.append(key)
+        elif f.default is not None:
+            facts["default"] = list(f.default) if isinstance(f.default, tuple) else f.default
+        props[key] = facts
+    return {"type": "object", "properties": props, "required": sorted(required)}
+
+
+def _constraints(metadata: tuple, array: bool) -> dict:
+    out: dict = {}
+    lo, hi = ("minItems", "maxItems") if array else ("minLength", "maxLength")
+    for m in metadata:
+        if isinstance(m, FieldInfo):  # Field(...) inside Annotated[...]
+            out.update(_constraints(tuple(m.metadata), array))
+        elif isinstance(m, StringConstraints):
+            out.update({k: v for k, v in (("pattern", m.pattern), (lo, m.min_length), (hi, m.max_length))
+                        if v is not None})
+        elif isinstance(m, annotated_types.Ge):
+            out["minimum"] = m.ge
+        elif isinstance(m, annotated_types.Le):
+            out["maximum"] = m.le
+        elif isinstance(m, annotated_types.MinLen):
+            out[lo] = m.min_length
+        elif isinstance(m, annotated_types.MaxLen):
+            out[hi] = m.max_length
+        else:
+            raise AssertionError(f"constraint {m!r} has no check against the CRD")
+    return out
+
+
+def _type_facts(tp: object, metadata: tuple = ()) -> dict:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return _type_facts(args[0], (*metadata, *tp.__metadata__))
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _type_facts(options[0], metadata)
+        branches = [_type_facts(a) for a in options]
+        assert sorted(b["type"] for b in branches) == ["integer", "string"], tp
+        out = {"type": "int-or-string", **_constraints(metadata, False)}
+        out.update({k: v for b in branches for k, v in b.items() if k != "type"})
+        return out
+    if origin is typing.Literal:
+        return {"type": _JSON_TYPES[type(args[0])], "enum": list(args), **_constraints(metadata, False)}
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return _model_facts(tp)
+    if origin in (tuple, list):
+        return {"type": "array", "items": _type_facts(args[0]), **_constraints(metadata, True)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": _type_facts(args[1])}
+    return {"type": _JSON_TYPES[tp], **_constraints(metadata, False)}
+
+
+_JSON_TYPES = {bool: "boolean", int: "integer", str: "string"}
+
+
+@pytest.mark.parametrize("path", _CRD_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_crd_schema_matches_the_spec_model(path) -> None:
+    """One source of truth for the AuroraCluster spec: the CRD (and the chart's copy) has
+    exactly the model's fields, defaults, types, enums and bounds."""
+    crd = yaml.safe_load(path.read_text())
+    (version,) = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    want = _model_facts(ClusterSpec)
+    got = _crd_facts(spec)
+    assert got.pop("default") == {}  # spec itself defaults to {} (every field optional)
+    assert got == want
+
+
+def test_spec_model_refuses_what_the_crd_refuses() -> None:
+    from pydantic import ValidationError
+
+    for bad in ({"nodesPerZone": 1}, {"segmentsPerZone": 3}, {"zones": ["a", "b"]},
+                {"repair": {"rebuildBandwidth": "50MB"}}, {"repair": {"nodeLossTimeout": "5 min"}},
+                {"imagePullPolicy": "Sometimes"}, {"backup": {"retentionDays": 40}},
+                {"restore": {"pointInTime": "2026-01-01T00:00:00Z"}}):
+        with pytest.raises(ValidationError):
+            parse_spec(bad)
+    s = parse_spec({"repair": {"rebuildBandwidth": "128Ki"}, "storage": {"size": 1 << 30},
+                    "resources": {"requests": {"cpu": "100m", "memory": 256}}})
+    assert s.repair.rebuild_bandwidth == "128Ki" and s.storage.size == 1 << 30
+    assert s.container_resources() == {"requests": {"cpu": "100m", "memory": 256}}
+
+
+def test_quantities_are_kubernetes_quantities() -> None:
+    from tidemark_operator.repairs import parse_quantity
+
+    assert parse_quantity("128Ki") == 128 * 1024 and parse_quantity("50Mi") == 50 * 2**20
+    assert parse_quantity("2G") == 2 * 10**9 and parse_quantity("1500") == 1500
+    assert parse_quantity("1.5Mi") == 1_572_864 and parse_quantity(7) == 7
+    for junk in ("50MB", "fast", ""):
+        with pytest.raises(ValueError, match="bad quantity .*Kubernetes quantity"):
+            parse_quantity(junk)
+
+
+class _FakeKube:
+    """The two placement calls the repair executor makes, on a dict."""
+
+    def __init__(self, cm: dict) -> None:
+        self.cm, self.writes = cm, 0
+
+    def read(self, kind: str, name: str, ns: str) -> dict:
+        assert kind == "ConfigMap"
+        return self.cm
+
+    def replace_config_map(self, obj: dict) -> None:
+        if obj["metadata"]["resourceVersion"] != self.cm["metadata"]["resourceVersion"]:
+            raise pl.Conflict("rv mismatch")
+        self.writes += 1
+        self.cm = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.writes + 1)}}
+
+
+def test_repair_executor_announces_its_steps_to_observers_only() -> None:
+    from tidemark_operator import steps
+    from tidemark_operator.repair_executor import run_repairs
+    from tidemark_operator.state import ClusterState
+
+    assert steps.on_step == []  # production: nobody watches
+    s = spec(nodesPerZone=3, repair={"nodeLossTimeout": "10s"})
+    doc = pl.desired_placement("demo", ZONES, s, None)
+    body = {"apiVersion": "tidemark.dev/v1alpha1", "kind": "AuroraCluster",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1"}}
+    cm = pl.configmap("demo", "ns", doc, resource_version="1")
+    kube = _FakeKube(cm)
+    seen: list[str] = []
+    events: list[tuple[str, str]] = []
+    steps.on_step.append(seen.append)
+    try:
+        lost = "demo-zone-a-0"
+        statuses = _statuses(doc, {p for ps in doc["zones"].values() for p in ps} - {lost})
+        state = ClusterState(unhealthy_since={lost: time.monotonic() - 60})
+        new, progress = run_repairs(kube, state, body, s, doc, statuses,
+                                    lambda t, r, m: events.append((t, r)))
+    finally:
+        steps.on_step.remove(seen.append)
+    assert seen == [steps.AFTER_REPAIR_BEGIN] and kube.writes == 1
+    assert ("Warning", "RepairStarted") in events and progress
+    assert kube.cm["metadata"]["ownerReferences"][0]["uid"] == "u-1"  # kopf.adopt
+    dual = [int(pg) for pg, m in new["pgs"].items() if m["next_members"]]
+    assert dual and all(state.known_repairs[pg] == new["pgs"][str(pg)]["epoch"] for pg in dual)

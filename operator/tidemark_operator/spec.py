@@ -1,0 +1,104 @@
+"""The AuroraCluster spec as one pydantic model: the single source of its fields and
+defaults on the operator's side (pure). The CRD schema in crds/ carries the same fields,
+defaults and bounds (checked by tests/operator/test_operator_unit.py) plus what only the
+apiserver enforces (CEL rules: immutability, growth only, URL forms)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+DEFAULT_IMAGE = "ghcr.io/tidemark/tidemark:0.1.0"
+# Kubernetes quantity (the apiserver's own pattern for resource quantities)
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+
+Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+"""int-or-string in the CRD (x-kubernetes-int-or-string)."""
+ResourceList = dict[str, int | str]
+
+
+class _Spec(BaseModel):
+    """camelCase on the wire, snake_case in Python; unknown keys ignored (the apiserver
+    prunes them anyway); immutable."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True,
+                              extra="ignore")
+
+
+class Volume(_Spec):
+    pg_count: int = Field(4, ge=1, le=4096)
+    pages_per_pg: int = Field(64, ge=1, le=1048576)
+    page_size: int = Field(4096, ge=512, le=65536)
+
+
+class Storage(_Spec):
+    class_name: str | None = None
+    size: Quantity = "10Gi"
+    ephemeral: bool = False
+
+
+class Resources(_Spec):
+    requests: ResourceList | None = None
+    limits: ResourceList | None = None
+
+
+class Repair(_Spec):
+    node_loss_timeout: Annotated[str, StringConstraints(pattern=DURATION_PATTERN)] = "5m"
+    max_concurrent_rebuilds: int = Field(2, ge=1, le=64)
+    rebuild_bandwidth: Quantity = "50Mi"
+
+
+class Backup(_Spec):
+    enabled: bool = False
+    target: str | None = None
+    endpoint: str | None = None
+    credentials_secret: str | None = None
+    retention_days: int = Field(7, ge=1, le=35)
+
+
+class RestoreSource(_Spec):
+    cluster: str | None = None
+    target: str | None = None
+    endpoint: str | None = None
+    credentials_secret: str | None = None
+
+
+class Restore(_Spec):
+    source: RestoreSource
+    point_in_time: str | None = None
+
+
+ZoneName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+
+
+class ClusterSpec(_Spec):
+    """AuroraCluster.spec. Objects the CRD defaults to `{}` (volume, storage, repair)
+    default to their model with its own defaults, as the apiserver would fill them."""
+
+    zones: Annotated[tuple[ZoneName, ...], Field(min_length=3, max_length=3)] | None = None
+    nodes_per_zone: int = Field(2, ge=2, le=64)
+    segments_per_zone: Literal[2] = 2
+    volume: Volume = Field(default_factory=Volume)
+    storage: Storage = Field(default_factory=Storage)
+    image: Annotated[str, StringConstraints(min_length=1)] = DEFAULT_IMAGE
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    resources: Resources | None = None
+    deletion_policy: Literal["Retain", "Delete"] = "Retain"
+    repair: Repair = Field(default_factory=Repair)
+    backup: Backup | None = None
+    restore: Restore | None = None
+
+    def container_resources(self) -> dict[str, Any]:
+        """The storage container's `resources` (as given in the spec)."""
+        if self.resources is None:
+            return {}
+        return self.resources.model_dump(by_alias=True, exclude_none=True)
+
+
+def parse_spec(spec: Any) -> ClusterSpec:
+    """The typed spec of an AuroraCluster body's `spec` (None/absent: all defaults)."""
+    return ClusterSpec.model_validate(dict(spec or {}))

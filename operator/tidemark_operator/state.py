@@ -1,0 +1,41 @@
+"""What the operator process remembers about one AuroraCluster between passes, kept in
+kopf's per-object memo (forgotten with the object and on restart: every item is either
+re-derived from the cluster or harmless to lose, see each field)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backupspec import StoreRef
+from .restorejobs import RestoreJob
+
+MEMO_KEY = "tidemark_cluster"
+
+
+@dataclass
+class ClusterState:
+    # (pod, pg) -> "<node generation>:<membership+peers>" already PUT: lost on restart,
+    # then re-sent (segment PUTs are idempotent)
+    applied: dict[tuple[str, int], str] = field(default_factory=dict)
+    # pod -> monotonic time it stopped answering: a restart restarts the clock (conservative)
+    unhealthy_since: dict[str, float] = field(default_factory=dict)
+    # pg -> membership epoch of the repair this process knows about (begun or resumed)
+    known_repairs: dict[int, int] = field(default_factory=dict)
+    # this process's restore of the cluster (status.restore persists the outcome)
+    restore: RestoreJob | None = None
+    # status.backup from the backup daemon's last poll (None: no poll yet) and the
+    # (store, retention days) it polled
+    backup_block: dict[str, Any] | None = None
+    backup_of: tuple[StoreRef, int] | None = None
+    # one pass at a time (the change handlers and the timer may fire together)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def cluster_state(memo: Any) -> ClusterState:
+    """The cluster's state in its kopf memo (created on first use)."""
+    st = memo.get(MEMO_KEY)
+    if st is None:
+        st = memo[MEMO_KEY] = ClusterState()
+    return st
