@@ -1,0 +1,71 @@
+"""Fixtures for the SQL tier: a fake writer (fast protocol tests), a real fleet, an
+instance on 127.0.230+.x (a range no other suite uses)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sqlfakes import FakeWriter  # noqa: E402
+
+from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch  # noqa: E402
+from tidemark_compute.writer import Writer  # noqa: E402
+from tidemark_playground import fleet as fleet_mod  # noqa: E402
+from tidemark_sql.instance import Instance  # noqa: E402
+from tidemark_sql.scram import parse_credentials  # noqa: E402
+
+USER, PASSWORD = "tm", "s3cret-pass"
+_subnet = itertools.count(230)  # one 127.0.N.x range per fleet test (N < 256)
+_fake_hosts = itertools.count(2)  # fake-writer instances share 127.0.229.x
+
+
+def dsn_of(instance: Instance, password: str = PASSWORD, **extra: str) -> str:
+    host, port = instance.address  # type: ignore[misc]
+    params = {"host": host, "port": str(port), "user": USER, "password": password, "dbname": "tidemark",
+              "connect_timeout": "10", **extra}
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+@pytest.fixture
+def host() -> str:
+    return f"127.0.{next(_subnet)}.5"
+
+
+@pytest.fixture
+async def fake_instance():
+    host = f"127.0.229.{next(_fake_hosts) % 250 + 2}"
+    writer = FakeWriter()
+    instance = await Instance.start(writer, host, 0, parse_credentials(f"{USER}:{PASSWORD}"),
+                                    max_connections=8, max_message=64 * 1024, lock_timeout=1.0,
+                                    idle_in_transaction_timeout=2.0)
+    try:
+        yield instance
+    finally:
+        await instance.close()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path, host: str):
+    base_ip = host.rsplit(".", 1)[0] + ".10"
+    fl, _topology = await fleet_mod.up(tmp_path / "fleet", 2, 4, 256, 4096, base_ip, gossip_interval=0.3)
+    try:
+        yield fl
+    finally:
+        fl.down()
+
+
+async def open_writer(fl: fleet_mod.Fleet) -> Writer:
+    topology = load_topology(fl.dir)
+    writer = await Writer.open(topology, timeout=30, membership_source=membership_source(fl.dir))
+    record_volume_epoch(fl.dir, topology.volume_epoch)
+    return writer
+
+
+async def start_instance(fl: fleet_mod.Fleet, host: str, **options) -> Instance:
+    writer = await open_writer(fl)
+    return await Instance.start(writer, host, 0, parse_credentials(f"{USER}:{PASSWORD}"), **options)
