@@ -87,6 +87,10 @@ class FileStore(ObjStore):
         self._path(key).unlink(missing_ok=True)
 
 
+class StoreError(ValueError):
+    """The backup target cannot be used as given (a bad URL, no bucket): the user's to fix."""
+
+
 class S3Store(ObjStore):
     def __init__(self, url: str, bucket: str, prefix: str, endpoint: str | None,
                  access_key: str | None = None, secret_key: str | None = None,
@@ -154,10 +158,12 @@ def open_store(url: str, endpoint: str | None = None, timeout: float = 5.0) -> O
     if parsed.scheme == "file":
         return FileStore(url, Path(parsed.path))
     if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise StoreError(f"backup URL {url!r} names no bucket: use s3://bucket/prefix")
         query = parse_qs(parsed.query)
         endpoint = endpoint or (query.get("endpoint") or [None])[0] or os.environ.get(
             "TIDEMARK_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
         store = S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
         store.endpoint = endpoint  # lets a worker process reopen the same store
         return store
-    raise ValueError(f"unsupported backup URL {url!r}: use s3://bucket/prefix or file:///path")
+    raise StoreError(f"unsupported backup URL {url!r}: use s3://bucket/prefix or file:///path")

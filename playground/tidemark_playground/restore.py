@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidemark_backup.objstore import ObjStore, open_store
 from tidemark_compute.topology import save_topology
-from tidemark_restore.cli import ENDPOINT, FROM
+from tidemark_restore.cli import ENDPOINT, FROM, user_errors
 from tidemark_restore.install import restore_inventory_into
 from tidemark_restore.inventory import RestoreError, load_inventory, parse_time
 
@@ -67,16 +67,14 @@ def restore_new_fleet(url_store: ObjStore, t_us: int, directory: Path, backup: s
 @click.option("--backup", "backup_to", default=None, help="backup URL for the restored cluster")
 @click.option("--base-ip", default=None, help="first node address of the new fleet (default: random 127.x.y.10)")
 @click.option("--json", "as_json", is_flag=True)
+@user_errors
 def restore(url: str, endpoint: str | None, to_time: str, directory: Path, backup_to: str | None,
             base_ip: str | None, as_json: bool) -> None:
     """Point-in-time restore into a NEW playground fleet in DIR."""
     if (directory / "fleet.json").exists():
         raise click.ClickException(f"{directory} already holds a fleet: restore needs a new one")
     store = open_store(url, endpoint)
-    try:
-        result = restore_new_fleet(store, parse_time(to_time), directory, backup_to, base_ip)
-    except RestoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    result = restore_new_fleet(store, parse_time(to_time), directory, backup_to, base_ip)
     click.echo(json.dumps(result) if as_json else
                f"restored {result['pages']} pages at LSN {result['lsn']} ({result['to_time']}) "
                f"into {directory} in {result['total_s']}s")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
+from typing import Any
 
 import click
+from botocore.exceptions import BotoCoreError, ClientError
 
 from tidemark_backup import metrics as metrics_mod
-from tidemark_backup.objstore import open_store
+from tidemark_backup.objstore import StoreError, open_store
 
 from .inventory import RestoreError, parse_time
 from .snapshots import create_manual_snapshot, delete_manual_snapshot
@@ -17,6 +21,25 @@ FROM = click.option("--from", "url", required=True,
                     help="backup URL: s3://bucket/prefix or file:///path")
 ENDPOINT = click.option("--endpoint", envvar="TIDEMARK_S3_ENDPOINT", default=None,
                         help="S3 endpoint (env TIDEMARK_S3_ENDPOINT); credentials from AWS_* env")
+
+# What a user can fix (a bad URL or time, missing credentials, an unreachable or empty
+# store): one line and exit 1, a JSON {"error": …} object with --json; never a traceback.
+USER_ERRORS = (RestoreError, StoreError, BotoCoreError, ClientError, OSError)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"error": message}))
+                raise SystemExit(1) from exc
+            raise click.ClickException(message) from exc
+
+    return run
 
 
 @click.group()
@@ -30,12 +53,11 @@ def snapshot() -> None:
 @click.option("--name", default=None)
 @click.option("--at", "at_time", default=None, help="RFC 3339 time (default: latest restorable)")
 @click.option("--json", "as_json", is_flag=True)
+@user_errors
 def snapshot_create(url: str, endpoint: str | None, name: str | None, at_time: str | None, as_json: bool) -> None:
+    """Write a manual snapshot of the backup at a time (kept until deleted)."""
     store = open_store(url, endpoint)
-    try:
-        info = create_manual_snapshot(store, name, parse_time(at_time) if at_time else None)
-    except RestoreError as exc:
-        raise click.ClickException(str(exc)) from exc
+    info = create_manual_snapshot(store, name, parse_time(at_time) if at_time else None)
     pages = info["pages"]
     lsn = info["lsn"]
     name = info["name"]
@@ -46,7 +68,9 @@ def snapshot_create(url: str, endpoint: str | None, name: str | None, at_time: s
 @FROM
 @ENDPOINT
 @click.option("--json", "as_json", is_flag=True)
+@user_errors
 def snapshot_list(url: str, endpoint: str | None, as_json: bool) -> None:
+    """List the manual snapshots in the backup."""
     store = open_store(url, endpoint)
     snaps = metrics_mod.manual_snapshots(store, store.list("manual/"))
     if as_json:
@@ -60,11 +84,14 @@ def snapshot_list(url: str, endpoint: str | None, as_json: bool) -> None:
 @FROM
 @ENDPOINT
 @click.argument("name")
-def snapshot_delete(url: str, endpoint: str | None, name: str) -> None:
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def snapshot_delete(url: str, endpoint: str | None, name: str, as_json: bool) -> None:
+    """Delete manual snapshot NAME."""
     store = open_store(url, endpoint)
     if not delete_manual_snapshot(store, name):
-        raise click.ClickException(f"no manual snapshot {name!r}")
-    click.echo(f"deleted {name}")
+        raise RestoreError(f"no manual snapshot {name!r}")
+    click.echo(json.dumps({"deleted": name}) if as_json else f"deleted {name}")
 
 
 @click.group()
@@ -77,8 +104,12 @@ def backup() -> None:
 @ENDPOINT
 @click.option("--retention-days", type=float, default=1.0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@user_errors
 def backup_status(url: str, endpoint: str | None, retention_days: float, as_json: bool) -> None:
+    """Recoverability window and storage metrics; exit 1 when URL holds no backup."""
     out = status_of(url, endpoint, retention_days)
+    if not out["objects"]:
+        raise RestoreError(f"no Tidemark backup at {url}: the store holds no backup object")
     metrics_mod.export_otel({k: v for k, v in out.items() if isinstance(v, int)})
     if as_json:
         click.echo(json.dumps(out))

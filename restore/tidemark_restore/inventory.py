@@ -64,7 +64,10 @@ def iso(t_us: int | None) -> str | None:
 
 
 def parse_time(text: str) -> int:
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise RestoreError(f"{text!r} is not an RFC 3339 time such as 2026-11-22T20:15:03Z") from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1_000_000)
