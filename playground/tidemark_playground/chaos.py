@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from tidemark_compute.writer import Writer
 from . import fleet as fleet_mod
 from .status import converged, fleet_status
 from .supervisor import read_repairs
+from .workdir import WorkDirError, fresh_workdir
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -211,8 +211,7 @@ EXPERIMENTS: dict[str, Callable[[Run], Awaitable[None]]] = {
 
 
 async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip: str) -> bool:
-    if directory.exists():
-        shutil.rmtree(directory)
+    fresh_workdir(directory)
     repair = {"node_loss_timeout": 2.0, "max_concurrent": 4, "bandwidth": 0}
     fleet, topology = await fleet_mod.up(
         directory, 3, 4, 64, 4096, base_ip, gossip_interval=0.5, repair=repair, scrub_interval=1.0,
@@ -291,6 +290,10 @@ def plot_run(run: Run, name: str, path: Path) -> None:
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="write a PNG timeline here")
 @click.option("--base-ip", default="127.0.0.60", show_default=True)
 def chaos(experiment: str, directory: Path, plot: Path | None, base_ip: str) -> None:
-    """Run a scripted fault EXPERIMENT against a fresh fleet with a verifying workload."""
-    ok = asyncio.run(run_experiment(experiment, directory, plot, base_ip))
+    """Run a scripted fault EXPERIMENT against a fresh fleet with a verifying workload.
+    DIR must be absent, empty, or left by an earlier chaos/demo run."""
+    try:
+        ok = asyncio.run(run_experiment(experiment, directory, plot, base_ip))
+    except WorkDirError as exc:
+        raise click.ClickException(str(exc)) from exc
     raise SystemExit(0 if ok else 1)

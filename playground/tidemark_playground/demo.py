@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tidemark_compute.writer import Writer
 
 from . import fleet as fleet_mod
 from .status import converged, fleet_status
+from .workdir import fresh_workdir
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -41,8 +41,7 @@ async def _watch(narrator: Narrator, seconds: float, label: str) -> int:
 
 async def run_demo(directory: Path, phase_seconds: float = 4.0) -> bool:
     narrator = Narrator()
-    if directory.exists():
-        shutil.rmtree(directory)
+    fresh_workdir(directory)
     narrator.say("[bold]Starting a fleet[/bold]: 6 storage nodes in zones a/b/c, 4 protection groups")
     fleet, topology = await fleet_mod.up(directory, nodes_per_zone=2, pgs=4, gossip_interval=0.5)
     try:
