@@ -14,6 +14,17 @@ from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, summarize, verify
 from tidemark_compute.writer import Writer
 from tidemark_operator.topology import cluster_membership_source
+from tidemark_playground import fleet as fleet_mod
+
+
+def refuse_sql_volume(directory: Path) -> None:
+    """The raw page workload opens its own writer: on a volume a database instance owns,
+    it would fence that writer and overwrite SQLite's pages."""
+    if (directory / fleet_mod.FLEET_FILE).exists() and fleet_mod.Fleet.load(directory).instances:
+        raise click.ClickException(
+            f"the fleet in {directory} holds a database (instance {', '.join(fleet_mod.Fleet.load(directory).instances)}): "
+            "`tidemark workload` would fence its writer and overwrite its pages; "
+            "use a storage-only fleet (`tidemark playground up --instances 0 --dir OTHER`)")
 
 
 async def _workload(
@@ -24,6 +35,7 @@ async def _workload(
         source = cluster_membership_source(from_cluster, namespace)
         topology = await source()
     else:
+        refuse_sql_volume(directory)
         topology = load_topology(directory)
         source = membership_source(directory)
     model = Model(log_file)

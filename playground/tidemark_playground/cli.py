@@ -1,4 +1,5 @@
-"""`tidemark playground`: a local fleet on loopback, faults, status and the demo."""
+"""`tidemark playground`: a local fleet on loopback (storage nodes and the database
+writer instance), faults, status and the demo."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tidemark_protocol.repair import RepairLimits
 
 from . import fleet as fleet_mod
 from .demo import run_demo
+from .instances import MAX_INSTANCES
 from .status import fleet_status
 from .supervisor import Supervisor, read_repairs
 
@@ -27,7 +29,8 @@ DIR_OPTION = click.option(
 
 @click.group()
 def playground() -> None:
-    """A local storage fleet: processes on 127.0.0.x addresses in zones a/b/c."""
+    """A local storage fleet: processes on 127.0.0.x addresses in zones a/b/c, and a
+    database writer instance (PostgreSQL wire protocol) over it."""
 
 
 @playground.command()
@@ -43,24 +46,43 @@ def playground() -> None:
 @click.option("--node-loss-timeout", type=float, default=30.0, show_default=True, help="seconds a node may be down before its segments are rebuilt")
 @click.option("--max-concurrent-rebuilds", type=int, default=4, show_default=True)
 @click.option("--rebuild-bandwidth", type=int, default=0, show_default=True, help="bytes/s per rebuild, 0 = unlimited")
+@click.option("--instances", type=int, default=None,
+              help="database instances: 1 = the writer (default for a new fleet), 0 = storage only; "
+                   "read replicas are not built yet, so more than 1 is refused. An existing fleet "
+                   "keeps what it has unless asked for more.")
+@click.option("--password-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="the instances' credentials (lines of user:password); default: a password generated "
+                   "into DIR/instance-credentials (mode 0600), shown once")
 @click.option("--json", "as_json", is_flag=True)
 def up(
     directory: Path, nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: int, base_ip: str,
     repair: bool, node_loss_timeout: float, max_concurrent_rebuilds: int, rebuild_bandwidth: int, as_json: bool,
-    backup: str | None = None,
+    backup: str | None = None, instances: int | None = None, password_file: Path | None = None,
 ) -> None:  # fmt: skip
-    """Start a fleet; returns when every node is ready and segments exist."""
+    """Start a fleet; returns when every node is ready, segments exist and the database
+    instance answers."""
+    if instances is not None and not 0 <= instances <= MAX_INSTANCES:
+        raise click.ClickException(f"--instances {instances}: only the writer exists yet (read replicas "
+                                   f"are not built); use 0 (storage only) or 1")
+    if instances is None and not (directory / fleet_mod.FLEET_FILE).exists():
+        instances = 1
     repair_options = (
         {"node_loss_timeout": node_loss_timeout, "max_concurrent": max_concurrent_rebuilds, "bandwidth": rebuild_bandwidth}
         if repair
         else None
     )
-    fleet, topology = asyncio.run(
-        fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options,
-                     backup=backup)
-    )
+    try:
+        fleet, topology = asyncio.run(
+            fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options,
+                         backup=backup, instances=instances, password_file=password_file)
+        )
+    except (TimeoutError, RuntimeError) as exc:  # a node or the instance did not come up: say which, briefly
+        raise click.ClickException(str(exc)) from None
     status = asyncio.run(fleet_status(fleet, topology))
     _print_status(status, as_json)
+    if fleet.new_password and not as_json:  # once, here only: never logged, never in --json
+        inst = next(iter(fleet.instances.values()))
+        click.echo(f"password for {inst.user} (shown once; kept in {inst.password_file}): {fleet.new_password}")
 
 
 @playground.command()
@@ -88,6 +110,14 @@ def _print_status(status: dict, as_json: bool) -> None:
     for p in status["pgs"]:
         pgs.add_row(str(p["id"]), str(p["epoch"]), ",".join(p["members"]), f"{p['healthy_segments']}/6", f"{p['complete_segments']}/6")
     console.print(pgs)
+    if status.get("instances"):
+        instances = Table("instance", "role", "address", "process", "endpoint", "alive", "lag_ms")
+        for i in status["instances"]:
+            instances.add_row(i["name"], i["role"], i["address"], i["process"], i["endpoint"], str(i["alive"]),
+                              str(i["lag_ms"]))
+        console.print(instances)
+        for i in status["instances"]:  # whole, unwrapped: to copy into psql
+            click.echo(f"{i['name']} dsn: {i['dsn']}  (password: {i['password_file']}, user:password)")
     repairs = status.get("repairs") or {}
     for r in repairs.get("in_progress", []):
         console.print(f"repair pg {r['pg']}: {r['lost']} -> {r['target']} {r['step']} {r['pct']}%")
@@ -97,25 +127,32 @@ def _print_status(status: dict, as_json: bool) -> None:
 
 def _fault(action: str, doc: str) -> click.Command:
     @click.command(name=action, help=doc)
-    @click.argument("node")
+    @click.argument("name")
     @DIR_OPTION
-    def command(node: str, directory: Path) -> None:
+    def command(name: str, directory: Path) -> None:
         fleet = fleet_mod.Fleet.load(directory)
-        if node not in fleet.nodes:
-            raise click.BadParameter(f"unknown node {node!r}; nodes: {', '.join(fleet.nodes)}")
-        getattr(fleet, action)(node)
-        if action == "restart":
-            asyncio.run(fleet_mod.wait_ready([fleet.nodes[node]]))
-        click.echo(f"{action} {node}: process {fleet.state(node)}")
+        if name not in fleet.nodes and name not in fleet.instances:
+            known = ", ".join([*fleet.nodes, *fleet.instances])
+            raise click.BadParameter(f"unknown node or instance {name!r}; known: {known}")
+        getattr(fleet, action)(name)
+        if action == "restart" and name in fleet.instances:
+            try:
+                asyncio.run(fleet.wait_instances([name]))  # the new writer has recovered and sealed
+            except (TimeoutError, RuntimeError) as exc:
+                raise click.ClickException(str(exc)) from None
+        elif action == "restart":
+            asyncio.run(fleet_mod.wait_ready([fleet.nodes[name]]))
+        click.echo(f"{action} {name}: process {fleet.state(name)}")
 
     return command
 
 
 for _action, _doc in (
-    ("kill", "SIGKILL a node's process (its data stays)."),
-    ("pause", "SIGSTOP a node."),
-    ("resume", "SIGCONT a paused node."),
-    ("restart", "Kill a node if running and start it again on its data."),
+    ("kill", "SIGKILL a node's or an instance's process (its data stays)."),
+    ("pause", "SIGSTOP a node or an instance."),
+    ("resume", "SIGCONT a paused node or instance."),
+    ("restart", "Kill a node or instance if running and start it again (an instance: a new "
+                "writer, Writer.open = recovery + seal)."),
 ):
     playground.add_command(_fault(_action, _doc))
 
@@ -124,7 +161,7 @@ for _action, _doc in (
 @DIR_OPTION
 @click.option("--purge", is_flag=True, help="also delete the playground directory")
 def down(directory: Path, purge: bool) -> None:
-    """Stop every node of the fleet."""
+    """Stop every node and instance of the fleet."""
     fleet = fleet_mod.Fleet.load(directory)
     fleet.down()
     if purge:

@@ -1,4 +1,5 @@
-"""Fleet status: which nodes answer, and how healthy each PG's segments are."""
+"""Fleet status: which nodes answer, how healthy each PG's segments are, and the
+database instances (their `dsn`, whether they answer)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import aiohttp
 from tidemark_compute.topology import Topology
 
 from .fleet import Fleet
+from .instances import probe
 
 
 async def _node_status(session: aiohttp.ClientSession, url: str) -> dict | None:
@@ -23,6 +25,8 @@ async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         names = list(fleet.nodes)
         answers = await asyncio.gather(*(_node_status(session, fleet.nodes[n].url) for n in names))
+        endpoints = await asyncio.gather(*(asyncio.to_thread(probe, i.host, i.port, i.user, timeout)
+                                           for i in fleet.instances.values()))
     by_node = dict(zip(names, answers, strict=True))
     nodes = []
     for name in names:
@@ -61,7 +65,21 @@ async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -
                 "scl": scls,
             }
         )
-    return {"nodes": nodes, "pgs": pgs, "volume_epoch": topology.volume_epoch}
+    instances = [
+        {
+            "name": inst.name,
+            "role": inst.role,
+            "dsn": inst.dsn,  # no password: it is in password_file (user:password)
+            "password_file": inst.password_file,
+            "address": f"{inst.host}:{inst.port}",
+            "process": fleet.state(inst.name),
+            "alive": endpoint in ("serving", "full"),
+            "endpoint": endpoint,  # serving | fenced | full | error | unreachable
+            "lag_ms": 0,  # the writer; replicas (with a real lag) are not built yet
+        }
+        for inst, endpoint in zip(fleet.instances.values(), endpoints, strict=True)
+    ]
+    return {"nodes": nodes, "pgs": pgs, "instances": instances, "volume_epoch": topology.volume_epoch}
 
 
 def converged(status: dict) -> bool:

@@ -4,6 +4,8 @@ It runs as its own process (started by `playground up`), like the operator's tim
 Kubernetes: every tick it probes each node, asks the pure planner what to rebuild,
 runs those replacements concurrently, cleans stale segments off nodes that come back
 after their segments moved, and writes progress to DIR/repairs.json for `status`.
+It also restarts a database instance whose process died (the writer: the new process
+runs Writer.open, recovery + seal), at most once per `instance_backoff` seconds each.
 It keeps no state a restart would need: a replacement it died in the middle of is a
 dual membership in topology.json, which the next supervisor finishes (resume_repair).
 """
@@ -26,7 +28,7 @@ from tidemark_compute.topology import Topology, load_topology, save_topology, to
 from tidemark_protocol.quorum import Membership
 from tidemark_protocol.repair import NodeHealth, RepairLimits, plan_repairs
 
-from .fleet import Fleet
+from .fleet import Fleet, pid_state
 from .repair_executor import (
     RepairFailed,
     RepairProgress,
@@ -58,6 +60,8 @@ class Supervisor:
     _swept: bool = False  # the first tick after a (re)start cleans every node once
     sweep_every: float = 10.0  # then every node again this often: a DELETE that failed is retried
     _last_sweep: float = 0.0
+    instance_backoff: float = 3.0  # a writer that cannot open (no quorum) is not restarted in a tight loop
+    _instance_restarts: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # `status` keeps showing what earlier supervisors of this fleet did
@@ -89,6 +93,7 @@ class Supervisor:
 
     async def step(self, session: aiohttp.ClientSession) -> None:
         fleet = Fleet.load(self.directory)
+        await self._restart_instances(fleet)
         topology = load_topology(self.directory)
         health = await self.probe(session, fleet)
         now = time.monotonic()
@@ -135,6 +140,18 @@ class Supervisor:
             self._tasks[action.pg] = asyncio.create_task(self._run(session, action.pg, progress, repair))
         self._waiting = [asdict(w) for w in plan.waiting]  # slotted dataclasses: no __dict__
         self._write_status()
+
+    async def _restart_instances(self, fleet: Fleet) -> None:
+        now = time.monotonic()
+        due = [n for n, inst in fleet.instances.items()
+               if pid_state(inst.pid) == "dead" and now - self._instance_restarts.get(n, -1e9) >= self.instance_backoff]
+        if not due:
+            return
+        # blocking: the fleet lock (a CLI `restart` may hold it for a moment) and fork/exec
+        started = await asyncio.to_thread(fleet.restart_dead_instances)
+        for name in started:
+            self._instance_restarts[name] = now
+            log.info("instance_restarted", instance=name, pid=fleet.instances[name].pid)
 
     def _resume_unfinished(self, session, topology: Topology, healthy: set[str]) -> None:
         """A dual membership in the placement that no task of ours drives was left by a

@@ -37,14 +37,16 @@ async def _serve(directory: Path, host: str, port: int, credentials: dict, insec
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reported = False
     try:
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
                 pass
-            if instance.pipeline.failed is not None:
+            if instance.pipeline.failed is not None and not reported:  # once, not every 0.5 s
                 log.error("instance_stopped", reason=str(instance.pipeline.failed))
+                reported = True
     finally:
         await instance.close()
 
