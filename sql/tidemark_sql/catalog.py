@@ -89,6 +89,8 @@ def install(conn: apsw.Connection, current_setting: Callable[[str], str | None])
         "current_database": lambda: "tidemark",
         "current_schema": lambda: "public",
         "current_user": lambda: current_setting("session_user") or "tidemark",
+        "session_user": lambda: current_setting("session_user") or "tidemark",
+        "current_catalog": lambda: "tidemark",
         "pg_backend_pid": lambda: 1,
         "pg_is_in_recovery": lambda: 0,
         "current_setting": lambda name, *_missing_ok: current_setting(str(name)),

@@ -13,6 +13,9 @@ _SERIAL = re.compile(r"\b(?:big|small)?serial\b", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"[$@](\d+)")
 _WITH_OPTIONS = re.compile(r"\)\s*with\s*\([^)]*\)\s*$", re.IGNORECASE)
 _WORD = re.compile(r"[A-Za-z_]+")
+# SQL's niladic functions are written without parentheses; SQLite would read a column.
+_NILADIC = re.compile(r"(?<![\w.])(current_user|session_user|current_schema|current_catalog)\b(?!\s*\()",
+                      re.IGNORECASE)
 
 
 def _segments(sql: str) -> Iterator[tuple[bool, str]]:
@@ -96,6 +99,8 @@ def keywords(sql: str, count: int = 2) -> list[str]:
 
 def prepare(sql: str) -> str:
     """Rewrites applied before SQLite sees a statement (cheap, text level)."""
+    if _NILADIC.search(sql):
+        sql = "".join(_NILADIC.sub(r"\1()", t) if code else t for code, t in _segments(sql))
     if "pg_catalog." in sql:  # the catalog shims are TEMP objects (catalog.py)
         sql = "".join(t.replace("pg_catalog.", "") if code else t for code, t in _segments(sql))
     head = keywords(sql, 2)

@@ -217,3 +217,12 @@ async def test_prepared_statements_and_many_parameters(fake_instance) -> None:
         assert await cur.fetchall() == [(6, "s6", 3.0), (7, "s7", 3.5)]
         cur = await conn.execute("SELECT count(*) FROM w WHERE b IS NULL OR a = %s", (None,))
         assert await cur.fetchone() == (0,)
+
+
+async def test_niladic_functions_answer_like_postgresql(fake_instance) -> None:
+    """current_user and friends are written without parentheses (they were read as
+    columns: 'no such column: current_user')."""
+    async with await _connect(fake_instance) as conn:
+        cur = await conn.execute("SELECT current_user, session_user, current_schema, current_catalog, "
+                                 "'current_user'")
+        assert await cur.fetchone() == (USER, USER, "public", "tidemark", "current_user")
