@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh
+# The SQL tests drive real PostgreSQL clients (psql, pgbench) and the SQL bench a real
+# PostgreSQL: Debian's packages, installed when missing (the machine image has them).
+if ! command -v psql >/dev/null 2>&1 || [ ! -x /usr/lib/postgresql/15/bin/pgbench ]; then
+  echo "==> installing PostgreSQL 15 client tools (Debian)"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 postgresql-client-15
+  else
+    echo "psql/pgbench missing: install Debian's postgresql-15 and postgresql-client-15" >&2
+  fi
+fi
 if .venv/bin/tidemark dev --help >/dev/null 2>&1; then
   echo "==> rig binaries (cached after the first build)"
   .venv/bin/tidemark dev install-bins
