@@ -20,6 +20,8 @@ from tidemark_playground import fleet as fleet_mod
 from tidemark_playground.bench_rebuild import bench_rebuild
 from tidemark_rig.minio import MinioServer
 
+from .bench_sql import bench_sql
+
 console = Console(stderr=True, highlight=False)
 
 
@@ -135,4 +137,21 @@ def backup_bench(seconds: float, concurrency: int, volume_mb: int, rounds: int, 
 def rebuild_bench(volume_mb: int, keep: Path | None, as_json: bool) -> None:
     """Rebuild a lost node's segments with the workload running, vs a raw loopback copy."""
     out = asyncio.run(bench_rebuild(volume_mb, lambda text: console.print(text), keep))
+    click.echo(json.dumps(out, indent=None if as_json else 2))
+
+
+@bench.command("sql")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="length of each TPC-B run")
+@click.option("--clients", type=int, default=16, show_default=True, help="clients of the second run (the first: 1)")
+@click.option("--scale", type=int, default=10, show_default=True, help="pgbench -i scale factor")
+@click.option("--base-ip", default="127.0.0.180", show_default=True, help="first node address of the bench fleet")
+@click.option("--json", "as_json", is_flag=True)
+def sql_bench(seconds: float, clients: int, scale: int, base_ip: str, as_json: bool) -> None:
+    """pgbench TPC-B: a Tidemark writer on 6 nodes vs PostgreSQL 15 with 5 standbys (ANY 3)."""
+    if seconds <= 0 or clients < 1 or scale < 1:
+        raise click.BadParameter("--seconds, --clients and --scale must be positive")
+    try:
+        out = asyncio.run(bench_sql(seconds, clients, scale, base_ip, lambda text: console.print(text)))
+    except (RuntimeError, TimeoutError) as exc:  # a server or pgbench failed: say which, briefly
+        raise click.ClickException(str(exc)) from None
     click.echo(json.dumps(out, indent=None if as_json else 2))

@@ -4,9 +4,12 @@ writer instance), faults, status and the demo."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -17,14 +20,34 @@ from tidemark_protocol.repair import RepairLimits
 
 from . import fleet as fleet_mod
 from .demo import run_demo
-from .instances import MAX_INSTANCES
-from .status import fleet_status
+from .status import fleet_status, problems
 from .supervisor import Supervisor, read_repairs
+from .workdir import WorkDirError
 
 DIR_OPTION = click.option(
     "--dir", "directory", type=click.Path(path_type=Path),
-    default=Path(".tidemark-playground"), show_default=True,
+    default=Path(".tidemark-playground"), show_default=True, help="the fleet's directory",
 )  # fmt: skip
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="machine-readable output (snake_case keys)")
+
+# What a user can fix (a bad option, no fleet in --dir, a process that would not start, a
+# work dir we did not make): one line and exit 1, a JSON {"error": …} object with --json.
+USER_ERRORS = (fleet_mod.FleetError, WorkDirError, OSError, RuntimeError)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as exc:
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if kwargs.get("as_json"):
+                click.echo(json.dumps({"error": message}))
+                raise SystemExit(1) from None
+            raise click.ClickException(message) from None
+
+    return run
 
 
 @click.group()
@@ -53,17 +76,16 @@ def playground() -> None:
 @click.option("--password-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="the instances' credentials (lines of user:password); default: a password generated "
                    "into DIR/instance-credentials (mode 0600), shown once")
-@click.option("--json", "as_json", is_flag=True)
+@JSON_OPTION
+@user_errors
 def up(
     directory: Path, nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: int, base_ip: str,
     repair: bool, node_loss_timeout: float, max_concurrent_rebuilds: int, rebuild_bandwidth: int, as_json: bool,
     backup: str | None = None, instances: int | None = None, password_file: Path | None = None,
 ) -> None:  # fmt: skip
     """Start a fleet; returns when every node is ready, segments exist and the database
-    instance answers."""
-    if instances is not None and not 0 <= instances <= MAX_INSTANCES:
-        raise click.ClickException(f"--instances {instances}: only the writer exists yet (read replicas "
-                                   f"are not built); use 0 (storage only) or 1")
+    instance answers. Every option is checked before anything starts; if starting fails,
+    what this call started is stopped again."""
     if instances is None and not (directory / fleet_mod.FLEET_FILE).exists():
         instances = 1
     repair_options = (
@@ -71,13 +93,10 @@ def up(
         if repair
         else None
     )
-    try:
-        fleet, topology = asyncio.run(
-            fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options,
-                         backup=backup, instances=instances, password_file=password_file)
-        )
-    except (TimeoutError, RuntimeError) as exc:  # a node or the instance did not come up: say which, briefly
-        raise click.ClickException(str(exc)) from None
+    fleet, topology = asyncio.run(
+        fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options,
+                     backup=backup, instances=instances, password_file=password_file)
+    )
     status = asyncio.run(fleet_status(fleet, topology))
     _print_status(status, as_json)
     if fleet.new_password and not as_json:  # once, here only: never logged, never in --json
@@ -87,13 +106,23 @@ def up(
 
 @playground.command()
 @DIR_OPTION
-@click.option("--json", "as_json", is_flag=True)
+@JSON_OPTION
+@user_errors
 def status(directory: Path, as_json: bool) -> None:
-    """Nodes, their segments, and each PG's healthy segments."""
+    """Nodes, their segments, each PG's healthy segments and the database instances.
+
+    Exit status: 0 when the fleet is healthy; 1 when it is degraded (a node or an instance
+    down, or a PG with fewer than 6 healthy segments: the status is printed all the same,
+    with `healthy` false and the `problems` listed) or when DIR holds no fleet."""
     fleet = fleet_mod.Fleet.load(directory)
     status = asyncio.run(fleet_status(fleet, load_topology(directory)))
     status["repairs"] = read_repairs(directory)
+    found = problems(status)
+    status["healthy"], status["problems"] = not found, found
     _print_status(status, as_json)
+    if not as_json:
+        click.echo(f"degraded: {'; '.join(found)}" if found else "healthy")
+    raise SystemExit(1 if found else 0)
 
 
 def _print_status(status: dict, as_json: bool) -> None:
@@ -129,20 +158,21 @@ def _fault(action: str, doc: str) -> click.Command:
     @click.command(name=action, help=doc)
     @click.argument("name")
     @DIR_OPTION
-    def command(name: str, directory: Path) -> None:
+    @JSON_OPTION
+    @user_errors
+    def command(name: str, directory: Path, as_json: bool) -> None:
         fleet = fleet_mod.Fleet.load(directory)
         if name not in fleet.nodes and name not in fleet.instances:
             known = ", ".join([*fleet.nodes, *fleet.instances])
-            raise click.BadParameter(f"unknown node or instance {name!r}; known: {known}")
+            raise fleet_mod.FleetError(f"unknown node or instance {name!r}; known: {known}")
         getattr(fleet, action)(name)
         if action == "restart" and name in fleet.instances:
-            try:
-                asyncio.run(fleet.wait_instances([name]))  # the new writer has recovered and sealed
-            except (TimeoutError, RuntimeError) as exc:
-                raise click.ClickException(str(exc)) from None
+            asyncio.run(fleet.wait_instances([name]))  # the new writer has recovered and sealed
         elif action == "restart":
             asyncio.run(fleet_mod.wait_ready([fleet.nodes[name]]))
-        click.echo(f"{action} {name}: process {fleet.state(name)}")
+        state = fleet.state(name)
+        click.echo(json.dumps({"name": name, "action": action, "state": state}) if as_json
+                   else f"{action} {name}: process {state}")
 
     return command
 
@@ -160,18 +190,26 @@ for _action, _doc in (
 @playground.command()
 @DIR_OPTION
 @click.option("--purge", is_flag=True, help="also delete the playground directory")
-def down(directory: Path, purge: bool) -> None:
-    """Stop every node and instance of the fleet."""
+@JSON_OPTION
+@user_errors
+def down(directory: Path, purge: bool, as_json: bool) -> None:
+    """Stop every node and instance of the fleet (and its repair supervisor). Only
+    processes this fleet started are signalled: a pid reused by another process is left
+    alone."""
     fleet = fleet_mod.Fleet.load(directory)
-    fleet.down()
+    stopped = fleet.down()
     if purge:
         shutil.rmtree(directory)
-    click.echo(f"fleet in {directory} stopped")
+    click.echo(json.dumps({"dir": str(directory), "stopped": stopped, "purged": purge}) if as_json
+               else f"fleet in {directory} stopped ({', '.join(stopped) or 'nothing was running'})")
 
 
 @playground.command()
-@DIR_OPTION
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".tidemark-demo"),
+              show_default=True, help="the demo's own work dir (never a running fleet's): absent, empty "
+                                      "or left by an earlier demo/chaos run")
 @click.option("--phase-seconds", type=float, default=4.0, show_default=True)
+@user_errors
 def demo(directory: Path, phase_seconds: float) -> None:
     """Fleet up, workload, node/zone/zone+1 faults, restart, catch-up, verify, teardown."""
     ok = asyncio.run(run_demo(directory, phase_seconds))
@@ -183,8 +221,10 @@ def demo(directory: Path, phase_seconds: float) -> None:
 @click.option("--node-loss-timeout", type=float, default=30.0, show_default=True)
 @click.option("--max-concurrent", type=int, default=4, show_default=True)
 @click.option("--bandwidth", type=int, default=0, show_default=True)
+@user_errors
 def supervise(directory: Path, node_loss_timeout: float, max_concurrent: int, bandwidth: int) -> None:
     """Run the repair loop in the foreground (`up` starts it in the background)."""
+    fleet_mod.Fleet.load(directory)  # a fleet must be there
     limits = RepairLimits(
         node_loss_timeout=node_loss_timeout, max_concurrent=max_concurrent, bandwidth_bytes_per_s=bandwidth
     )

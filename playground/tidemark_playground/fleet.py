@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import ipaddress
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
+import psutil
 
 from tidemark_compute.topology import TOPOLOGY_FILE, Topology, load_topology, save_topology
 from tidemark_protocol.layout import VolumeLayout
@@ -41,6 +43,14 @@ FLEET_FILE = "fleet.json"
 ZONES = ("a", "b", "c")
 
 
+class FleetError(Exception):
+    """What the user can fix: a bad option, no fleet in the directory, a half-made fleet."""
+
+
+class NoFleetError(FleetError, FileNotFoundError):
+    """No fleet.json in the directory."""
+
+
 @dataclass
 class NodeProc:
     name: str
@@ -48,6 +58,7 @@ class NodeProc:
     host: str
     port: int
     pid: int = 0
+    start_time: float | None = None  # psutil create_time of `pid`; None in fleet.json of older versions
 
     @property
     def url(self) -> str:
@@ -60,18 +71,42 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def pid_state(pid: int) -> str:
-    """'running', 'paused' (SIGSTOPped) or 'dead'."""
+def pid_state(pid: int, start_time: float | None = None) -> str:
+    """'running', 'paused' (SIGSTOPped) or 'dead'. With START_TIME (the create_time recorded
+    when we started it) a pid now held by a process started at another time was reused:
+    that is 'dead' too, never ours to signal. Without it (older fleet.json files): the pid only."""
     if pid <= 0:
         return "dead"
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        if start_time is not None and abs(proc.create_time() - start_time) > 1.0:
+            return "dead"
+        status = proc.status()
+    except psutil.Error:
         return "dead"
-    state = stat.rsplit(")", 1)[1].split()[0]
-    if state in ("Z", "X"):
+    if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
         return "dead"
-    return "paused" if state == "T" else "running"
+    return "paused" if status == psutil.STATUS_STOPPED else "running"
+
+
+def start_time_of(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def kill_pid(pid: int, start_time: float | None, timeout: float = 10.0) -> bool:
+    """SIGKILL it if it is still the process we started; waits (bounded) until it is gone.
+    Returns whether it was signalled."""
+    if pid_state(pid, start_time) == "dead":
+        return False
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pid_state(pid, start_time) != "dead" and time.monotonic() < deadline:
+        _reap(pid)  # if it is our child
+        time.sleep(0.02)
+    return True
 
 
 _local = threading.local()  # fleet locks this thread holds: re-entrant per directory
@@ -122,7 +157,7 @@ class Fleet:
     def load(cls, directory: Path) -> Fleet:
         path = directory / FLEET_FILE
         if not path.exists():
-            raise FileNotFoundError(f"no playground in {directory}: run `tidemark playground up`")
+            raise NoFleetError(f"no playground in {directory}: run `tidemark playground up --dir {directory}`")
         data = json.loads(path.read_text())
         fleet = cls(directory)
         fleet.nodes = {n["name"]: NodeProc(**n) for n in data["nodes"]}
@@ -188,7 +223,7 @@ class Fleet:
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
-        node.pid = proc.pid
+        node.pid, node.start_time = proc.pid, start_time_of(proc.pid)
         self._persist(node.name)
 
     # -- database instances -----------------------------------------------------------
@@ -216,7 +251,7 @@ class Fleet:
                 serve_command(self.dir, inst), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-            inst.pid = proc.pid
+            inst.pid, inst.start_time = proc.pid, start_time_of(proc.pid)
             self._persist(inst.name)
 
     def restart_dead_instances(self) -> list[str]:
@@ -228,7 +263,7 @@ class Fleet:
             if (self.dir / FLEET_FILE).exists():
                 self.instances = Fleet.load(self.dir).instances
             for inst in self.instances.values():
-                if pid_state(inst.pid) == "dead":
+                if pid_state(inst.pid, inst.start_time) == "dead":
                     _reap(inst.pid)
                     self.spawn_instance(inst)
                     started.append(inst.name)
@@ -239,36 +274,37 @@ class Fleet:
             names = [n for n in self.instances if self.state(n) != "paused"]
         for name in names:
             inst = self.instances[name]
-            await wait_instance_ready(inst, lambda pid=inst.pid: pid_state(pid) != "dead",
+            await wait_instance_ready(inst, lambda name=name: self.state(name) != "dead",
                                       self.log_file(name), timeout)
 
     # -- faults (a node or an instance, by name) --------------------------------------
-    def _pid(self, name: str) -> int:
-        return (self.instances[name] if name in self.instances else self.nodes[name]).pid
+    def _proc(self, name: str) -> NodeProc | InstanceProc:
+        return self.instances[name] if name in self.instances else self.nodes[name]
 
     def state(self, name: str) -> str:
-        return pid_state(self._pid(name))
+        proc = self._proc(name)
+        return pid_state(proc.pid, proc.start_time)
 
-    def signal(self, name: str, sig: signal.Signals) -> None:
-        pid = self._pid(name)
-        if pid_state(pid) != "dead":
-            os.kill(pid, sig)
-
-    def kill(self, name: str) -> None:
-        pid = self._pid(name)
-        if pid_state(pid) == "dead":
+    def signal(self, name: str, sig: signal.Signals, expect: str | None = None, timeout: float = 2.0) -> None:
+        """Send SIG if its process is still ours; then wait (bounded) for state EXPECT:
+        a signal takes effect when the process is next scheduled."""
+        if self.state(name) == "dead":
             return
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while pid_state(pid) != "dead" and time.monotonic() < deadline:
-            _reap(pid)  # if it is our child
-            time.sleep(0.02)
+        os.kill(self._proc(name).pid, sig)
+        deadline = time.monotonic() + timeout
+        while expect and self.state(name) not in (expect, "dead") and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def kill(self, name: str) -> bool:
+        """SIGKILL its process if it is still the one we started; whether it was signalled."""
+        proc = self._proc(name)
+        return kill_pid(proc.pid, proc.start_time)
 
     def pause(self, name: str) -> None:
-        self.signal(name, signal.SIGSTOP)
+        self.signal(name, signal.SIGSTOP, expect="paused")
 
     def resume(self, name: str) -> None:
-        self.signal(name, signal.SIGCONT)
+        self.signal(name, signal.SIGCONT, expect="running")
 
     def restart(self, name: str) -> None:
         with fleet_lock(self.dir):  # never alongside the supervisor's restart of the same instance
@@ -297,32 +333,72 @@ class Fleet:
                 start_new_session=True,
             )  # fmt: skip
         self.options["supervisor_pid"] = proc.pid
+        self.options["supervisor_start_time"] = start_time_of(proc.pid)
         self._persist(options=True)
 
-    def stop_supervisor(self) -> None:
-        pid = int(self.options.get("supervisor_pid", 0))
-        if pid_state(pid) != "dead":
-            with fleet_lock(self.dir):  # not in the middle of restarting an instance
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while pid_state(pid) != "dead" and time.monotonic() < deadline:
-                _reap(pid)
-                time.sleep(0.02)
+    def supervisor_state(self) -> str:
+        return pid_state(int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_time"))
 
-    def down(self) -> None:
-        self.stop_supervisor()
-        if (self.dir / FLEET_FILE).exists():  # the pids the supervisor may have restarted
-            self.instances = Fleet.load(self.dir).instances
-        for name in [*self.instances, *self.nodes]:  # instances first: no writer spinning on dead nodes
+    def stop_supervisor(self) -> bool:
+        with fleet_lock(self.dir):  # not in the middle of restarting an instance
+            return kill_pid(int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_time"))
+
+    def stop(self, names: list[str]) -> list[str]:
+        """Kill these instances, nodes and/or "supervisor"; returns those that were running."""
+        stopped = ["supervisor"] if "supervisor" in names and self.stop_supervisor() else []
+        for name in (n for n in names if n != "supervisor"):
             if self.state(name) == "paused":
                 self.resume(name)
-            self.kill(name)
+            if self.kill(name):
+                stopped.append(name)
+        return stopped
+
+    def down(self) -> list[str]:
+        """Stop the supervisor, every instance and every node; returns what was running."""
+        stopped = self.stop(["supervisor"])
+        if (self.dir / FLEET_FILE).exists():  # the pids the supervisor may have restarted
+            self.instances = Fleet.load(self.dir).instances
+        return stopped + self.stop([*self.instances, *self.nodes])  # instances first: no writer spinning on dead nodes
+
+
+def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: int, base_ip: str,
+                  instances: int | None = None, password_file: Path | None = None,
+                  repair: dict | None = None) -> None:
+    """Every option of `up`, checked before anything starts: FleetError says what is wrong."""
+    if nodes_per_zone < 2:
+        raise FleetError(f"--nodes-per-zone {nodes_per_zone}: each zone needs at least 2 nodes "
+                         "(2 segments of every PG per zone)")
+    if pgs < 1:
+        raise FleetError(f"--pgs {pgs}: a volume needs at least 1 protection group")
+    if pages_per_pg < 1 or page_size < 16:
+        raise FleetError(f"--pages-per-pg {pages_per_pg} --page-size {page_size}: need at least 1 page "
+                         "of at least 16 bytes per PG")
+    try:
+        first = ipaddress.IPv4Address(base_ip)
+    except ValueError:
+        raise FleetError(f"--base-ip {base_ip!r}: not an IPv4 address") from None
+    if not first.is_loopback:
+        raise FleetError(f"--base-ip {base_ip}: must be a loopback address (127.0.0.0/8)")
+    needed = 3 * nodes_per_zone + MAX_INSTANCES  # the nodes, then the instance, in one /24
+    if not 1 <= int(first) % 256 <= 255 - needed:
+        raise FleetError(f"--base-ip {base_ip}: {needed} addresses from it must fit in "
+                         f"{base_ip.rsplit('.', 1)[0]}.1-254")
+    if instances is not None and not 0 <= instances <= MAX_INSTANCES:
+        raise FleetError(f"--instances {instances}: only the writer exists yet (read replicas are not "
+                         "built); use 0 (storage only) or 1")
+    if password_file is not None:
+        try:
+            credentials_user(password_file)
+        except (OSError, ValueError) as exc:
+            raise FleetError(f"--password-file: {exc}") from None
+    if repair is not None and (repair["node_loss_timeout"] < 0 or repair["max_concurrent"] < 1
+                               or repair["bandwidth"] < 0):
+        raise FleetError("--node-loss-timeout and --rebuild-bandwidth must be >= 0, "
+                         "--max-concurrent-rebuilds >= 1")
 
 
 def build_fleet(directory: Path, nodes_per_zone: int, base_ip: str) -> Fleet:
-    """A fresh fleet layout: zones a/b/c, one 127.0.0.x address per node."""
-    if nodes_per_zone < 2:
-        raise ValueError("each zone needs at least 2 nodes (2 segments of every PG per zone)")
+    """A fresh fleet layout: zones a/b/c, one 127.0.0.x address per node (options checked)."""
     prefix, last = base_ip.rsplit(".", 1)
     fleet = Fleet(directory)
     index = int(last)
@@ -346,6 +422,8 @@ async def wait_ready(nodes: list[NodeProc], timeout: float = 30.0) -> None:
                             break
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     pass
+                if pid_state(node.pid, node.start_time) == "dead":
+                    raise RuntimeError(f"node {node.name} exited during startup (see its log in logs/)")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"node {node.name} at {node.url} not ready in {timeout}s")
                 await asyncio.sleep(0.1)
@@ -403,23 +481,10 @@ async def up(
     writer; None = 0 for a new fleet, as recorded for an existing one); an existing
     fleet with fewer gets the missing ones. `password_file`: their credentials (lines
     of user:password), else a generated DIR/instance-credentials."""
-    if instances is not None and not 0 <= instances <= MAX_INSTANCES:
-        raise ValueError(f"--instances {instances}: only the writer exists yet (read replicas are not "
-                         f"built); use 0 or 1")
-    directory.mkdir(parents=True, exist_ok=True)
+    check_options(nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, instances, password_file, repair)
     if (directory / FLEET_FILE).exists():
-        fleet = Fleet.load(directory)
-        for name in fleet.nodes:
-            if fleet.state(name) == "dead":
-                fleet.spawn(fleet.nodes[name])
-        await wait_ready(list(fleet.nodes.values()))
-        while instances is not None and len(fleet.instances) < instances:
-            fleet.add_instance("writer", password_file)
-        fleet.restart_dead_instances()
-        await fleet.wait_instances()
-        if "repair" in fleet.options and pid_state(int(fleet.options.get("supervisor_pid", 0))) == "dead":
-            fleet.spawn_supervisor()
-        return fleet, load_topology(directory)
+        return await _start_existing(directory, instances, password_file)
+    directory.mkdir(parents=True, exist_ok=True)
     fleet = build_fleet(directory, nodes_per_zone, base_ip)
     if gossip_interval is not None:
         fleet.options["gossip_interval"] = gossip_interval
@@ -430,28 +495,55 @@ async def up(
     if backup:  # every node streams backups there (`tidemark node run --backup URL`)
         fleet.options["backup"] = backup
         fleet.options.update(backup_options or {})
-    fleet.save()
-    for node in fleet.nodes.values():
-        fleet.spawn(node)
     try:
+        fleet.save()
+        for node in fleet.nodes.values():
+            fleet.spawn(node)
         await wait_ready(list(fleet.nodes.values()))
         topology = initial_topology(fleet, pgs, pages_per_pg, page_size)
         await create_segments(fleet, topology)
-    except BaseException:
-        fleet.down()
-        raise
-    save_topology(directory, topology)
-    try:
+        save_topology(directory, topology)
         for _ in range(instances or 0):
             fleet.spawn_instance(fleet.add_instance("writer", password_file))
         await fleet.wait_instances()
-    except BaseException:
+        if repair is not None:
+            fleet.options["repair"] = repair
+            fleet.spawn_supervisor()
+    except BaseException:  # a half-made fleet is no fleet: stop what we started, forget it (logs stay)
         fleet.down()
+        for name in (FLEET_FILE, TOPOLOGY_FILE):
+            (directory / name).unlink(missing_ok=True)
         raise
-    if repair is not None:
-        fleet.options["repair"] = repair
-        fleet.spawn_supervisor()
     return fleet, topology
 
 
-__all__ = ["Fleet", "InstanceProc", "NodeProc", "TOPOLOGY_FILE", "fleet_lock", "up", "wait_ready", "pid_state"]
+async def _start_existing(directory: Path, instances: int | None,
+                          password_file: Path | None) -> tuple[Fleet, Topology]:
+    """Restart the stopped nodes, instances and supervisor of the fleet in DIRECTORY (and add
+    the instances asked for); if that fails, stop again what this call started."""
+    fleet = Fleet.load(directory)
+    if not (directory / TOPOLOGY_FILE).exists():
+        raise FleetError(f"{directory} holds a half-made fleet (no {TOPOLOGY_FILE}): "
+                         f"`tidemark playground down --dir {directory} --purge`, then `up` again")
+    started: list[str] = []
+    try:
+        for name, node in fleet.nodes.items():
+            if fleet.state(name) == "dead":
+                fleet.spawn(node)
+                started.append(name)
+        await wait_ready(list(fleet.nodes.values()))
+        while instances is not None and len(fleet.instances) < instances:
+            fleet.add_instance("writer", password_file)
+        started += fleet.restart_dead_instances()
+        await fleet.wait_instances()
+        if "repair" in fleet.options and fleet.supervisor_state() == "dead":
+            fleet.spawn_supervisor()
+            started.append("supervisor")
+    except BaseException:
+        fleet.stop(started[::-1])  # the supervisor and instances first
+        raise
+    return fleet, load_topology(directory)
+
+
+__all__ = ["Fleet", "FleetError", "InstanceProc", "NoFleetError", "NodeProc", "TOPOLOGY_FILE", "fleet_lock", "up",
+           "wait_ready", "pid_state"]

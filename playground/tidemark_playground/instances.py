@@ -36,6 +36,7 @@ class InstanceProc:
     password_file: str
     user: str
     pid: int = 0
+    start_time: float | None = None  # psutil create_time of `pid`; None in fleet.json of older versions
 
     @property
     def dsn(self) -> str:

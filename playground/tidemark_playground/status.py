@@ -8,6 +8,7 @@ import asyncio
 import aiohttp
 
 from tidemark_compute.topology import Topology
+from tidemark_protocol.quorum import SEGMENTS_PER_PG
 
 from .fleet import Fleet
 from .instances import probe
@@ -88,3 +89,13 @@ def converged(status: dict) -> bool:
         p["healthy_segments"] == len(p["members"]) and p["complete_segments"] == len(p["members"])
         for p in status["pgs"]
     )
+
+
+def problems(status: dict) -> list[str]:
+    """Why the fleet is degraded (empty: healthy): a node or instance that does not answer,
+    a PG with fewer than 6 healthy segments."""
+    found = [f"node {n['name']} down" for n in status["nodes"] if not n["alive"]]
+    found += [f"instance {i['name']} down ({i['endpoint']})" for i in status.get("instances", []) if not i["alive"]]
+    found += [f"pg {p['id']}: {p['healthy_segments']}/{SEGMENTS_PER_PG} healthy segments"
+              for p in status["pgs"] if p["healthy_segments"] < SEGMENTS_PER_PG]
+    return found

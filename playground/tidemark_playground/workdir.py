@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .fleet import FLEET_FILE, Fleet, pid_state
+from .fleet import FLEET_FILE, Fleet
 
 MARKER = ".tidemark-workdir"
 
@@ -36,4 +36,4 @@ def fresh_workdir(directory: Path) -> Path:
 
 def _live(fleet: Fleet) -> list[str]:
     names = [n for n in [*fleet.nodes, *fleet.instances] if fleet.state(n) != "dead"]
-    return names + (["supervisor"] if pid_state(int(fleet.options.get("supervisor_pid", 0))) != "dead" else [])
+    return names + (["supervisor"] if fleet.supervisor_state() != "dead" else [])

@@ -1,14 +1,16 @@
 """What clients ask a PostgreSQL server about itself: version(), settings (SET, SHOW,
-current_setting) and a small pg_catalog (types, namespaces, tables) as TEMP objects."""
+current_setting), a small pg_catalog (types, namespaces, tables) as TEMP objects, the
+answers to known catalog probes (pgbench's) and generate_series."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import apsw
+import apsw.ext
 
 SERVER_VERSION = "15.0"
 
@@ -53,7 +55,66 @@ SHIMS = [
     "CREATE TEMP VIEW pg_class AS SELECT rowid AS oid, name AS relname, 2200 AS relnamespace, "
     "CASE type WHEN 'table' THEN 'r' WHEN 'index' THEN 'i' WHEN 'view' THEN 'v' END AS relkind "
     "FROM main.sqlite_master",
+    # Nothing is partitioned or inherits: empty, so catalog joins on them find nothing.
+    "CREATE TEMP TABLE pg_partitioned_table (partrelid INTEGER, partstrat TEXT)",
+    "CREATE TEMP TABLE pg_inherits (inhrelid INTEGER, inhparent INTEGER, inhseqno INTEGER)",
 ]
+
+# pgbench (15) asks at start-up whether pgbench_accounts is partitioned. Its query uses
+# LATERAL and a column alias list (o(n)), which SQLite cannot parse; the answer from the
+# shims is the same query without them: the table's search_path position ("pg_catalog",
+# "public": 2), NULL strategy (not partitioned), 0 partitions; no row if there is no table.
+_PGBENCH_PARTITION_PROBE = (
+    "select o.n, p.partstrat, pg_catalog.count(i.inhparent) "
+    "from pg_catalog.pg_class as c "
+    "join pg_catalog.pg_namespace as n on (n.oid = c.relnamespace) "
+    "cross join lateral (select pg_catalog.array_position(pg_catalog.current_schemas(true), n.nspname)) as o(n) "
+    "left join pg_catalog.pg_partitioned_table as p on (p.partrelid = c.oid) "
+    "left join pg_catalog.pg_inherits as i on (c.oid = i.inhparent) "
+    "where c.relname = 'pgbench_accounts' and o.n is not null "
+    "group by 1, 2 "
+    "order by 1 asc "
+    "limit 1"
+)
+_PGBENCH_PARTITION_ANSWER = (
+    "SELECT CASE n.nspname WHEN 'pg_catalog' THEN 1 WHEN 'public' THEN 2 END AS n, p.partstrat AS partstrat, "
+    "count(i.inhparent) AS count FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+    "LEFT JOIN pg_partitioned_table AS p ON p.partrelid = c.oid LEFT JOIN pg_inherits AS i ON c.oid = i.inhparent "
+    "WHERE c.relname = 'pgbench_accounts' AND n.nspname IN ('pg_catalog', 'public') GROUP BY 1, 2 ORDER BY 1 LIMIT 1"
+)
+
+
+def _normal(sql: str) -> str:
+    return " ".join(sql.split()).rstrip(";").strip().lower()
+
+
+CANNED = {_normal(_PGBENCH_PARTITION_PROBE): _PGBENCH_PARTITION_ANSWER}
+
+
+def canned(sql: str) -> str | None:
+    """The SQLite text answering a known client catalog query, or None."""
+    return CANNED.get(_normal(sql)) if len(sql) > 200 else None
+
+
+def generate_series(start: int | float | None, stop: int | float | None, step: int | float = 1) -> Iterator[tuple]:
+    """PostgreSQL's generate_series(start, stop[, step]) for numbers (not timestamps), as
+    an apsw table-valued function with one column, `value` (SQLite's own extension is
+    not in apsw's build). NULL arguments give no rows, as in PostgreSQL."""
+    if start is None or stop is None or step is None:
+        return
+    if step == 0:
+        raise ValueError("step size cannot equal zero")
+    if all(isinstance(v, int) for v in (start, stop, step)):
+        yield from ((v,) for v in range(start, stop + (1 if step > 0 else -1), step))  # type: ignore[arg-type]
+        return
+    value = start
+    while (value <= stop) if step > 0 else (value >= stop):
+        yield (value,)
+        value += step
+
+
+generate_series.columns = ("value",)  # type: ignore[attr-defined]
+generate_series.column_access = apsw.ext.VTColumnAccess.By_Index  # type: ignore[attr-defined]
 
 
 def unquote(value: str) -> str:
@@ -98,6 +159,7 @@ def install(conn: apsw.Connection, current_setting: Callable[[str], str | None])
     }
     for name, fn in functions.items():
         conn.create_scalar_function(name, fn)
+    apsw.ext.make_virtual_module(conn, "generate_series", generate_series)
     for statement in SHIMS:
         conn.execute(statement)
     conn.executemany("INSERT INTO temp.pg_type (oid, typname, typnamespace, typarray, typtype, typbasetype, "

@@ -11,7 +11,7 @@ import apsw
 
 from .engine import Engine, Result
 from .sqlstate import is_parse_error
-from .translate import placeholders, prepare, transpile
+from .translate import placeholders, prepare, split_statements, transpile
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,7 @@ def run(engine: Engine, translator: Translator, translated: Translated, params: 
     try:
         return engine.execute(translated.text, params)
     except apsw.SQLError as exc:
-        if not is_parse_error(exc):
+        if not is_parse_error(exc) or _several(translated):
             raise
         alt = transpile(translated.original)
         if alt is None or alt == translated.text:
@@ -59,6 +59,12 @@ def run(engine: Engine, translator: Translator, translated: Translated, params: 
             raise exc from None
         translator.replace(translated, alt)
         return result
+
+
+def _several(translated: Translated) -> bool:
+    """A rewrite into several statements (translate.py: DROP a, b ...): a parse error may
+    come after the first ran, so retrying another rendering is not safe."""
+    return translated.text != translated.original and len(split_statements(translated.text)) > 1
 
 
 def describe(engine: Engine, translator: Translator, translated: Translated) -> list[tuple[str, str | None]]:

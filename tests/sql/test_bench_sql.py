@@ -1,0 +1,69 @@
+"""`tidemark bench sql` with tiny settings only (3 s runs, 2 clients, scale 1: the
+machine is shared): both systems answer, the JSON has cli.md's keys, and nothing the
+bench started (PostgreSQL servers, the fleet, temp dirs) is left behind.
+
+Addresses: 127.0.239.x (no other suite uses them); PostgreSQL on 127.0.0.1 free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tidemark_cli.pg_quorum import available
+
+pytestmark = [pytest.mark.sql, pytest.mark.timeout(300)]
+
+KEYS = ("tidemark_tps", "postgres_tps", "ratio", "tidemark_p50_ms", "tidemark_p99_ms", "postgres_p50_ms",
+        "postgres_p99_ms", "redo_bytes_per_txn", "postgres_wal_bytes_per_txn", "by_clients",
+        "replica_read_tps", "replica_lag_ms")
+
+
+def postgres_pids() -> set[int]:
+    """Live processes of the postgres user (an exited postmaster is a zombie until this
+    machine's pid 1 reaps it: gone, not left running)."""
+    return {p.pid for p in psutil.process_iter(["username", "status"])
+            if p.info["username"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE}
+
+
+@pytest.fixture
+def bench_tmp():
+    # the bench's temp dirs go here; PostgreSQL runs as `postgres`, so it must be traversable
+    directory = Path(tempfile.mkdtemp(prefix="tidemark-test-bench-sql-", dir="/tmp"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.mark.skipif(available() is not None, reason=f"no PostgreSQL baseline here: {available()}")
+def test_bench_sql_tiny_run_reports_both_systems_and_leaves_nothing_behind(bench_tmp: Path) -> None:
+    before = postgres_pids()
+    result = subprocess.run(
+        [sys.executable, "-m", "tidemark_cli.main", "bench", "sql", "--seconds", "3", "--clients", "2",
+         "--scale", "1", "--base-ip", "127.0.239.10", "--json"],
+        capture_output=True, text=True, timeout=280, env={**os.environ, "TMPDIR": str(bench_tmp)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    for key in KEYS:
+        assert key in out, key
+    assert out["tidemark_tps"] > 0 and out["postgres_tps"] > 0, out
+    assert out["tidemark_failed"] == 0 and out["postgres_failed"] == 0, out
+    assert out["redo_bytes_per_txn"] > 0 and out["postgres_wal_bytes_per_txn"] > 0, out
+    assert set(out["by_clients"]) == {"1", "2"}
+    assert out["replica_read_tps"] is None and out["replica_lag_ms"] is None  # replicas are not built
+    assert "client(s)" in result.stderr  # progress on stderr, JSON alone on stdout
+
+    assert list(bench_tmp.iterdir()) == []  # its fleet dir and PostgreSQL dirs are gone
+    assert postgres_pids() - before == set()  # no PostgreSQL server or backend left
+    left = [p.pid for p in psutil.process_iter(["cmdline", "status"]) if p.info["status"] != psutil.STATUS_ZOMBIE
+            and any(str(bench_tmp) in a for a in p.info["cmdline"] or [])]
+    assert left == []  # nor a storage node or the writer instance
