@@ -4,12 +4,9 @@ writer instance), faults, status and the demo."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
@@ -17,6 +14,7 @@ from rich.table import Table
 
 from tidemark_compute.topology import load_topology
 from tidemark_protocol.repair import RepairLimits
+from tidemark_restore.cli import one_line_errors
 
 from . import fleet as fleet_mod
 from .demo import run_demo
@@ -35,19 +33,7 @@ JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="machine-read
 USER_ERRORS = (fleet_mod.FleetError, WorkDirError, OSError, RuntimeError)
 
 
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except USER_ERRORS as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": message}))
-                raise SystemExit(1) from None
-            raise click.ClickException(message) from None
-
-    return run
+user_errors = one_line_errors(USER_ERRORS)
 
 
 @click.group()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from botocore.exceptions import BotoCoreError, ClientError
@@ -24,22 +24,32 @@ ENDPOINT = click.option("--endpoint", envvar="TIDEMARK_S3_ENDPOINT", default=Non
 
 # What a user can fix (a bad URL or time, missing credentials, an unreachable or empty
 # store): one line and exit 1, a JSON {"error": …} object with --json; never a traceback.
+Command = TypeVar("Command", bound=Callable[..., Any])
 USER_ERRORS = (RestoreError, StoreError, BotoCoreError, ClientError, OSError)
 
 
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except USER_ERRORS as exc:
-            message = " ".join(str(exc).split()) or type(exc).__name__
-            if kwargs.get("as_json"):
-                click.echo(json.dumps({"error": message}))
-                raise SystemExit(1) from exc
-            raise click.ClickException(message) from exc
+def one_line_errors(errors: tuple[type[BaseException], ...]) -> Callable[[Command], Command]:
+    """A click command decorator: ERRORS (what a user can fix) become one line and exit 1,
+    or a JSON {"error": …} object on stdout when the command was given --json."""
 
-    return run
+    def decorate(command: Command) -> Command:
+        @functools.wraps(command)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return command(*args, **kwargs)
+            except errors as exc:
+                message = " ".join(str(exc).split()) or type(exc).__name__
+                if kwargs.get("as_json"):
+                    click.echo(json.dumps({"error": message}))
+                    raise SystemExit(1) from exc
+                raise click.ClickException(message) from exc
+
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+user_errors = one_line_errors(USER_ERRORS)
 
 
 @click.group()
