@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from pathlib import Path
 
 import click
@@ -184,10 +183,10 @@ def down(directory: Path, purge: bool, as_json: bool) -> None:
     alone."""
     fleet = fleet_mod.Fleet.load(directory)
     stopped = fleet.down()
-    if purge:
-        shutil.rmtree(directory)
-    click.echo(json.dumps({"dir": str(directory), "stopped": stopped, "purged": purge}) if as_json
-               else f"fleet in {directory} stopped ({', '.join(stopped) or 'nothing was running'})")
+    left = fleet_mod.purge(directory) if purge else []  # only what the fleet wrote
+    click.echo(json.dumps({"dir": str(directory), "stopped": stopped, "purged": purge, "left": left}) if as_json
+               else f"fleet in {directory} stopped ({', '.join(stopped) or 'nothing was running'})"
+               + (f"; kept what the fleet did not write: {', '.join(left)}" if left else ""))
 
 
 @playground.command()

@@ -8,6 +8,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from tidemark_protocol.placement import NodeInfo, place
 from tidemark_protocol.quorum import Membership
 
 from .instances import (
+    CREDENTIALS_FILE,
     MAX_INSTANCES,
     InstanceProc,
     credentials_user,
@@ -395,6 +397,27 @@ def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: i
                                or repair["bandwidth"] < 0):
         raise FleetError("--node-loss-timeout and --rebuild-bandwidth must be >= 0, "
                          "--max-concurrent-rebuilds >= 1")
+
+
+# Everything `playground up` and the fleet's processes write into DIR (what `down
+# --purge` may delete; anything else in DIR is the user's and stays).
+FLEET_ENTRIES = ("data", "logs", FLEET_FILE, FLEET_FILE + ".lock", TOPOLOGY_FILE, TOPOLOGY_FILE + ".lock",
+                 CREDENTIALS_FILE, "repairs.json")
+
+
+def purge(directory: Path) -> list[str]:
+    """Delete the fleet's own entries of DIRECTORY, and DIRECTORY if nothing else is left;
+    returns the names left behind (not ours)."""
+    for name in FLEET_ENTRIES:
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    left = sorted(p.name for p in directory.iterdir())
+    if not left:
+        directory.rmdir()
+    return left
 
 
 def build_fleet(directory: Path, nodes_per_zone: int, base_ip: str) -> Fleet:

@@ -226,3 +226,20 @@ def test_a_missing_dir_is_one_line_and_exit_1(tmp_path: Path, command: list[str]
         result = tm(*command, "--dir", missing, "--json")
         assert result.returncode == 1 and "no playground in" in json.loads(result.stdout)["error"], result.stdout
     assert not missing.exists()
+
+
+def test_purge_deletes_only_what_the_fleet_wrote(tmp_path: Path) -> None:
+    """`down --purge` once deleted the whole --dir, a user's own files included."""
+    directory = tmp_path / "pg"
+    directory.mkdir()
+    (directory / "notes.txt").write_text("mine")
+    up = subprocess.run([sys.executable, "-m", "tidemark_cli.main", "playground", "up", "--dir", str(directory),
+                         "--base-ip", "127.0.252.100", "--instances", "0", "--no-repair", "--json"],
+                        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert up.returncode == 0, up.stderr[-2000:]
+    down = subprocess.run([sys.executable, "-m", "tidemark_cli.main", "playground", "down", "--dir", str(directory),
+                           "--purge", "--json"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["left"] == ["notes.txt"]
+    assert sorted(p.name for p in directory.iterdir()) == ["notes.txt"]
+    assert (directory / "notes.txt").read_text() == "mine"
