@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
-from tidemark_compute.verify_model import Model
+from tidemark_compute.verify_model import Model, slot_content
 from tidemark_compute.workload import read_all_pages, run_workload, verify
 from tidemark_compute.writer import Writer
 from tidemark_playground import fleet as fleet_mod
@@ -111,8 +111,11 @@ async def test_zone_plus_one_reads_go_on_writes_wait_then_resume(fleet):
         pages = model.pages()
         read = await read_all_pages(writer, pages, timeout=20)
         assert len(read) == len(pages)
-        # Writes wait: no write quorum.
-        cpl, fut = await writer.submit([Change(0, patch_payload(0, b"x" * 8))])
+        # Writes wait: no write quorum. (A slot the model tracks: an untracked write into
+        # a slot the workload happened to use read back as a corrupt slot.)
+        mtr = model.next_id
+        cpl, fut = await writer.submit([Change(0, patch_payload(0, slot_content(mtr, 0, 0)))])
+        model.intent(mtr, cpl, [(0, 0)])
         await asyncio.sleep(1.0)
         assert not fut.done(), (
             "a commit must not complete with only 3 of 6 segments: "
@@ -121,6 +124,7 @@ async def test_zone_plus_one_reads_go_on_writes_wait_then_resume(fleet):
         )
         fleet.spawn(fleet.nodes["a1"])
         assert await asyncio.wait_for(fut, timeout=20) == cpl, "writes resume with 4 of 6"
+        model.ack(mtr, time.time())
         await _assert_verified(writer, model)
     finally:
         await writer.close()
