@@ -69,9 +69,13 @@ async def fetch_records(
 
 
 async def read_page(
-    session: aiohttp.ClientSession, url: str, pg: int, page: int, at: int, tail: int, epoch: int
+    session: aiohttp.ClientSession, url: str, pg: int, page: int, at: int, tail: int, epoch: int | None
 ) -> bytes:
-    params = {"at": str(at), "tail": str(tail), "epoch": str(epoch)}
+    """A page at read point `at`; `epoch` None: any volume epoch (a replica's read at a
+    durable point stays right across a new writer's seal)."""
+    params = {"at": str(at), "tail": str(tail)}
+    if epoch is not None:
+        params["epoch"] = str(epoch)
     async with session.get(f"{url}/v1/segments/{pg}/pages/{page}", params=params) as resp:
         await _raise_for(resp)
         return await resp.read()

@@ -25,6 +25,7 @@ from tidemark_protocol.recovery import RecoveryPlan
 from tidemark_protocol.writer_core import DEFAULT_LAL, Change, WriterCore
 
 from . import node_client
+from .hedged import ReadFailed, hedged_read
 from .node_stream import NodeStream
 from .recovery_io import recover
 from .topology import Topology
@@ -37,10 +38,7 @@ commits_total = meter.create_counter("tidemark.writer.commits")
 
 MAX_MARKS = 100_000
 MembershipSource = Callable[[], Awaitable[Topology]]
-
-
-class ReadFailed(Exception):
-    pass
+__all__ = ["MembershipSource", "ReadFailed", "Writer"]
 
 
 class Writer:
@@ -70,6 +68,11 @@ class Writer:
         self._last_address_refresh = 0.0
         self.streams = {name: self._new_stream(name, url) for name, url in topology.nodes.items()}
         self._member_streams: dict[int, tuple[int, list[NodeStream]]] = {}
+        # The replica feed (feed_server.py) watches commits and VDL moves; replicas'
+        # read points are folded into PGMRPL so nodes keep the versions they read.
+        self.on_submit: list[Callable[[list[Record]], None]] = []
+        self.on_vdl: list[Callable[[int], None]] = []
+        self.remote_read_points: dict[object, int] = {}
 
     def _new_stream(self, name: str, url: str) -> NodeStream:
         return NodeStream(
@@ -157,7 +160,8 @@ class Writer:
         return self.core.vdl
 
     def pgmrpl(self) -> int:
-        return min(self._read_points, default=self.core.vdl)
+        local = min(self._read_points, default=self.core.vdl)
+        return min(local, min(self.remote_read_points.values(), default=local))
 
     def _frame_info(self) -> tuple[int, int, int]:
         return self.core.volume_epoch, self.core.vdl, self.pgmrpl()
@@ -200,6 +204,8 @@ class Writer:
             encoded = record.encode()
             for stream in streams_of(record.pg):
                 stream.enqueue(record.pg, encoded)
+        for observe in self.on_submit:
+            observe(records)
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._waiters.append((records[-1].lsn, fut))
         return records[-1].lsn, fut
@@ -237,6 +243,8 @@ class Writer:
                 fut.set_result(_cpl)
         self.core.forget_below(self.pgmrpl())  # reads below PGMRPL are over: bounded history
         self._vdl_moved.set()
+        for observe in self.on_vdl:
+            observe(vdl)
 
     def _streams_of(self, pg: int) -> list[NodeStream]:
         """The streams of a PG's members, cached per membership epoch (hot path)."""
@@ -343,31 +351,5 @@ class Writer:
         complete = self.core.trackers[pg].complete_segments(tail)
         others = [m for m in self.core.trackers[pg].membership.all_members if m not in complete]
         candidates = [c for c in complete + others if c in self.topology.nodes]
-        errors: list[str] = []
-        pending: set[asyncio.Task[bytes]] = set()
-        try:
-            for node in candidates:
-                task = asyncio.create_task(
-                    node_client.read_page(
-                        self.session, self.topology.nodes[node], pg, page, at, tail, self.core.volume_epoch
-                    )
-                )
-                task.node = node  # type: ignore[attr-defined]
-                pending.add(task)
-                done, pending = await asyncio.wait(
-                    pending, timeout=self.hedge_after, return_when=asyncio.FIRST_COMPLETED
-                )
-                for finished in done:
-                    if finished.exception() is None:
-                        return finished.result()
-                    errors.append(f"{finished.node}: {finished.exception()}")  # type: ignore[attr-defined]
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    if finished.exception() is None:
-                        return finished.result()
-                    errors.append(f"{finished.node}: {finished.exception()}")  # type: ignore[attr-defined]
-        finally:
-            for task in pending:
-                task.cancel()
-        raise ReadFailed(f"page {page} at {at}: no segment could serve it: {errors}")
+        return await hedged_read(self.session, self.topology.nodes, candidates, pg, page, at, tail,
+                                 self.core.volume_epoch, self.hedge_after)

@@ -55,9 +55,9 @@ def playground() -> None:
 @click.option("--max-concurrent-rebuilds", type=int, default=4, show_default=True)
 @click.option("--rebuild-bandwidth", type=int, default=0, show_default=True, help="bytes/s per rebuild, 0 = unlimited")
 @click.option("--instances", type=int, default=None,
-              help="database instances: 1 = the writer (default for a new fleet), 0 = storage only; "
-                   "read replicas are not built yet, so more than 1 is refused. An existing fleet "
-                   "keeps what it has unless asked for more.")
+              help="database instances: the writer w1 and N-1 read replicas r1.. (default 2 for a new "
+                   "fleet: a writer and a replica), 0 = storage only. An existing fleet keeps what it "
+                   "has unless asked for more.")
 @click.option("--password-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="the instances' credentials (lines of user:password); default: a password generated "
                    "into DIR/instance-credentials (mode 0600), shown once")
@@ -72,7 +72,7 @@ def up(
     instance answers. Every option is checked before anything starts; if starting fails,
     what this call started is stopped again."""
     if instances is None and not (directory / fleet_mod.FLEET_FILE).exists():
-        instances = 1
+        instances = 2
     repair_options = (
         {"node_loss_timeout": node_loss_timeout, "max_concurrent": max_concurrent_rebuilds, "bandwidth": rebuild_bandwidth}
         if repair

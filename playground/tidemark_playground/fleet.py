@@ -233,14 +233,18 @@ class Fleet:
         """Record a new instance (not started): the next loopback address after the
         nodes, port 5432 unless taken there, the user's credentials file or a generated
         DIR/instance-credentials."""
-        if role != "writer" or len(self.instances) >= MAX_INSTANCES:
-            raise ValueError("only one writer instance exists yet (read replicas are not built)")
+        if len(self.instances) >= MAX_INSTANCES:
+            raise ValueError(f"at most {MAX_INSTANCES} instances (one writer, replicas)")
+        if (role == "writer") == any(i.role == "writer" for i in self.instances.values()):
+            raise ValueError("the first instance is the writer, every other one a replica")
         if password_file is None:
             password_file, self.new_password = ensure_credentials(self.dir)
         password_file = password_file.resolve()
         host = next_address([n.host for n in self.nodes.values()], [i.host for i in self.instances.values()])
-        name = instance_name(role, len(self.instances) + 1)
-        inst = InstanceProc(name, role, host, pick_port(host), str(password_file), credentials_user(password_file))
+        name = instance_name(role, sum(1 for i in self.instances.values() if i.role == role) + 1)
+        port = pick_port(host)
+        inst = InstanceProc(name, role, host, port, str(password_file), credentials_user(password_file),
+                            admin_port=pick_port(host, port + 1))
         self.instances[name] = inst
         self._persist(name)
         return inst
@@ -381,13 +385,13 @@ def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: i
         raise FleetError(f"--base-ip {base_ip!r}: not an IPv4 address") from None
     if not first.is_loopback:
         raise FleetError(f"--base-ip {base_ip}: must be a loopback address (127.0.0.0/8)")
-    needed = 3 * nodes_per_zone + MAX_INSTANCES  # the nodes, then the instance, in one /24
+    needed = 3 * nodes_per_zone + (instances or 0)  # the nodes, then the instances, in one /24
     if not 1 <= int(first) % 256 <= 255 - needed:
         raise FleetError(f"--base-ip {base_ip}: {needed} addresses from it must fit in "
                          f"{base_ip.rsplit('.', 1)[0]}.1-254")
     if instances is not None and not 0 <= instances <= MAX_INSTANCES:
-        raise FleetError(f"--instances {instances}: only the writer exists yet (read replicas are not "
-                         "built); use 0 (storage only) or 1")
+        raise FleetError(f"--instances {instances}: use 0 (storage only) to {MAX_INSTANCES} "
+                         "(the writer and N-1 read replicas)")
     if password_file is not None:
         try:
             credentials_user(password_file)
@@ -402,7 +406,7 @@ def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: i
 # Everything `playground up` and the fleet's processes write into DIR (what `down
 # --purge` may delete; anything else in DIR is the user's and stays).
 FLEET_ENTRIES = ("data", "logs", FLEET_FILE, FLEET_FILE + ".lock", TOPOLOGY_FILE, TOPOLOGY_FILE + ".lock",
-                 CREDENTIALS_FILE, "repairs.json")
+                 CREDENTIALS_FILE, "repairs.json", "writer.json", "writer.tmp")
 
 
 def purge(directory: Path) -> list[str]:
@@ -500,8 +504,9 @@ async def up(
     `repair`: None for no automatic repair, else the supervisor's options
     (node_loss_timeout, max_concurrent, bandwidth). `fault_injection`: the nodes serve
     the fake disk corruption endpoints (`tidemark node run --enable-fault-injection`;
-    kept for restarts of this fleet). `instances`: database instances (0 or 1: the
-    writer; None = 0 for a new fleet, as recorded for an existing one); an existing
+    kept for restarts of this fleet). `instances`: database instances (0 = storage
+    only, else the writer and N-1 read replicas; None = 0 for a new fleet, as
+    recorded for an existing one); an existing
     fleet with fewer gets the missing ones. `password_file`: their credentials (lines
     of user:password), else a generated DIR/instance-credentials."""
     check_options(nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, instances, password_file, repair)
@@ -526,9 +531,7 @@ async def up(
         topology = initial_topology(fleet, pgs, pages_per_pg, page_size)
         await create_segments(fleet, topology)
         save_topology(directory, topology)
-        for _ in range(instances or 0):
-            fleet.spawn_instance(fleet.add_instance("writer", password_file))
-        await fleet.wait_instances()
+        await _add_instances(fleet, instances or 0, password_file)
         if repair is not None:
             fleet.options["repair"] = repair
             fleet.spawn_supervisor()
@@ -538,6 +541,19 @@ async def up(
             (directory / name).unlink(missing_ok=True)
         raise
     return fleet, topology
+
+
+async def _add_instances(fleet: Fleet, count: int, password_file: Path | None) -> list[str]:
+    """Up to COUNT instances: the writer first (serving before any replica starts, so
+    replicas find its feed), then replicas. Returns the names started."""
+    started = []
+    while len(fleet.instances) < count:
+        role = "replica" if any(i.role == "writer" for i in fleet.instances.values()) else "writer"
+        inst = fleet.add_instance(role, password_file)
+        fleet.spawn_instance(inst)
+        started.append(inst.name)
+        await fleet.wait_instances([inst.name])
+    return started
 
 
 async def _start_existing(directory: Path, instances: int | None,
@@ -555,10 +571,9 @@ async def _start_existing(directory: Path, instances: int | None,
                 fleet.spawn(node)
                 started.append(name)
         await wait_ready(list(fleet.nodes.values()))
-        while instances is not None and len(fleet.instances) < instances:
-            fleet.add_instance("writer", password_file)
         started += fleet.restart_dead_instances()
         await fleet.wait_instances()
+        started += await _add_instances(fleet, instances or 0, password_file)
         if "repair" in fleet.options and fleet.supervisor_state() == "dead":
             fleet.spawn_supervisor()
             started.append("supervisor")

@@ -1,8 +1,9 @@
 """Database instances of the playground: `tidemark sql serve` processes over the fleet.
 
-Only the writer role exists yet (read replicas are not built), so a playground has at
-most one instance, `w1`. Each instance gets its own loopback address from the fleet's
-range (the one after the last node's), port 5432 unless that is taken there, and the
+One writer, `w1`, and read replicas `r1`, `r2`, … (they follow the writer's feed, found
+in DIR/writer.json, and never open the volume). Each instance gets its own loopback
+address from the fleet's range (after the last node's), port 5432 unless that is taken
+there, an admin port (status, /metrics, the writer's replica feed), and the
 credentials file DIR/instance-credentials (mode 0600, `tidemark:<generated password>`)
 unless the user gave one. The password never appears on a command line or in a log:
 the server process reads the file.
@@ -24,7 +25,7 @@ from pathlib import Path
 CREDENTIALS_FILE = "instance-credentials"
 DEFAULT_PORT = 5432
 DATABASE = "tidemark"  # the server accepts any database name; this is the one we advertise
-MAX_INSTANCES = 1  # the writer; replicas do not exist yet
+MAX_INSTANCES = 8  # the writer and up to 7 replicas (addresses after the nodes', in one /24)
 
 
 @dataclass
@@ -37,6 +38,11 @@ class InstanceProc:
     user: str
     pid: int = 0
     start_time: float | None = None  # psutil create_time of `pid`; None in fleet.json of older versions
+    admin_port: int = 0  # 0 in fleet.json of older versions: any free port, no status
+
+    @property
+    def admin_url(self) -> str | None:
+        return f"http://{self.host}:{self.admin_port}" if self.admin_port else None
 
     @property
     def dsn(self) -> str:
@@ -109,6 +115,7 @@ def serve_command(directory: Path, inst: InstanceProc) -> list[str]:
         sys.executable, "-m", "tidemark_cli.main", "sql", "serve",
         "--dir", str(directory), "--role", inst.role,
         "--listen", f"{inst.host}:{inst.port}", "--password-file", inst.password_file,
+        "--admin-listen", f"{inst.host}:{inst.admin_port}",
     ]  # fmt: skip
 
 

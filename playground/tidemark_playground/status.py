@@ -1,5 +1,5 @@
 """Fleet status: which nodes answer, how healthy each PG's segments are, and the
-database instances (their `dsn`, whether they answer)."""
+database instances (their `dsn`, whether they answer, a replica's lag)."""
 
 from __future__ import annotations
 
@@ -22,12 +22,18 @@ async def _node_status(session: aiohttp.ClientSession, url: str) -> dict | None:
         return None
 
 
+async def _admin_status(session: aiohttp.ClientSession, url: str | None) -> dict | None:
+    """An instance's admin /v1/status (lag_ms, read point), None if it does not answer."""
+    return None if url is None else await _node_status(session, url)
+
+
 async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -> dict:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         names = list(fleet.nodes)
         answers = await asyncio.gather(*(_node_status(session, fleet.nodes[n].url) for n in names))
         endpoints = await asyncio.gather(*(asyncio.to_thread(probe, i.host, i.port, i.user, timeout)
                                            for i in fleet.instances.values()))
+        admins = await asyncio.gather(*(_admin_status(session, i.admin_url) for i in fleet.instances.values()))
     by_node = dict(zip(names, answers, strict=True))
     nodes = []
     for name in names:
@@ -76,9 +82,11 @@ async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -
             "process": fleet.state(inst.name),
             "alive": endpoint in ("serving", "full"),
             "endpoint": endpoint,  # serving | fenced | full | error | unreachable
-            "lag_ms": 0,  # the writer; replicas (with a real lag) are not built yet
+            # the writer: 0; a replica: how stale its newest VDL is (None: it does not answer)
+            "lag_ms": 0 if inst.role == "writer" else (admin or {}).get("lag_ms"),
+            "read_point": (admin or {}).get("read_point", (admin or {}).get("vdl")),
         }
-        for inst, endpoint in zip(fleet.instances.values(), endpoints, strict=True)
+        for inst, endpoint, admin in zip(fleet.instances.values(), endpoints, admins, strict=True)
     ]
     return {"nodes": nodes, "pgs": pgs, "instances": instances, "volume_epoch": topology.volume_epoch}
 

@@ -4,8 +4,10 @@ It runs as its own process (started by `playground up`), like the operator's tim
 Kubernetes: every tick it probes each node, asks the pure planner what to rebuild,
 runs those replacements concurrently, cleans stale segments off nodes that come back
 after their segments moved, and writes progress to DIR/repairs.json for `status`.
-It also restarts a database instance whose process died (the writer: the new process
-runs Writer.open, recovery + seal), at most once per `instance_backoff` seconds each.
+It also restarts a database instance whose process died, at most once per
+`instance_backoff` seconds each. That is the failover: a new writer process runs
+Writer.open (recovery + seal, which fences the old one) and claims DIR/writer.json,
+where the replicas find its feed again; a replica restarted follows the writer.
 It keeps no state a restart would need: a replacement it died in the middle of is a
 dual membership in topology.json, which the next supervisor finishes (resume_repair).
 """

@@ -15,7 +15,9 @@ from typing import Any, TypeVar
 import apsw
 
 from .pagestore import PageStore
-from .vfs import DB_NAME, TidemarkVFS
+from .replica_store import ReplicaPageStore
+from .replica_vfs import ReplicaFile
+from .vfs import DB_NAME, TidemarkFile, TidemarkVFS
 
 T = TypeVar("T")
 
@@ -30,10 +32,11 @@ class Result:
 
 
 class Engine:
-    def __init__(self, store: PageStore, cache_size: int | None = None) -> None:
+    def __init__(self, store: PageStore | ReplicaPageStore, cache_size: int | None = None) -> None:
         self.store = store
         self.cache_size = cache_size
-        self.vfs = TidemarkVFS(store)
+        self.replica = isinstance(store, ReplicaPageStore)
+        self.vfs = TidemarkVFS(store, ReplicaFile if self.replica else TidemarkFile)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tidemark-sqlite")
         self.conn: apsw.Connection | None = None
         self.session_settings: dict[str, str] = {}  # of the session whose statement runs
@@ -45,15 +48,20 @@ class Engine:
     def open(self, setup: Callable[[apsw.Connection], None] | None = None) -> None:
         """SQLite thread. Page size = volume page size; journal_mode=MEMORY (the VFS
         refuses any other); exclusive locking: this connection is the only one, so
-        SQLite keeps its cache across transactions."""
-        conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name,
-                               flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
-        conn.execute(f"PRAGMA page_size={self.store.page_size}")
-        mode = conn.execute("PRAGMA journal_mode=MEMORY").fetchall()[0][0]
-        if mode.lower() != "memory":
-            raise apsw.SQLError(f"could not set journal_mode=MEMORY (got {mode})")
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        conn.execute("PRAGMA synchronous=OFF")  # no xSync: the commit is the FCNTL_SYNC
+        SQLite keeps its cache across transactions. A replica opens read-only (a write
+        is SQLITE_READONLY: 25006) in normal locking mode, so every read transaction
+        takes the SHARED lock that moves its read point."""
+        if self.replica:
+            conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name, flags=apsw.SQLITE_OPEN_READONLY)
+        else:
+            conn = apsw.Connection(DB_NAME, vfs=self.vfs.vfs_name,
+                                   flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+            conn.execute(f"PRAGMA page_size={self.store.page_size}")
+            mode = conn.execute("PRAGMA journal_mode=MEMORY").fetchall()[0][0]
+            if mode.lower() != "memory":
+                raise apsw.SQLError(f"could not set journal_mode=MEMORY (got {mode})")
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            conn.execute("PRAGMA synchronous=OFF")  # no xSync: the commit is the FCNTL_SYNC
         if self.cache_size is not None:
             conn.execute(f"PRAGMA cache_size={int(self.cache_size)}")
         page_size = conn.execute("PRAGMA page_size").fetchall()[0][0]
@@ -61,6 +69,8 @@ class Engine:
             raise apsw.SQLError(f"database page size {page_size} != volume page size {self.store.page_size}")
         if setup is not None:
             setup(conn)
+        if self.replica:  # after the TEMP catalog shims are in: every write is now 25006
+            conn.execute("PRAGMA query_only=1")
         self.conn = conn
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Result:

@@ -1,7 +1,8 @@
-"""A database instance: SQLite over a Writer, served on the PostgreSQL wire protocol.
+"""A writer instance: SQLite over a Writer, served on the PostgreSQL wire protocol, with
+the replica feed and status on its admin endpoint.
 
 The caller opens the Writer (recovery + seal) and hands it over; the instance owns it
-from then on and closes it. Only the writer role exists yet (no replicas).
+from then on and closes it.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import asyncio
 
 import structlog
 
+from tidemark_compute.feed_server import ChangeFeed
 from tidemark_compute.writer import Writer
 
-from . import catalog
+from .endpoint import Endpoint
 from .engine import Engine
 from .pagestore import PageStore
 from .pipeline import CommitPipeline
@@ -22,13 +24,12 @@ from .server import Server
 log = structlog.get_logger("tidemark.sql.instance")
 
 
-class Instance:
+class Instance(Endpoint):
     def __init__(self, writer: Writer, engine: Engine, pipeline: CommitPipeline, server: Server) -> None:
         self.writer = writer
-        self.engine = engine
-        self.pipeline = pipeline
-        self.server = server
-        self.address: tuple[str, int] | None = None
+        self.feed = ChangeFeed(writer)  # before the first commit: it tracks every page from here on
+        super().__init__(engine, server, self.status, self.feed.handle)
+        self.pipeline: CommitPipeline = pipeline
         self._watch: asyncio.Task[None] | None = None
 
     @classmethod
@@ -45,35 +46,38 @@ class Instance:
         max_message: int = 1 << 20,
         lock_timeout: float = 30.0,
         idle_in_transaction_timeout: float = 60.0,
+        admin_port: int | None = None,
     ) -> Instance:
+        """`admin_port` None: no admin endpoint (no replicas can follow)."""
         pipeline = CommitPipeline(writer)
         store = PageStore(writer, asyncio.get_running_loop(), pipeline, multi_range=multi_range)
         engine = Engine(store, cache_size)
         server = Server(engine, pipeline, credentials or {}, insecure_no_auth, max_connections, max_message,
                         lock_timeout, idle_in_transaction_timeout)
-        await engine.run(engine.open, lambda conn: catalog.install(conn, server.current_setting))
         instance = cls(writer, engine, pipeline, server)
-        instance.address = await server.start(host, port)
+        await instance.serve(host, port, admin_port)
         instance._watch = asyncio.create_task(instance._watch_fence())
-        log.info("sql_instance_up", address=instance.address, pages=store.pages, vdl=writer.vdl)
+        log.info("sql_instance_up", address=instance.address, pages=store.pages, vdl=writer.vdl,
+                 admin=instance.admin.url)
         return instance
 
-    @property
-    def dsn(self) -> str:
-        assert self.address is not None
-        return f"postgresql://{self.address[0]}:{self.address[1]}/tidemark"
+    def status(self) -> dict:
+        return {"role": "writer", "vdl": self.writer.vdl, "volume_epoch": self.writer.core.volume_epoch,
+                "pgmrpl": self.writer.pgmrpl(), "replicas": self.feed.replicas, "lag_ms": 0,
+                "serving": self.pipeline.failed is None,
+                "failed": None if self.pipeline.failed is None else str(self.pipeline.failed)}
 
     async def _watch_fence(self) -> None:
-        """A fenced writer fails the pipeline at once, not at the next statement."""
+        """A fenced or superseded writer fails the pipeline at once, not at the next statement."""
         while self.pipeline.failed is None:
-            if self.writer.fenced is not None:
-                self.pipeline.fail(f"writer fenced: {self.writer.fenced}")
+            try:
+                self.pipeline.check()
+            except Exception:  # noqa: BLE001 - check() recorded why
                 return
             await asyncio.sleep(0.1)
 
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
-        await self.server.close()
-        await self.engine.shutdown()
+        await super().close()
         await self.writer.close()

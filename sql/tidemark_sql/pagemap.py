@@ -22,3 +22,8 @@ class PageMap:
             raise ValueError(f"database page {index + 1} is beyond the volume ({self.capacity} pages)")
         pg = index % self.layout.pg_count
         return pg * self.layout.pages_per_pg + index // self.layout.pg_count
+
+    def sqlite_index(self, volume_page: int) -> int:
+        """The inverse of volume_page (a replica maps the feed's changed pages back)."""
+        pg, offset = divmod(volume_page, self.layout.pages_per_pg)
+        return offset * self.layout.pg_count + pg

@@ -9,6 +9,7 @@ ever answered, and the instance accepts no more work.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
@@ -22,16 +23,18 @@ class InstanceFailed(Exception):
     """The instance stopped: a commit failed or the writer was fenced."""
 
 
-class CommitPipeline:
-    def __init__(self, writer: Writer) -> None:
-        self.writer = writer
+class Pipeline:
+    """What sessions need of an instance: whether it still serves, and when an answer
+    may go out. A replica commits nothing, so its answers never wait."""
+
+    def __init__(self) -> None:
         self.failed: InstanceFailed | None = None
-        self.last_cpl = writer.vdl  # the newest CPL submitted (what SQLite has seen)
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        self.last_cpl = 0  # the newest CPL submitted (what SQLite has seen)
+        self.lease: Callable[[], bool] | None = None  # False once a newer writer took over
 
     def check(self) -> None:
-        if self.failed is None and self.writer.fenced is not None:
-            self.fail(f"writer fenced: {self.writer.fenced}")
+        if self.failed is None and self.lease is not None and not self.lease():
+            self.fail("superseded: a newer writer holds the volume (lease)")
         if self.failed is not None:
             raise self.failed
 
@@ -39,6 +42,22 @@ class CommitPipeline:
         if self.failed is None:
             log.error("instance_failed", reason=reason)
             self.failed = InstanceFailed(reason)
+
+    async def wait(self, cpl: int) -> None:
+        self.check()
+
+
+class CommitPipeline(Pipeline):
+    def __init__(self, writer: Writer) -> None:
+        super().__init__()
+        self.writer = writer
+        self.last_cpl = writer.vdl
+        self._pending: dict[int, asyncio.Future[int]] = {}
+
+    def check(self) -> None:
+        if self.failed is None and self.writer.fenced is not None:
+            self.fail(f"writer fenced: {self.writer.fenced}")
+        super().check()
 
     async def submit(self, changes: list[Change]) -> int:
         """Ship one transaction's redo; returns its CPL without waiting for quorum."""

@@ -39,7 +39,7 @@ from pygwire.messages import (
 from . import catalog
 from .engine import Engine
 from .gate import Gate
-from .pipeline import CommitPipeline
+from .pipeline import InstanceFailed, Pipeline
 from .scram import AuthFailed, ScramExchange, Verifier
 from .session import Session
 from .sqlstate import (
@@ -139,7 +139,7 @@ class Server:
     def __init__(
         self,
         engine: Engine,
-        pipeline: CommitPipeline,
+        pipeline: Pipeline,
         credentials: dict[str, Verifier],
         insecure_no_auth: bool = False,
         max_connections: int = 64,
@@ -209,8 +209,10 @@ class Server:
             counted = True
             if self.connections > self.max_connections:
                 raise SqlError(TOO_MANY_CONNECTIONS, "sorry, too many clients already", fatal=True)
-            if self.pipeline.failed is not None or self.pipeline.writer.fenced is not None:
-                raise SqlError(ADMIN_SHUTDOWN, "this instance no longer serves: its writer was fenced", fatal=True)
+            try:
+                self.pipeline.check()
+            except InstanceFailed as exc:
+                raise SqlError(ADMIN_SHUTDOWN, f"this instance no longer serves: {exc}", fatal=True) from None
             user = params.get("user", "")
             try:
                 await asyncio.wait_for(self._authenticate(conn, user), STARTUP_TIMEOUT)

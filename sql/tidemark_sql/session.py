@@ -42,7 +42,7 @@ from pygwire.messages import (
 from . import pgtypes, statements
 from .engine import Engine
 from .gate import Gate
-from .pipeline import CommitPipeline
+from .pipeline import Pipeline
 from .sqlstate import (
     PROTOCOL_VIOLATION,
     SqlError,
@@ -77,7 +77,7 @@ class Session:
         engine: Engine,
         translator: Translator,
         gate: Gate,
-        pipeline: CommitPipeline,
+        pipeline: Pipeline,
         send: Callable[[PGMessage], None],
         settings: dict[str, str],
     ) -> None:

@@ -15,7 +15,7 @@ from pygwire.messages import NoticeResponse, PGMessage
 from . import catalog, pgtypes, statements
 from .engine import Engine, Result
 from .gate import Gate
-from .pipeline import CommitPipeline
+from .pipeline import Pipeline
 from .sqlstate import IN_FAILED_TRANSACTION, NO_ACTIVE_TRANSACTION, SqlError
 from .statements import Translated, Translator
 from .translate import command_tag, keywords
@@ -40,7 +40,7 @@ class Transaction:
         engine: Engine,
         translator: Translator,
         gate: Gate,
-        pipeline: CommitPipeline,
+        pipeline: Pipeline,
         settings: dict[str, str],
         notice: Callable[[PGMessage], None],
     ) -> None:
@@ -90,7 +90,7 @@ class Transaction:
         return Outcome("BEGIN")
 
     def _sqlite_begin(self, read_only: bool) -> None:
-        if read_only:
+        if read_only and not self.engine.replica:  # a replica is query_only for good
             self.engine.execute("PRAGMA query_only=1")
         self.engine.execute("BEGIN")
 
@@ -126,7 +126,7 @@ class Transaction:
         try:
             self.engine.rollback_if_open()
         finally:
-            if read_only:
+            if read_only and not self.engine.replica:
                 self.engine.execute("PRAGMA query_only=0")
 
     async def _statement(self, translated: Translated, params: tuple[Any, ...], head: list[str]) -> Outcome:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import apsw
 
 from .pagestore import PageStore
+from .replica_store import ReplicaPageStore
 
 DB_NAME = "tidemark.db"
 ALLOWED_JOURNAL_MODE = "memory"
@@ -126,11 +128,15 @@ class TidemarkFile:
         self.on_close()
 
 
+FileClass = Callable[[Any, Callable[[], None]], object]
+
+
 class TidemarkVFS(apsw.VFS):
-    def __init__(self, store: PageStore) -> None:
+    def __init__(self, store: PageStore | ReplicaPageStore, file_class: FileClass = TidemarkFile) -> None:
         self.vfs_name = f"tidemark-{next(_names)}"
         self.store = store
-        self.file: TidemarkFile | None = None
+        self.file_class = file_class  # TidemarkFile (the writer) or ReplicaFile
+        self.file: object | None = None
         super().__init__(self.vfs_name, base="")
 
     def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> object:
@@ -138,7 +144,7 @@ class TidemarkVFS(apsw.VFS):
         if filename == DB_NAME and flags[0] & apsw.SQLITE_OPEN_MAIN_DB:
             if self.file is not None:
                 raise apsw.CantOpenError("the Tidemark database is already open")
-            self.file = TidemarkFile(self.store, self._closed)
+            self.file = self.file_class(self.store, self._closed)
             return self.file
         return apsw.VFSFile("", name, flags)  # temp files: the default VFS
 

@@ -4,6 +4,8 @@ instance on 127.0.230+.x (a range no other suite uses)."""
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,6 +31,32 @@ def dsn_of(instance: Instance, password: str = PASSWORD, **extra: str) -> str:
     params = {"host": host, "port": str(port), "user": USER, "password": password, "dbname": "tidemark",
               "connect_timeout": "10", **extra}
     return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def tm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`tidemark playground ARGS` as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "tidemark_cli.main", "playground", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def all_pids(directory: Path) -> list[int]:
+    fleet = fleet_mod.Fleet.load(directory)
+    return ([n.pid for n in fleet.nodes.values()] + [i.pid for i in fleet.instances.values()]
+            + [int(fleet.options.get("supervisor_pid", 0))])
+
+
+@pytest.fixture
+def playground_dir(tmp_path: Path):
+    """A playground directory; whatever was started in it is stopped afterwards."""
+    directory = tmp_path / "pg"
+    try:
+        yield directory
+    finally:
+        if (directory / "fleet.json").exists():
+            tm("down", "--dir", str(directory), timeout=60)
+            for pid in all_pids(directory):  # a failed `down` must not leave processes behind
+                if pid and fleet_mod.pid_state(pid) != "dead":
+                    os.kill(pid, 9)
 
 
 @pytest.fixture

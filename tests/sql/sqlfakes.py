@@ -27,6 +27,9 @@ class FakeWriter:
         self.waiting: list[tuple[int, asyncio.Future[int]]] = []
         self.records: list[tuple[int, Change]] = []
         self.reads = 0
+        self.on_submit: list = []  # the replica feed's hooks: this fake never feeds replicas
+        self.on_vdl: list = []
+        self.remote_read_points: dict = {}
 
     async def read_page(self, page: int, at: int | None = None) -> bytes:
         self.reads += 1

@@ -1,5 +1,5 @@
-"""The writer instance in the playground, through the CLI as a user runs it:
-`playground up --instances 1`, psycopg on the dsn + password file, `kill`/`restart w1`,
+"""The writer instance in the playground, through the CLI as a user runs it (replicas:
+test_replica_playground.py): `playground up --instances 1`, psycopg on the dsn + password file, `kill`/`restart w1`,
 `status --json`, `down`, and the supervisor restarting a killed writer.
 
 Addresses: 127.0.243-245.x (no other suite uses them)."""
@@ -16,17 +16,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import all_pids, tm
 
 from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
 from tidemark_compute.writer import Writer
 from tidemark_playground.fleet import Fleet, pid_state
 
 pytestmark = [pytest.mark.sql, pytest.mark.timeout(240)]
-
-
-def tm(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tidemark_cli.main", "playground", *args],
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def status(directory: Path) -> dict:
@@ -44,25 +40,6 @@ def password_of(instance: dict) -> str:
 def connect(instance: dict, timeout: int = 5) -> psycopg.Connection:
     return psycopg.connect(instance["dsn"], password=password_of(instance), autocommit=True,
                            connect_timeout=timeout)
-
-
-def all_pids(directory: Path) -> list[int]:
-    fleet = Fleet.load(directory)
-    return ([n.pid for n in fleet.nodes.values()] + [i.pid for i in fleet.instances.values()]
-            + [int(fleet.options.get("supervisor_pid", 0))])
-
-
-@pytest.fixture
-def playground_dir(tmp_path: Path):
-    directory = tmp_path / "pg"
-    try:
-        yield directory
-    finally:
-        if (directory / "fleet.json").exists():
-            tm("down", "--dir", str(directory), timeout=60)
-            for pid in all_pids(directory):  # a failed `down` must not leave processes behind
-                if pid_state(pid) != "dead":
-                    os.kill(pid, 9)
 
 
 def test_writer_instance_up_kill_restart_status_down(playground_dir: Path) -> None:
@@ -127,7 +104,7 @@ def test_writer_instance_up_kill_restart_status_down(playground_dir: Path) -> No
 
 def test_supervisor_restarts_a_killed_writer_within_10s(playground_dir: Path) -> None:
     d = str(playground_dir)
-    up = tm("up", "--dir", d, "--base-ip", "127.0.244.10")  # defaults: 1 instance, repair on; human output
+    up = tm("up", "--dir", d, "--base-ip", "127.0.244.10", "--instances", "1")  # repair on; human output
     assert up.returncode == 0, up.stderr[-2000:]
     (inst,) = status(playground_dir)["instances"]
     password = password_of(inst)
@@ -157,17 +134,17 @@ def test_supervisor_restarts_a_killed_writer_within_10s(playground_dir: Path) ->
         assert password not in log.read_text(errors="replace"), log
 
 
-def test_more_than_one_instance_is_refused_in_one_line(tmp_path: Path) -> None:
-    result = tm("up", "--dir", str(tmp_path / "pg"), "--base-ip", "127.0.244.100", "--instances", "2")
+def test_too_many_instances_are_refused_in_one_line(tmp_path: Path) -> None:
+    result = tm("up", "--dir", str(tmp_path / "pg"), "--base-ip", "127.0.244.100", "--instances", "9")
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "replica" in lines[0], result.stderr
+    assert len(lines) == 1 and "replicas" in lines[0], result.stderr
     assert not (tmp_path / "pg" / "fleet.json").exists()  # nothing was started
 
 
 async def test_a_fenced_writer_shows_as_fenced_and_is_not_restarted_until_asked(playground_dir: Path) -> None:
     d = str(playground_dir)
-    up = tm("up", "--dir", d, "--base-ip", "127.0.245.10", "--json")  # supervisor on
+    up = tm("up", "--dir", d, "--base-ip", "127.0.245.10", "--instances", "1", "--json")  # supervisor on
     assert up.returncode == 0, up.stderr[-2000:]
     (inst,) = json.loads(up.stdout)["instances"]
     with connect(inst) as conn:
