@@ -193,12 +193,27 @@ def down(directory: Path, purge: bool, as_json: bool) -> None:
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".tidemark-demo"),
               show_default=True, help="the demo's own work dir (never a running fleet's): absent, empty "
                                       "or left by an earlier demo/chaos run")
-@click.option("--phase-seconds", type=float, default=4.0, show_default=True)
+@click.option("--phase-seconds", type=float, default=4.0, show_default=True, help="how long each fault lasts")
+@click.option("--clients", type=int, default=4, show_default=True, help="concurrent transfer clients on the writer")
+@click.option("--base-ip", default="127.0.0.10", show_default=True, help="first node address")
+@click.option("--keep", is_flag=True, help="leave the fleet running at the end (for psql)")
+@JSON_OPTION
 @user_errors
-def demo(directory: Path, phase_seconds: float) -> None:
-    """Fleet up, workload, node/zone/zone+1 faults, restart, catch-up, verify, teardown."""
-    ok = asyncio.run(run_demo(directory, phase_seconds))
-    raise SystemExit(0 if ok else 1)
+def demo(directory: Path, phase_seconds: float, clients: int, base_ip: str, keep: bool, as_json: bool) -> None:
+    """A database on the fleet through faults: a writer and a replica, bank tables, a
+    transfer workload through psycopg while a node, a zone, zone+1, the writer (failover)
+    and the replica are SIGKILLed and restored; then the invariant is checked.
+
+    Exit status 0 when it held. With --json the progress goes to stderr and a summary
+    (ok, acked, failover_s, phases, checks, problems, …) to stdout."""
+    if clients < 1 or phase_seconds <= 0:
+        raise fleet_mod.FleetError("--clients must be >= 1 and --phase-seconds > 0")
+    fleet_mod.check_options(2, 4, 1024, 4096, base_ip, instances=2)
+    console = Console(highlight=False, soft_wrap=True, stderr=as_json)
+    result = asyncio.run(run_demo(directory, phase_seconds, base_ip, clients, keep, console))
+    if as_json:
+        click.echo(json.dumps(result.to_json()))
+    raise SystemExit(0 if result.ok else 1)
 
 
 @playground.command()

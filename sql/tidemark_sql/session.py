@@ -52,6 +52,11 @@ from .statements import Translated, Translator
 from .transaction import CONTROL, Outcome, Transaction
 from .translate import keywords, split_statements
 
+# Statements that end an implicit multi-statement transaction or cannot run inside one
+# (SQLite refuses VACUUM in a transaction): a Query holding one runs statement by statement.
+IMPLICIT_BREAKERS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE",
+                               "VACUUM"})
+
 log = structlog.get_logger("tidemark.sql.session")
 
 @dataclass(slots=True)
@@ -155,15 +160,25 @@ class Session:
         parts = split_statements(text)
         if not parts:
             self.send(EmptyQueryResponse())
-        for sql in parts:
-            try:
+        # As in PostgreSQL, several statements outside a transaction block and without
+        # transaction control of their own run as one implicit transaction: a failing
+        # one undoes those before it (else `INSERT …; SELEC` stored the INSERT).
+        implicit = len(parts) > 1 and not self.txn.open and not any(
+            keywords(p, 1)[:1] and keywords(p, 1)[0] in IMPLICIT_BREAKERS for p in parts)
+        try:
+            if implicit:
+                await self.txn.run(self.translator("BEGIN"), ())
+            for sql in parts:
                 outcome = await self.txn.run(self.translator(sql), ())
-            except Exception as exc:
-                self.error(exc)
-                if from_exception(exc).fatal:
-                    raise ConnectionAbortedError from exc
-                break
-            self._send_outcome(outcome, [], describe=True)
+                self._send_outcome(outcome, [], describe=True)
+            if implicit:
+                await self.txn.run(self.translator("COMMIT"), ())
+        except Exception as exc:
+            self.error(exc)
+            if implicit and self.txn.open:
+                await self.txn.close()  # roll it back and give the turn away (even when fenced)
+            if from_exception(exc).fatal:
+                raise ConnectionAbortedError from exc
         self.send(ReadyForQuery(status=self.status))
 
     # -- extended query ---------------------------------------------------------------

@@ -226,3 +226,20 @@ async def test_niladic_functions_answer_like_postgresql(fake_instance) -> None:
         cur = await conn.execute("SELECT current_user, session_user, current_schema, current_catalog, "
                                  "'current_user'")
         assert await cur.fetchone() == (USER, USER, "public", "tidemark", "current_user")
+
+
+async def test_several_statements_in_one_query_are_one_implicit_transaction(fake_instance) -> None:
+    """As in PostgreSQL: a failing statement of a multi-statement Query undoes the ones
+    before it (it used to store them: `INSERT …; SELEC` kept the INSERT)."""
+    async with await _connect(fake_instance) as conn:  # no parameters: psycopg sends a simple Query
+        await conn.execute("CREATE TABLE m (k INTEGER PRIMARY KEY); INSERT INTO m VALUES (1)")
+        for bad in ("INSERT INTO m VALUES (2); SELEC", "INSERT INTO m VALUES (3); INSERT INTO m VALUES (1)"):
+            with pytest.raises(psycopg.Error):
+                await conn.execute(bad)
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        await conn.execute("INSERT INTO m VALUES (4); INSERT INTO m VALUES (6)")  # all well: committed
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with pytest.raises(psycopg.errors.UniqueViolation):  # own transaction control: statement by statement
+            await conn.execute("BEGIN; INSERT INTO m VALUES (5); COMMIT; INSERT INTO m VALUES (1)")
+        cur = await conn.execute("SELECT k FROM m ORDER BY k")
+        assert await cur.fetchall() == [(1,), (4,), (5,), (6,)]
