@@ -1,21 +1,29 @@
-# One image for the operator, the storage node and the workload:
-#   tidemark operator run ... | tidemark node run ... | tidemark workload ...
-# Build: docker build -t tidemark:dev .
-FROM python:3.12-slim AS build
-WORKDIR /src
-COPY . .
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
-
-FROM python:3.12-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 MPLCONFIGDIR=/tmp
-COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+# One image for the operator, the storage node, the database instance and the workload:
+#   tidemark operator run … | tidemark node run … | tidemark sql serve … | tidemark workload …
+#
+# The build never downloads anything: the wheels are built on the host first, the
+# dependencies apart from Tidemark's own (a layer that changes only with them):
+#   python -m pip wheel --wheel-dir dist/wheels/deps .
+#   mkdir -p dist/wheels/app && mv dist/wheels/deps/tidemark-*.whl dist/wheels/app/
+#   docker build -t tidemark:0.1.0 .
+# BASE is any image with Python 3.11+ and its venv module; the default is pullable from
+# Docker Hub. `tidemark dev kind up` builds with a Debian base made offline by debootstrap.
+ARG BASE=python:3.11-slim-bookworm
+FROM ${BASE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/tidemark/bin:$PATH
+COPY dist/wheels/deps/ /wheels/
+RUN python3 -m venv /opt/tidemark \
+ && /opt/tidemark/bin/pip install --no-cache-dir --no-index /wheels/*.whl \
+ && rm -rf /wheels
+COPY dist/wheels/app/ /wheels/
+RUN /opt/tidemark/bin/pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
+ && rm -rf /wheels \
  && groupadd --gid 10001 tidemark \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp tidemark \
  && mkdir -p /data && chown 10001:10001 /data
 USER 10001:10001
 WORKDIR /tmp
 VOLUME ["/data"]
-EXPOSE 7000 8080 9090
+EXPOSE 5432 7000 8080 9090
 ENTRYPOINT ["tidemark"]
 CMD ["--help"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 
 import click
 import kopf
+import structlog
 
 from . import handlers, metrics
 from .reconcile import Settings
@@ -29,19 +31,29 @@ def operator() -> None:
               help="Command that starts a storage node in the pods.")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=3.0, show_default=True,
               help="Health observation interval (s).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="Least severe level logged (the operator's and kopf's logs).")
+@click.option("--image", default=None,
+              help="Image of the storage pods of an AuroraCluster whose spec names none; the chart "
+                   "passes the operator's own image. Default: tidemark:<this version>.")
 def run(namespaces: tuple[str, ...], all_namespaces: bool, kubeconfig: str | None,
-        liveness: str, metrics_port: int, node_command: str, interval: float) -> None:
+        liveness: str, metrics_port: int, node_command: str, interval: float, log_level: str,
+        image: str | None) -> None:
     """Run the operator until interrupted."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace (one or more) or --all-namespaces")
     if metrics_port:
         metrics.serve(metrics_port)
-    kopf.configure(verbose=False)
+    level = getattr(logging, log_level.upper())
+    kopf.configure(debug=level <= logging.DEBUG, verbose=False)
+    logging.getLogger().setLevel(level)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
     kopf.run(
         registry=handlers.build_registry(interval),
-        memo=kopf.Memo(settings=Settings(node_command=tuple(shlex.split(node_command)), kubeconfig=kubeconfig)),
+        memo=kopf.Memo(settings=Settings(node_command=tuple(shlex.split(node_command)), kubeconfig=kubeconfig,
+                                         **({"default_image": image} if image else {}))),
         standalone=True,
         clusterwide=all_namespaces,
-        namespaces=list(namespaces) or None,
+        namespaces=list(namespaces),  # kopf wants a collection, empty with --all-namespaces
         liveness_endpoint=liveness or None,
     )

@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any
 
 from tidemark_protocol.quorum import SEGMENTS_PER_PG
@@ -36,6 +37,9 @@ Event = Callable[[str, str, str], None]  # (type, reason, message)
 class Settings:
     node_command: Sequence[str] = ("tidemark",)
     kubeconfig: str | None = None  # None: in-cluster, else the default kubeconfig
+    # The storage pods' image when a spec names none: the chart passes the operator's own
+    # image, so there is one source of truth and nothing points at an unpublished tag.
+    default_image: str = f"tidemark:{version('tidemark')}"
 
 
 @dataclass
@@ -55,6 +59,8 @@ async def reconcile(ctx: Context, state: ClusterState, body: Mapping[str, Any],
                     pods: Callable[[], Sequence[PodObs]], event: Event) -> dict[str, Any]:
     """Converge one AuroraCluster; returns its new status. PODS: its storage pods now."""
     spec = parse_spec(body.get("spec"))
+    if spec.image is None:
+        spec = spec.model_copy(update={"image": ctx.settings.default_image})
     backup = BackupSpec.of(spec.backup)
     restore = RestoreSpec.of(spec.restore)
     async with state.lock:

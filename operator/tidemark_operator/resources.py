@@ -112,7 +112,10 @@ def statefulset(
                                     "labelSelector": {"matchLabels": selector_labels(cluster)}},
             }]},
         },
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001},
+        # Pod Security "restricted"; a storage node never calls the Kubernetes API.
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {}}],  # the root filesystem is read-only

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
-DEFAULT_IMAGE = "ghcr.io/tidemark/tidemark:0.1.0"
 # Kubernetes quantity (the apiserver's own pattern for resource quantities)
 QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
                     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
@@ -84,7 +83,8 @@ class ClusterSpec(_Spec):
     segments_per_zone: Literal[2] = 2
     volume: Volume = Field(default_factory=Volume)
     storage: Storage = Field(default_factory=Storage)
-    image: Annotated[str, StringConstraints(min_length=1)] = DEFAULT_IMAGE
+    # None: the operator's own image (`tidemark operator run --image`, set by the chart).
+    image: Annotated[str, StringConstraints(min_length=1)] | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     resources: Resources | None = None
     deletion_policy: Literal["Retain", "Delete"] = "Retain"

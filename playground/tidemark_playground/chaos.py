@@ -9,6 +9,7 @@ latency over time with the faults and the repairs marked.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -292,6 +293,9 @@ def plot_run(run: Run, name: str, path: Path) -> None:
 def chaos(experiment: str, directory: Path, plot: Path | None, base_ip: str) -> None:
     """Run a scripted fault EXPERIMENT against a fresh fleet with a verifying workload.
     DIR must be absent, empty, or left by an earlier chaos/demo run."""
+    if plot is not None and importlib.util.find_spec("matplotlib") is None:
+        # Checked before the run, not after minutes of it; the plot extra keeps images small.
+        raise click.ClickException("--plot needs matplotlib: pip install 'tidemark[plot]'")
     try:
         ok = asyncio.run(run_experiment(experiment, directory, plot, base_ip))
     except WorkDirError as exc:

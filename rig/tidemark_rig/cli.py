@@ -11,6 +11,7 @@ import click
 
 from .control_plane import ClusterConfig, ControlPlane, load_state
 from .install_bins import InstallError, install
+from .kind import cli as kind_cli
 from .minio import MinioServer
 from .procs import RigError
 from .versions import bin_dir
@@ -123,3 +124,6 @@ def cluster_kubeconfig(rig_dir: Path) -> None:
     if state is None:
         raise click.ClickException(f"no rig in {rig_dir}; `tidemark dev cluster up` first")
     click.echo(state.kubeconfig)
+
+
+dev.add_command(kind_cli.kind)

@@ -33,6 +33,18 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+def kube_ldflags() -> str:
+    """Linker flags that stamp the pinned version into every Kubernetes binary we build."""
+    ver = versions.KUBERNETES
+    return " ".join([
+        "-s -w",
+        f"-X k8s.io/component-base/version.gitVersion={ver}",
+        "-X k8s.io/component-base/version.gitMajor=1",
+        f"-X k8s.io/component-base/version.gitMinor={ver.split('.')[1]}",
+        f"-X k8s.io/client-go/pkg/version.gitVersion={ver}",
+    ])
+
+
 class InstallError(RuntimeError):
     """A build step failed; the message names the step and carries the log's tail."""
 
@@ -66,7 +78,7 @@ class Installer:
         self.go = ""
 
     # -- helpers -----------------------------------------------------------------------------
-    def _run(self, step: str, args: list[str], cwd: Path, log: Path, timeout: float) -> None:
+    def run_step(self, step: str, args: list[str], cwd: Path, log: Path, timeout: float) -> None:
         """Run one step with its output appended to LOG, showing a live elapsed-time status."""
         cmd = ["nice", "-n", str(self.nice), *args]
         start = time.monotonic()
@@ -96,12 +108,15 @@ class Installer:
 
     def _publish(self, built: Path, name: str) -> None:
         """Atomically move a built binary to bin/NAME-VERSION and point bin/current/NAME at it."""
-        dest = bin_path(name)
+        self.publish_to(built, bin_path(name))
+        self._link_current(name)
+
+    @staticmethod
+    def publish_to(built: Path, dest: Path) -> None:
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.move(built, tmp)  # a move, not a copy: no second 100 MB file left in build/
         tmp.chmod(0o755)
         os.replace(tmp, dest)
-        self._link_current(name)
 
     def _link_current(self, name: str) -> None:
         cur = bin_dir() / "current"
@@ -113,7 +128,7 @@ class Installer:
         os.replace(tmp, link)
 
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def lock(self) -> Iterator[None]:
         # Two concurrent install-bins (two terminals, parallel CI steps) must not build twice.
         self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / "install.lock").open("w") as fh:
@@ -124,7 +139,7 @@ class Installer:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     # -- builds ------------------------------------------------------------------------------
-    def _throwaway_module(self, workdir: Path, module: str, requires: str, imports: list[str],
+    def throwaway_module(self, workdir: Path, module: str, requires: str, imports: list[str],
                           replaces: list[tuple[str, str]]) -> None:
         """Write a module that only requires MODULE, so its own replace directives are ignored."""
         workdir.mkdir(parents=True, exist_ok=True)
@@ -144,20 +159,20 @@ class Installer:
     def _build_etcd(self, log: Path) -> None:
         prog = PROGRAMS["etcd"]
         work = self.build_root / f"etcd-{prog.version}"
-        self._throwaway_module(work, "etcdbuild", f"{prog.module} {prog.version}", [prog.package], [])
-        self._run("etcd: go mod tidy", [self.go, "mod", "tidy"], work, log, 900)
-        self._run(
+        self.throwaway_module(work, "etcdbuild", f"{prog.module} {prog.version}", [prog.package], [])
+        self.run_step("etcd: go mod tidy", [self.go, "mod", "tidy"], work, log, 900)
+        self.run_step(
             "etcd: go build",
             [self.go, "build", "-trimpath", "-ldflags", "-s -w", "-o", "out/etcd", prog.package],
             work, log, 1800,
         )
         self._publish(work / "out" / "etcd", "etcd")
 
-    def _staging_modules(self, log: Path) -> list[str]:
+    def staging_modules(self, log: Path) -> list[str]:
         """The k8s.io/* modules that the release's go.mod replaces with ./staging paths."""
         work = self.build_root / "kubernetes-modinfo"
         work.mkdir(parents=True, exist_ok=True)
-        self._run(
+        self.run_step(
             "kubernetes: fetch go.mod",
             [self.go, "mod", "download", "-json", f"k8s.io/kubernetes@{versions.KUBERNETES}"],
             work, log, 900,
@@ -178,25 +193,16 @@ class Installer:
 
     def _build_kubernetes(self, log: Path) -> None:
         ver, staging = versions.KUBERNETES, versions.KUBERNETES_STAGING
-        mods = self._staging_modules(log)
+        mods = self.staging_modules(log)
         work = self.build_root / f"kubernetes-{ver}"
         pkgs = [PROGRAMS[c].package for c in KUBE_CMDS]
-        self._throwaway_module(
+        self.throwaway_module(
             work, "kubebuild", f"k8s.io/kubernetes {ver}", pkgs, [(m, f"{m} {staging}") for m in mods]
         )
-        self._run("kubernetes: go mod tidy", [self.go, "mod", "tidy"], work, log, 1800)
-        minor = ver.split(".")[1]
-        ldflags = " ".join(
-            [
-                "-s -w",
-                f"-X k8s.io/component-base/version.gitVersion={ver}",
-                "-X k8s.io/component-base/version.gitMajor=1",
-                f"-X k8s.io/component-base/version.gitMinor={minor}",
-                f"-X k8s.io/client-go/pkg/version.gitVersion={ver}",
-            ]
-        )
+        self.run_step("kubernetes: go mod tidy", [self.go, "mod", "tidy"], work, log, 1800)
+        ldflags = kube_ldflags()
         # One invocation for all three commands: their many shared packages compile once.
-        self._run(
+        self.run_step(
             "kubernetes: go build kube-apiserver kube-controller-manager kube-scheduler",
             [self.go, "build", "-trimpath", "-ldflags", ldflags, "-o", "out/", *pkgs],
             work, log, 5400,
@@ -210,7 +216,7 @@ class Installer:
         gobin = work / "gobin"
         gobin.mkdir(parents=True, exist_ok=True)
         env_cmd = ["env", f"GOBIN={gobin}"]
-        self._run(
+        self.run_step(
             f"{name}: go install {prog.package}@{prog.version}",
             [*env_cmd, self.go, "install", "-trimpath", "-ldflags", ldflags,
              f"{prog.package}@{prog.version}"],
@@ -240,7 +246,7 @@ class Installer:
         self.log_root.mkdir(parents=True, exist_ok=True)
         self.build_root.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
-        with self._lock():
+        with self.lock():
             for i, group in enumerate(groups, 1):
                 names = GROUPS[group]
                 ver = PROGRAMS[names[0]].version

@@ -77,3 +77,40 @@ def bin_path(name: str) -> Path:
 
 def missing_binaries() -> list[str]:
     return [n for n in PROGRAMS if not os.access(bin_path(n), os.X_OK)]
+
+
+# -- the offline kind path (`tidemark dev kind`) --------------------------------------------
+# Versions measured to work together on this kind of machine (../shared/design/kind-offline.md).
+KIND = "v0.33.0"
+ETCD_NODE = "v3.6.8"  # kubeadm 1.36 passes --feature-gates to etcd, which 3.5 rejects
+CONTAINERD = "v2.3.4"
+CNI_PLUGINS = "v1.9.1"
+CRICTL = "v1.36.0"
+COREDNS = "v1.14.2"
+LOCAL_PATH = "v0.0.30"
+DEBIAN_SUITE = "bookworm"  # the node and image base, from debootstrap (Debian's mirror as apt has it)
+
+NODE_PROGRAMS: dict[str, Program] = {
+    p.name: p
+    for p in (
+        *(Program(c, KUBERNETES, "k8s.io/kubernetes", f"k8s.io/kubernetes/cmd/{c}")
+          for c in ("kubelet", "kubeadm", "kubectl", "kube-proxy")),
+        Program("etcd-node", ETCD_NODE, "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3/etcdmain"),
+        *(Program(c, CONTAINERD, "github.com/containerd/containerd/v2",
+                  f"github.com/containerd/containerd/v2/cmd/{c}")
+          for c in ("containerd", "ctr", "containerd-shim-runc-v2")),
+        *(Program(p.rsplit("/", 1)[1], CNI_PLUGINS, "github.com/containernetworking/plugins",
+                  f"github.com/containernetworking/plugins/plugins/{p}")
+          for p in ("ipam/host-local", "main/loopback", "main/ptp", "meta/portmap")),
+        Program("crictl", CRICTL, "sigs.k8s.io/cri-tools", "sigs.k8s.io/cri-tools/cmd/crictl"),
+        Program("coredns", COREDNS, "github.com/coredns/coredns", "github.com/coredns/coredns"),
+        Program("local-path-provisioner", LOCAL_PATH, "github.com/rancher/local-path-provisioner",
+                "github.com/rancher/local-path-provisioner"),
+        Program("kind", KIND, "sigs.k8s.io/kind", "sigs.k8s.io/kind"),
+    )
+}
+
+
+def node_bin_path(name: str) -> Path:
+    prog = NODE_PROGRAMS[name]
+    return bin_dir() / f"{prog.name}-{prog.version}"

@@ -360,4 +360,4 @@ def test_restore_interrupted_by_an_operator_restart_is_redone_from_scratch(env: 
 
 def test_chart_ships_the_repo_crds() -> None:
     for name in ("auroraclusters.tidemark.dev.yaml", "aurorasnapshots.tidemark.dev.yaml"):
-        assert (ROOT / "charts" / "tidemark" / "crds" / name).read_text() == (ROOT / "crds" / name).read_text()
+        assert (ROOT / "charts" / "tidemark" / "files" / "crds" / name).read_text() == (ROOT / "crds" / name).read_text()

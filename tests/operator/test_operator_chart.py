@@ -31,7 +31,34 @@ def helm(tmp_path: Path, *args: str) -> str:
 
 def test_chart_crd_is_the_repo_crd() -> None:
     name = "auroraclusters.tidemark.dev.yaml"
-    assert (CHART / "crds" / name).read_text() == (ROOT / "crds" / name).read_text()
+    assert (CHART / "files" / "crds" / name).read_text() == (ROOT / "crds" / name).read_text()
+
+
+def test_chart_renders_crds_kept_on_uninstall_unless_crds_create_false(tmp_path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(helm(tmp_path, "template", "tm", str(CHART))) if d]
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert {c["metadata"]["name"] for c in crds} == {"auroraclusters.tidemark.dev", "aurorasnapshots.tidemark.dev"}
+    assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in crds)
+    off = helm(tmp_path, "template", "tm", str(CHART), "--set", "crds.create=false")
+    assert "CustomResourceDefinition" not in off
+
+
+def test_chart_passes_its_image_and_log_level_to_the_operator(tmp_path: Path) -> None:
+    out = helm(tmp_path, "template", "tm", str(CHART), "--set-string", "image.tag=7", "--set", "operator.logLevel=debug",
+               "--set", "imagePullSecrets[0].name=regcred")
+    dep = next(d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert pod["containers"][0]["image"] == "tidemark:7" and "--image=tidemark:7" in args
+    assert "--log-level=debug" in args and pod["imagePullSecrets"] == [{"name": "regcred"}]
+
+
+def test_chart_refuses_values_its_schema_does_not_allow(tmp_path: Path) -> None:
+    for bad in ("operator.logLevel=loud", "operator.metricsPort=-1", "imagePullPolicy=Always"):
+        res = subprocess.run([str(bin_path("helm")), "template", "tm", str(CHART), "--set", bad],
+                             capture_output=True, text=True, timeout=60,
+                             env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        assert res.returncode != 0 and "schema" in res.stderr, (bad, res.stderr)
 
 
 def test_chart_lints(tmp_path: Path) -> None:
@@ -42,7 +69,7 @@ def test_chart_lints(tmp_path: Path) -> None:
 def test_chart_renders_least_privilege_and_server_accepts_it(
         tmp_path: Path, rig_cluster: ControlPlane, values: list[str]) -> None:
     ns = "chart-" + uuid.uuid4().hex[:6]
-    out = helm(tmp_path, "template", "tm", str(CHART), "--namespace", ns, "--include-crds",
+    out = helm(tmp_path, "template", "tm", str(CHART), "--namespace", ns,
                "--set", "image.tag=dev", *values)
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = {d["kind"] for d in docs}

@@ -509,7 +509,7 @@ def test_repair_aborts_when_its_target_is_lost_and_starts_over_elsewhere() -> No
 # -- the CRD schema and the pydantic spec model agree ------------------------------------------
 
 _CRD_FILES = [ROOT / "crds" / "auroraclusters.tidemark.dev.yaml",
-              ROOT / "charts" / "tidemark" / "crds" / "auroraclusters.tidemark.dev.yaml"]
+              ROOT / "charts" / "tidemark" / "files" / "crds" / "auroraclusters.tidemark.dev.yaml"]
 _CHECKED = ("enum", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern",
             "default")
 

@@ -36,6 +36,7 @@ def test_helm_template(tmp_path: Path) -> None:
                "--set", "image.tag=dev")
     docs = [d for d in yaml.safe_load_all(out) if d]
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) >= {"ServiceAccount", "ConfigMap"}
-    assert kinds["ConfigMap"]["data"]["image"] == "tidemark:dev"
-    assert kinds["ConfigMap"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"
+    assert set(kinds) >= {"ServiceAccount", "Deployment", "CustomResourceDefinition"}
+    assert "ConfigMap" not in kinds  # nothing read the old one
+    assert "--image=tidemark:dev" in kinds["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert kinds["Deployment"]["metadata"]["labels"]["app.kubernetes.io/instance"] == "demo"

@@ -19,3 +19,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "tidemark.serviceAccountName" -}}
 {{- default (include "tidemark.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{/* The one image of the release: the operator's, and the storage pods' by default. */}}
+{{- define "tidemark.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}

@@ -1,0 +1,3 @@
+module tidemark.local/kindnet
+
+go 1.26.0

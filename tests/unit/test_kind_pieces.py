@@ -1,0 +1,53 @@
+"""The offline kind path's small pure pieces (the cluster itself is tested under tests/kind)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tidemark_rig.kind import host, kubectl, privileged
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_docs_install_the_chart_with_the_command_kind_up_runs() -> None:
+    assert f"helm {kubectl.HELM_INSTALL}" in (ROOT / "docs" / "kind.md").read_text()
+
+
+def test_the_wrapper_is_used_only_without_cap_sys_resource(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapBnd:\t000001fffeffffff\n")
+    assert not privileged.bounding_set(status) >> privileged.CAP_SYS_RESOURCE & 1
+    status.write_text("CapBnd:\t000001ffffffffff\n")
+    assert privileged.bounding_set(status) >> privileged.CAP_SYS_RESOURCE & 1
+
+
+def test_the_wrapper_rewrites_privileged_for_run_and_drops_it_for_exec(tmp_path: Path) -> None:
+    echo = tmp_path / "echo-args"
+    echo.write_text('#!/bin/bash\nprintf "%s\\n" "$@"\n')
+    echo.chmod(0o755)
+    wrapper = tmp_path / "docker"
+    wrapper.write_text(privileged.WRAPPER.format(real=echo))
+    wrapper.chmod(0o755)
+
+    def args(*a: str) -> list[str]:
+        return subprocess.run([str(wrapper), *a], capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
+
+    run = args("run", "--privileged", "-d", "img")
+    assert "--privileged" not in run and "--cap-drop=SYS_RESOURCE" in run and "--cap-add=ALL" in run
+    assert "a *:* rwm" in " ".join(run) and run[-2:] == ["-d", "img"]
+    assert args("exec", "--privileged", "c", "ls") == ["exec", "c", "ls"]
+    assert args("ps", "--privileged") == ["ps", "--privileged"]  # only run/create/exec are touched
+
+
+def test_host_limits_are_raised_never_lowered(tmp_path: Path) -> None:
+    inotify = tmp_path / "fs" / "inotify"
+    inotify.mkdir(parents=True)
+    (inotify / "max_user_instances").write_text("128\n")
+    (inotify / "max_user_watches").write_text("99999999\n")
+    assert host.raise_limits(tmp_path) == {"fs.inotify.max_user_instances": 8192}
+    assert (inotify / "max_user_watches").read_text() == "99999999\n"
+    assert host.raise_limits(tmp_path) == {}
