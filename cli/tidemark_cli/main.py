@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "backup": "tidemark_restore.cli:backup",
     "operator": "tidemark_operator.cli:operator",
     "chaos": "tidemark_playground.chaos:chaos",
-    "sql": "tidemark_sql.cli:sql",
+    "sql": "tidemark_cli.sql:sql",
 }
 
 

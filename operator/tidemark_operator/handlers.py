@@ -20,12 +20,15 @@ from kubernetes.client.exceptions import ApiException
 
 from . import backup_poll, metrics, restoreflow, snapshots
 from .backupspec import SNAPSHOT_PLURAL, BackupSpec
+from .instances import InstancePod
 from .kube import Kube, connection_info, load_config
 from .model import (
     CLUSTER_LABEL,
     COMPONENT_LABEL,
     GROUP,
+    INSTANCE_COMPONENT,
     PLURAL,
+    ROLE_LABEL,
     STORAGE_COMPONENT,
     VERSION,
     ZONE_POD_LABEL,
@@ -94,10 +97,25 @@ def pods_of(index: kopf.Index[tuple[str, str], PodObs], ns: str, cluster: str) -
     return lambda: sorted(index.get((ns, cluster), []), key=lambda p: p.name)
 
 
+def instance_pods(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, spec: kopf.Spec,
+                  status: kopf.Status, **_: Any) -> dict[tuple[str, str], InstancePod]:
+    """(namespace, cluster) -> its database instance pods as observed."""
+    ip = status.get("podIP") or None
+    running = status.get("phase") == "Running" and bool(ip) and meta.get("deletionTimestamp") is None
+    return {(namespace, labels[CLUSTER_LABEL]): InstancePod(name, labels.get(ROLE_LABEL, ""), ip, running,
+                                                            spec.get("nodeName"))}
+
+
+def instances_of(index: kopf.Index[tuple[str, str], InstancePod], ns: str,
+                 cluster: str) -> Callable[[], list[InstancePod]]:
+    return lambda: sorted(index.get((ns, cluster), []), key=lambda p: p.name)
+
+
 # -- AuroraCluster -----------------------------------------------------------------------------
 
 async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
-               pods: kopf.Index[tuple[str, str], PodObs], source: str) -> None:
+               pods: kopf.Index[tuple[str, str], PodObs], source: str,
+               inst: kopf.Index[tuple[str, str], InstancePod]) -> None:
     ctx = context(memo)
     ns, name = body.metadata.namespace, body.metadata.name
     # Work from a fresh read: a timer may still fire for an object deleted meanwhile (a
@@ -108,7 +126,8 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         return
     started = time.monotonic()
     try:
-        status = await reconcile(ctx, cluster_state(memo), fresh, pods_of(pods, ns, name), events(body))
+        status = await reconcile(ctx, cluster_state(memo), fresh, pods_of(pods, ns, name), events(body),
+                                 instances_of(inst, ns, name))
     except Exception:
         metrics.record_reconcile(source, "error", time.monotonic() - started)
         raise
@@ -122,19 +141,21 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
 
 
 async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
-                    storage_pods: kopf.Index[tuple[str, str], PodObs], **_: Any) -> None:
+                    storage_pods: kopf.Index[tuple[str, str], PodObs],
+                    instance_pods: kopf.Index[tuple[str, str], InstancePod], **_: Any) -> None:
     try:
-        await _run(body, patch, memo, storage_pods, "change")
+        await _run(body, patch, memo, storage_pods, "change", instance_pods)
     except Exception as exc:
         raise kopf.TemporaryError(f"reconcile failed: {exc}", delay=3) from exc
 
 
 async def observe(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
-                  storage_pods: kopf.Index[tuple[str, str], PodObs], **_: Any) -> None:
+                  storage_pods: kopf.Index[tuple[str, str], PodObs],
+                  instance_pods: kopf.Index[tuple[str, str], InstancePod], **_: Any) -> None:
     """Continuous observation: pod and segment health, drift of owned objects, VDL."""
     if body.metadata.get("deletionTimestamp"):
         return
-    await _run(body, patch, memo, storage_pods, "timer")
+    await _run(body, patch, memo, storage_pods, "timer", instance_pods)
 
 
 def backup_enabled(spec: kopf.Spec, **_: Any) -> bool:
@@ -204,6 +225,8 @@ def build_registry(interval: float = 3.0) -> kopf.OperatorRegistry:
     kopf.on.cleanup(registry=reg)(cleanup)
     kopf.index("pods", labels={CLUSTER_LABEL: kopf.PRESENT, COMPONENT_LABEL: STORAGE_COMPONENT},
                registry=reg)(storage_pods)
+    kopf.index("pods", labels={CLUSTER_LABEL: kopf.PRESENT, COMPONENT_LABEL: INSTANCE_COMPONENT},
+               registry=reg)(instance_pods)
     kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=reg)(on_change)
     kopf.on.create(GROUP, VERSION, PLURAL, registry=reg)(on_change)
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=reg)(on_change)

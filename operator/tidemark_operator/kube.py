@@ -48,6 +48,18 @@ class Kube:
         self.apps = client.AppsV1Api(self.api)
         self.policy = client.PolicyV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
+        self.coordination = client.CoordinationV1Api(self.api)
+
+    def _fn(self, verb: str, kind: str) -> Any:
+        """The namespaced client call VERB (read/create/patch) for KIND."""
+        api, noun = {"Service": (self.core, "service"), "StatefulSet": (self.apps, "stateful_set"),
+                     "Deployment": (self.apps, "deployment"), "ConfigMap": (self.core, "config_map"),
+                     "PodDisruptionBudget": (self.policy, "pod_disruption_budget"),
+                     "Secret": (self.core, "secret"), "ServiceAccount": (self.core, "service_account"),
+                     "Role": (self.rbac, "role"), "RoleBinding": (self.rbac, "role_binding"),
+                     "Lease": (self.coordination, "lease")}[kind]
+        return getattr(api, f"{verb}_namespaced_{noun}")
 
     def ser(self, obj: Any) -> Any:
         return self.api.sanitize_for_serialization(obj)
@@ -62,6 +74,19 @@ class Kube:
                 out[zone] = out.get(zone, 0) + 1
         return out
 
+    def lost_nodes(self) -> set[str]:
+        """Nodes whose Ready condition is not True (NotReady or Unknown: unreachable)."""
+        return {n.metadata.name for n in self.core.list_node(_request_timeout=TIMEOUT).items
+                if not any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))}
+
+    def force_delete_pod(self, name: str, ns: str) -> None:
+        """Delete now (grace 0): the pod's node is gone and will never confirm it."""
+        try:
+            self.core.delete_namespaced_pod(name, ns, grace_period_seconds=0, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def cluster(self, ns: str, name: str) -> dict[str, Any] | None:
         """An AuroraCluster as a plain dict (None: it does not exist)."""
         try:
@@ -73,26 +98,30 @@ class Kube:
             raise
 
     def read(self, kind: str, name: str, ns: str) -> dict[str, Any] | None:
-        fn = {"Service": self.core.read_namespaced_service,
-              "StatefulSet": self.apps.read_namespaced_stateful_set,
-              "PodDisruptionBudget": self.policy.read_namespaced_pod_disruption_budget,
-              "ConfigMap": self.core.read_namespaced_config_map}[kind]
         try:
-            return self.ser(fn(name, ns, _request_timeout=TIMEOUT))
+            return self.ser(self._fn("read", kind)(name, ns, _request_timeout=TIMEOUT))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
+    def exists(self, kind: str, name: str, ns: str) -> bool:
+        """Without returning the object (a Secret's data stays out of our memory)."""
+        try:
+            resp = self._fn("read", kind)(name, ns, _request_timeout=TIMEOUT, _preload_content=False)
+            resp.drain_conn()  # discarded unread, and the pooled connection stays usable
+            resp.release_conn()
+            return True
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+
     def create(self, obj: dict[str, Any]) -> None:
         """Create OBJ; Conflict if it exists already."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        fn = {"Service": self.core.create_namespaced_service,
-              "StatefulSet": self.apps.create_namespaced_stateful_set,
-              "PodDisruptionBudget": self.policy.create_namespaced_pod_disruption_budget,
-              "ConfigMap": self.core.create_namespaced_config_map}[kind]
         try:
-            fn(ns, obj, _request_timeout=TIMEOUT)
+            self._fn("create", kind)(ns, obj, _request_timeout=TIMEOUT)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict(f"{kind} {obj['metadata']['name']} exists already") from exc
@@ -101,10 +130,7 @@ class Kube:
     def patch(self, obj: dict[str, Any]) -> None:
         """Strategic-merge patch OBJ (kind, name and namespace identify it)."""
         ns, kind, name = obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"]
-        fn = {"Service": self.core.patch_namespaced_service,
-              "StatefulSet": self.apps.patch_namespaced_stateful_set,
-              "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget}[kind]
-        fn(name, ns, obj, _request_timeout=TIMEOUT)
+        self._fn("patch", kind)(name, ns, obj, _request_timeout=TIMEOUT)
 
     def replace_config_map(self, obj: dict[str, Any]) -> None:
         """Replace a ConfigMap carrying the resourceVersion that was read; Conflict when it

@@ -17,9 +17,14 @@ CLUSTER_LABEL = "tidemark.dev/cluster"
 ZONE_POD_LABEL = "tidemark.dev/zone"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 STORAGE_COMPONENT = "storage"
+INSTANCE_COMPONENT = "instance"
+ROLE_LABEL = "tidemark.dev/role"  # writer | replica (instance pods)
 SPEC_HASH = "tidemark.dev/spec-hash"
 TEMPLATE_HASH = "tidemark.dev/template-hash"
 NODE_PORT = 7000
+SQL_PORT = 5432
+SQL_ADMIN_PORT = 5433
+ROLES = ("writer", "replica")
 
 
 def dns_label(s: str) -> str:
@@ -47,6 +52,29 @@ def placement_name(cluster: str) -> str:
     return f"{cluster}-placement"
 
 
+def instance_deployment_name(cluster: str, role: str) -> str:
+    return f"{cluster}-{role}"
+
+
+def endpoint_service_name(cluster: str, kind: str) -> str:
+    """kind: rw (the writer), ro (ready replicas), r (any instance), as CloudNativePG's."""
+    return f"{cluster}-{kind}"
+
+
+def app_secret_name(cluster: str) -> str:
+    return f"{cluster}-app"
+
+
+def writer_lease_name(cluster: str) -> str:
+    """The coordination.k8s.io Lease the writer instance holds."""
+    return f"{cluster}-writer"
+
+
+def instance_account_name(cluster: str) -> str:
+    """ServiceAccount (and Role, RoleBinding) of the instance pods."""
+    return f"{cluster}-instance"
+
+
 def cluster_labels(cluster: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "tidemark",
@@ -58,6 +86,11 @@ def cluster_labels(cluster: str) -> dict[str, str]:
 
 def selector_labels(cluster: str) -> dict[str, str]:
     return {CLUSTER_LABEL: cluster, COMPONENT_LABEL: STORAGE_COMPONENT}
+
+
+def instance_selector(cluster: str, role: str | None = None) -> dict[str, str]:
+    sel = {CLUSTER_LABEL: cluster, COMPONENT_LABEL: INSTANCE_COMPONENT}
+    return {**sel, ROLE_LABEL: role} if role else sel
 
 
 def resolve_zones(spec: ClusterSpec, node_zones: Mapping[str, int]) -> tuple[list[str] | None, str, str]:

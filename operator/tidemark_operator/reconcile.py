@@ -16,9 +16,17 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any
 
-from tidemark_protocol.quorum import SEGMENTS_PER_PG
+from tidemark_protocol.quorum import SEGMENTS_PER_PG, WRITE_QUORUM
 
-from . import objects, placement_store, repair_executor, restoreflow, segments
+from . import (
+    instance_resources,
+    instances,
+    objects,
+    placement_store,
+    repair_executor,
+    restoreflow,
+    segments,
+)
 from . import placement as pl
 from .backupspec import BackupSpec, RestoreSpec
 from .kube import Kube
@@ -56,8 +64,10 @@ def now_iso() -> str:
 
 
 async def reconcile(ctx: Context, state: ClusterState, body: Mapping[str, Any],
-                    pods: Callable[[], Sequence[PodObs]], event: Event) -> dict[str, Any]:
-    """Converge one AuroraCluster; returns its new status. PODS: its storage pods now."""
+                    pods: Callable[[], Sequence[PodObs]], event: Event,
+                    instance_pods: Callable[[], Sequence[instances.InstancePod]] = list) -> dict[str, Any]:
+    """Converge one AuroraCluster; returns its new status. PODS: its storage pods now;
+    INSTANCE_PODS: its database instance pods now."""
     spec = parse_spec(body.get("spec"))
     if spec.image is None:
         spec = spec.model_copy(update={"image": ctx.settings.default_image})
@@ -65,6 +75,8 @@ async def reconcile(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     restore = RestoreSpec.of(spec.restore)
     async with state.lock:
         status = await _converge(ctx, state, body, spec, backup, restore, pods, event)
+        if status.get("phase") != "Blocked":
+            status.update(await _instances(ctx, state, body, spec, restore, status, instance_pods, event))
         return finish_status(state, body, status, backup, restore, event)
 
 
@@ -85,6 +97,41 @@ def finish_status(state: ClusterState, body: Mapping[str, Any], status: dict[str
         rs = restoreflow.restore_status(state.restore, old, restore, event)
         status = apply_restore_status(status, rs, gen, old.get("conditions") or [], now_iso())
     return status
+
+
+async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any], spec: ClusterSpec,
+                     restore: RestoreSpec | None,
+                     status: Mapping[str, Any], list_pods: Callable[[], Sequence[instances.InstancePod]],
+                     event: Event) -> dict[str, Any]:
+    """The database instances: built once the volume is writable (and, for a restore
+    cluster, loaded: a writer opening a volume mid-load would fence the loader)."""
+    kube = ctx.kube
+    meta = body["metadata"]
+    name, ns = meta["name"], meta["namespace"]
+    if not await asyncio.to_thread(instances.wanted, kube, name, ns, spec):
+        return {}
+    was_ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (body.get("status") or {}).get("conditions") or [])
+    writable = all(n >= WRITE_QUORUM for n in (status.get("segments") or {"": 0}).values())
+    if restore is not None and not restoreflow.restored(body, state.restore):
+        return {"readyInstances": f"0/{spec.instances}", "instancesBlocked": "waiting for the restore"}
+    if not (writable or was_ready):
+        return {"readyInstances": f"0/{spec.instances}", "instancesBlocked": "waiting for a writable volume"}
+    owner = placement_store.owner_of(body)
+    blocked = await asyncio.to_thread(instances.ensure_credentials, kube, name, ns, spec, owner, event)
+    if blocked is None:
+        objs = instance_resources.instance_objects(name, ns, spec, owner, ctx.settings.node_command)
+        await asyncio.to_thread(objects.converge, kube, objs, True, event)
+    elif (body.get("status") or {}).get("instancesBlocked") != blocked:
+        event("Warning", "CredentialsMissing", blocked)
+    pods = list(list_pods())
+    gone = await asyncio.to_thread(instances.evict_from_lost_nodes, kube, ns, pods, event)
+    pods = [p for p in pods if p.name not in gone]
+    seen = await instances.observe(ctx.nodes, pods)
+    holder = await asyncio.to_thread(instances.lease_holder, kube, name, ns)
+    instances.note_primary(state, holder, any(p.name == holder and (seen.get(p.name) or {}).get("serving")
+                                              for p in pods), event)
+    return instances.instances_status(spec, pods, seen, holder, blocked)
 
 
 async def _converge(ctx: Context, state: ClusterState, body: Mapping[str, Any], spec: ClusterSpec,

@@ -74,6 +74,17 @@ class Restore(_Spec):
 ZoneName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 
 
+class Instances(_Spec):
+    """The database instances' pods (`tidemark sql serve`)."""
+
+    resources: Resources | None = None
+    # A replica whose feed lag exceeds this is taken out of the `-ro` Service (readiness).
+    max_lag_ms: int = Field(5000, ge=100, le=3600000)
+    # Secret with username/password the instances accept; None: the operator creates
+    # `<name>-app` with a generated password.
+    credentials_secret: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
+
+
 class ClusterSpec(_Spec):
     """AuroraCluster.spec. Objects the CRD defaults to `{}` (volume, storage, repair)
     default to their model with its own defaults, as the apiserver would fill them."""
@@ -91,12 +102,22 @@ class ClusterSpec(_Spec):
     repair: Repair = Field(default_factory=Repair)
     backup: Backup | None = None
     restore: Restore | None = None
+    # Database instances: 1 writer + (instances - 1) read replicas; 0 = storage only.
+    instances: int = Field(2, ge=0, le=16)
+    instance: Instances = Field(default_factory=Instances)
 
     def container_resources(self) -> dict[str, Any]:
         """The storage container's `resources` (as given in the spec)."""
         if self.resources is None:
             return {}
         return self.resources.model_dump(by_alias=True, exclude_none=True)
+
+
+    def instance_resources(self) -> dict[str, Any]:
+        """The instance container's `resources` (as given in spec.instance.resources)."""
+        if self.instance.resources is None:
+            return {}
+        return self.instance.resources.model_dump(by_alias=True, exclude_none=True)
 
 
 def parse_spec(spec: Any) -> ClusterSpec:

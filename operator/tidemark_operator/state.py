@@ -29,6 +29,10 @@ class ClusterState:
     # (store, retention days) it polled
     backup_block: dict[str, Any] | None = None
     backup_of: tuple[StoreRef, int] | None = None
+    # the writer Lease's holder last seen serving, and (monotonic) when it was first seen
+    # not serving or deleted: the Failover event's duration (lost on restart: no event then)
+    primary: str | None = None
+    primary_lost_at: float | None = None
     # one pass at a time (the change handlers and the timer may fire together)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

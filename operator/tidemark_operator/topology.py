@@ -6,8 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from kubernetes import client, config
-
 from tidemark_compute.topology import Topology
 from tidemark_protocol.layout import VolumeLayout
 
@@ -39,16 +37,28 @@ def cluster_topology(core: Any, namespace: str, cluster: str) -> Topology:
     return topology_from_objects(doc, ips, namespace, cluster)
 
 
-def load_cluster_topology(cluster: str, namespace: str | None = None,
-                          kubeconfig: str | None = None) -> Topology:
+def kube_namespace(namespace: str | None = None, kubeconfig: str | None = None) -> str:
+    """Configure the kubernetes client (in-cluster credentials, else the kubeconfig) and
+    return NAMESPACE or the default one (the pod's, else the kubeconfig context's).
+    (The kubernetes client is imported here, not with the module: `tidemark sql serve`
+    imports this module and a playground instance must not pay ~0.5 s for it.)"""
+    from kubernetes import config
+
     try:
         config.load_incluster_config()
-        ns = namespace or open("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read().strip()
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as fh:
+            return namespace or fh.read().strip()
     except config.ConfigException:
         config.load_kube_config(config_file=kubeconfig)
-        ns = namespace or (config.list_kube_config_contexts(config_file=kubeconfig)[1]
-                           .get("context", {}).get("namespace") or "default")
-    return cluster_topology(client.CoreV1Api(), ns, cluster)
+        return namespace or (config.list_kube_config_contexts(config_file=kubeconfig)[1]
+                             .get("context", {}).get("namespace") or "default")
+
+
+def load_cluster_topology(cluster: str, namespace: str | None = None,
+                          kubeconfig: str | None = None) -> Topology:
+    from kubernetes import client
+
+    return cluster_topology(client.CoreV1Api(), kube_namespace(namespace, kubeconfig), cluster)
 
 
 def cluster_membership_source(cluster: str, namespace: str | None = None,

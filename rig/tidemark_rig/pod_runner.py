@@ -8,6 +8,12 @@ and downward-API fieldRefs) plus ``TIDEMARK_POD_IP``/``POD_IP``, ``TIDEMARK_POD_
 ``topology.kubernetes.io/zone`` label). The process is meant to bind the pod IP (a loopback
 address from the node's podCIDR).
 
+Like a kubelet, it also materialises the first container's `secret` volumes (files under
+the pod's directory, at the mount path, mode 0400 unless the volume says otherwise) and,
+unless the pod sets ``automountServiceAccountToken: false``, gives the process its
+ServiceAccount's identity: a token from the TokenRequest API (bound to the pod) in a
+kubeconfig named by ``KUBECONFIG``, so RBAC applies to pod processes as in a cluster.
+
 The process is SIGKILLed when the pod is deleted (or being deleted), when its node is
 deleted, or when the node is not Ready - like a machine that vanished. A process that exits
 by itself is restarted with back-off when the pod's restartPolicy is Always.
@@ -22,6 +28,7 @@ Run: ``python -m tidemark_rig.pod_runner --kubeconfig K --dir D``.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import ctypes
 import json
@@ -146,14 +153,67 @@ class PodRunner:
 
     def _secret(self, namespace: str, name: str, key: str) -> str | None:
         """A Secret's value (as the kubelet would inject it); None if unreadable."""
-        import base64
-
         try:
             data = self.core.read_namespaced_secret(name, namespace, _request_timeout=10).data or {}
         except Exception as exc:  # noqa: BLE001 - a missing Secret leaves the variable unset
             log.warning("secret %s/%s: %s", namespace, name, exc)
             return None
         return base64.b64decode(data[key]).decode() if key in data else None
+
+    def _secret_volumes(self, pod: dict[str, Any], cwd: Path) -> None:
+        """Write the first container's mounted `secret` volumes under CWD."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+            src = (volumes.get(mount.get("name")) or {}).get("secret")
+            if not src:
+                continue
+            target = cwd / str(mount["mountPath"]).lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            try:
+                data = self.core.read_namespaced_secret(src["secretName"], pod["metadata"]["namespace"],
+                                                        _request_timeout=10).data or {}
+            except Exception as exc:  # noqa: BLE001 - the process finds no files, as with a missing Secret
+                log.warning("secret volume %s: %s", src["secretName"], exc)
+                continue
+            items = src.get("items") or [{"key": k, "path": k} for k in data]
+            for item in items:
+                if item["key"] not in data:
+                    continue
+                path = target / item["path"]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    path.chmod(0o600)
+                path.write_bytes(base64.b64decode(data[item["key"]]))
+                path.chmod(int(item.get("mode") or src.get("defaultMode") or 0o400))
+
+    def _service_account(self, pod: dict[str, Any], cwd: Path) -> str | None:
+        """A kubeconfig with a pod-bound token of the pod's ServiceAccount (None: no token)."""
+        spec, meta = pod["spec"], pod["metadata"]
+        if spec.get("automountServiceAccountToken") is False:
+            return None
+        sa = spec.get("serviceAccountName") or "default"
+        try:
+            tr = self.core.create_namespaced_service_account_token(sa, meta["namespace"], {
+                "spec": {"expirationSeconds": 3600,
+                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
+                                            "uid": meta["uid"]}}}, _request_timeout=10)
+        except Exception as exc:  # noqa: BLE001 - the process runs without API credentials
+            log.warning("token for %s/%s: %s", meta["namespace"], sa, exc)
+            return None
+        cfg = self.core.api_client.configuration
+        kubeconfig = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+            "clusters": [{"name": "rig", "cluster": {"server": cfg.host,
+                                                     "certificate-authority": str(cfg.ssl_ca_cert)}}],
+            "users": [{"name": sa, "user": {"token": tr.status.token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "rig", "user": sa,
+                                                     "namespace": meta["namespace"]}}],
+        }
+        path = cwd / ".kube" / "config"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(kubeconfig))
+        path.chmod(0o600)
+        return str(path)
 
     # -- process control -----------------------------------------------------------------------
     def _start(self, r: Running, pod: dict[str, Any], node: dict[str, Any] | None) -> None:
@@ -166,20 +226,25 @@ class PodRunner:
             return
         cwd = Path(c.get("workingDir") or self.work_dir / r.namespace / r.name)
         cwd.mkdir(parents=True, exist_ok=True)
+        self._secret_volumes(pod, cwd)
+        if kubeconfig := self._service_account(pod, cwd):
+            env["KUBECONFIG"] = kubeconfig
         # Volume mounts become per-pod directories: an argument at or under a mountPath
         # (e.g. `--data /data`) is rewritten to the same path under the pod's directory.
         # The program itself and arguments naming existing host files are left alone: the
         # venv's `tidemark` may well live under a mounted path such as /tmp.
-        for mount in c.get("volumeMounts") or []:
-            mp = str(mount.get("mountPath", "")).rstrip("/")
-            if mp:
-                local = str(cwd / mp.lstrip("/"))
-                argv = argv[:1] + [
-                    local + a[len(mp):]
-                    if (a == mp or a.startswith(mp + "/")) and not os.path.isfile(a)
-                    else a
-                    for a in argv[1:]
-                ]
+        # Each argument is rewritten once, by its longest mount path (a pod directory under
+        # /tmp must not be rewritten again by a /tmp mount).
+        mounts = sorted((str(m.get("mountPath", "")).rstrip("/") for m in c.get("volumeMounts") or []),
+                        key=len, reverse=True)
+
+        def local(a: str) -> str:
+            for mp in mounts:
+                if mp and (a == mp or a.startswith(mp + "/")) and not os.path.isfile(a):
+                    return str(cwd / mp.lstrip("/")) + a[len(mp):]
+            return a
+
+        argv = argv[:1] + [local(a) for a in argv[1:]]
         logf = self.log_dir / f"{r.namespace}_{r.name}.log"
         r.log = str(logf)
         with logf.open("ab") as fh:

@@ -1,5 +1,7 @@
 """An instance's admin endpoint (loopback HTTP): /v1/status (JSON), /metrics
-(Prometheus text), and on a writer the replica feed /v1/feed (WebSocket)."""
+(Prometheus text), /readyz (a readiness probe: 200 while serving, for a replica also
+while its lag is at most `max_lag_ms`), and on a writer the replica feed /v1/feed
+(WebSocket)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ class Admin:
         self.app = web.Application()
         self.app.router.add_get("/v1/status", self._status)
         self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_get("/readyz", self._ready)
+        self.max_lag_ms: float | None = None
         if feed is not None:
             self.app.router.add_get("/v1/feed", feed)
         self._runner: web.AppRunner | None = None
@@ -25,6 +29,21 @@ class Admin:
 
     async def _status(self, _request: web.Request) -> web.Response:
         return web.json_response(self.status())
+
+    def ready(self) -> tuple[bool, str]:
+        st = self.status()
+        if not st.get("serving"):
+            return False, "not serving"
+        if st.get("role") == "replica":
+            if not st.get("feed_connected"):
+                return False, "not following the writer's feed"
+            if self.max_lag_ms is not None and float(st.get("lag_ms") or 0) > self.max_lag_ms:
+                return False, f"lag {st.get('lag_ms')} ms > {self.max_lag_ms} ms"
+        return True, "ok"
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        ok, why = self.ready()
+        return web.Response(status=200 if ok else 503, text=why)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         body, ctype = telemetry.render()

@@ -1,25 +1,42 @@
-"""`tidemark sql serve`: one database instance (writer or read replica) over the playground fleet in DIR."""
+"""`tidemark sql serve`: one database instance (writer or read replica) over the
+playground fleet in DIR, or (`--from-cluster NAME`) over an AuroraCluster's storage pods:
+the container entrypoint of the operator's instance pods.
+
+What an AuroraCluster is (its placement ConfigMap, its pods, the writer Lease's name) is
+the operator's knowledge, a layer above this one: the `tidemark` command wires it in as
+a ClusterBinding (tidemark_cli.sql) and `make_group` builds the command around it."""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 import structlog
 
 from tidemark_compute.reader import Reader
-from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
+from tidemark_compute.topology import (
+    Topology,
+    load_topology,
+    membership_source,
+    record_volume_epoch,
+)
 from tidemark_compute.writer import Writer
 
 from . import telemetry
 from .endpoint import Endpoint
 from .instance import Instance
+from .kube_lease import KubeWriterLease, LeaseFeed
 from .lease import WriterLease, feed_url
 from .replica import ReplicaInstance
-from .scram import PASSWORD_ENV, load_credentials
+from .scram import PASSWORD_ENV, Verifier, load_credentials, parse_credentials
 
 log = structlog.get_logger("tidemark.sql.cli")
 
@@ -38,8 +55,29 @@ def _listen(value: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-async def _run(instance: Endpoint, banner: str) -> None:
-    """Serve until SIGINT/SIGTERM, then close the instance."""
+@dataclass(frozen=True)
+class ClusterAccess:
+    """An AuroraCluster as an instance sees it."""
+
+    namespace: str
+    topology_source: Callable[[], Awaitable[Topology]]  # the storage pods and PG memberships, now
+    coordination: Any  # a kubernetes CoordinationV1Api
+    lease_name: str  # the writer Lease
+
+
+ClusterBinding = Callable[[str, str | None], ClusterAccess]  # (cluster, namespace or None) -> access
+
+
+def credentials_from_dir(directory: Path) -> dict[str, Verifier]:
+    """A mounted kubernetes.io/basic-auth Secret: files `username` and `password`."""
+    user = (directory / "username").read_text().strip()
+    password = (directory / "password").read_text().strip()
+    return parse_credentials(f"{user}:{password}")
+
+
+async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | None] = lambda: None) -> int:
+    """Serve until SIGINT/SIGTERM (exit code 0) or until EXIT_WHEN names a reason (1),
+    then close the instance."""
     click.echo(f"tidemark sql: {banner} on {instance.dsn} (admin {instance.admin.url})", err=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,8 +93,12 @@ async def _run(instance: Endpoint, banner: str) -> None:
             if instance.pipeline.failed is not None and not reported:  # once, not every 0.5 s
                 log.error("instance_stopped", reason=str(instance.pipeline.failed))
                 reported = True
+            if (why := exit_when()) is not None:
+                log.error("instance_exiting", reason=why)
+                return 1
     finally:
         await instance.close()
+    return 0
 
 
 async def _serve(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
@@ -86,48 +128,143 @@ async def _serve_replica(directory: Path, host: str, port: int, credentials: dic
     await _run(instance, f"replica instance (read point {instance.store.read_point})")
 
 
-@click.group()
-def sql() -> None:
-    """Database instances: SQLite over the fleet, PostgreSQL wire protocol."""
+async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: int, credentials: dict,
+                         cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int,
+                         max_lag_ms: float) -> int:
+    """The writer of an AuroraCluster: open the volume (recovery + seal: every older writer
+    is fenced on the nodes), claim the writer Lease, serve. A writer whose Lease expired
+    (no renewal for its duration: cut off from the apiserver) exits, so its pod restarts
+    and a fresh Writer.open decides; one superseded by a newer epoch keeps refusing
+    (57P01), since restarting it would fence the newer writer in turn, until that newer
+    writer stops renewing the Lease for its duration (gone too): then it exits, to be
+    restarted as the writer."""
+    telemetry.setup("writer")
+    topology = await access.topology_source()
+    writer = await Writer.open(topology, membership_source=access.topology_source)
+    instance = await Instance.start(writer, host, port, credentials, False, cache_size, multi_range,
+                                    max_connections, admin_port=admin_port)
+    instance.admin.max_lag_ms = max_lag_ms
+    lease = KubeWriterLease(access.coordination, access.namespace, access.lease_name, identity,
+                            writer.core.volume_epoch)
+    await lease.claim(f"ws{instance.admin.url[4:]}/v1/feed")
+    instance.pipeline.lease = lease.holds
+
+    def lost() -> str | None:
+        if lease.successor_gone:
+            return f"superseded, and the newer writer stopped renewing {access.lease_name} for {lease.duration} s"
+        if lease.expired and not lease.superseded:
+            return f"writer lease {access.lease_name} not renewed for {lease.duration} s"
+        return None
+
+    try:
+        return await _run(instance, f"writer instance {identity} (volume epoch {writer.core.volume_epoch})", lost)
+    finally:
+        await lease.close()
 
 
-@sql.command()
-@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".tidemark-playground"),
-              show_default=True, help="The playground fleet (topology.json).")
-@click.option("--listen", default="127.0.0.1:5432", show_default=True, help="HOST:PORT of the endpoint.")
-@click.option("--role", type=click.Choice(["writer", "replica"]), default="writer", show_default=True,
-              help="writer: opens the volume (recovery + seal, fencing any older writer); replica: "
-                   "read-only, follows the writer's feed, never opens the volume.")
-@click.option("--admin-listen", default=None,
-              help="HOST:PORT of the admin endpoint (status, /metrics, the writer's replica feed); "
-                   "default: the --listen host, any free port.")
-@click.option("--writer-feed", default=None,
-              help="Replica: the writer's feed URL (ws://HOST:PORT/v1/feed); default: from DIR/writer.json.")
-@click.option("--password-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help=f"Lines of user:password (else ${PASSWORD_ENV}=user:password).")
-@click.option("--insecure-no-auth", is_flag=True, help="Accept any client without a password (playground only).")
-@click.option("--cache-size", type=int, default=None, help="SQLite PRAGMA cache_size (pages if > 0).")
-@click.option("--multi-range-redo/--single-range-redo", default=True, show_default=True,
-              help="One redo record per page carrying several byte ranges, or one record per range "
-                   "(the single-patch format, for nodes that predate the multi patch).")
-@click.option("--max-connections", type=int, default=64, show_default=True)
-def serve(directory: Path, listen: str, role: str, admin_listen: str | None, writer_feed: str | None,
-          password_file: Path | None, insecure_no_auth: bool, cache_size: int | None, multi_range_redo: bool,
-          max_connections: int) -> None:
-    """Serve the database of the fleet in DIR on the PostgreSQL wire protocol."""
-    host, port = _listen(listen)
-    credentials = load_credentials(password_file)
-    if not credentials and not insecure_no_auth:
-        raise click.UsageError(f"no credentials: --password-file F or ${PASSWORD_ENV}=user:password "
-                               "(or --insecure-no-auth on a playground)")
-    if insecure_no_auth:
-        click.echo("WARNING: --insecure-no-auth: ANY client may connect without a password", err=True)
-    admin_host, admin_port = _listen(admin_listen) if admin_listen else (host if _loopback(host) else "127.0.0.1", 0)
-    if not _loopback(admin_host):
-        raise click.UsageError("--admin-listen: the admin endpoint (replica feed) binds loopback addresses only")
-    if role == "replica":
-        asyncio.run(_serve_replica(directory, host, port, credentials, insecure_no_auth, cache_size,
-                                   max_connections, admin_port, writer_feed))
-    else:
-        asyncio.run(_serve(directory, host, port, credentials, insecure_no_auth, cache_size, multi_range_redo,
-                           max_connections, admin_port))
+async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, credentials: dict,
+                                 cache_size: int | None, max_connections: int, admin_port: int,
+                                 max_lag_ms: float) -> int:
+    """A replica of an AuroraCluster: follows the feed named in the writer Lease."""
+    feed = LeaseFeed(access.coordination, access.namespace, access.lease_name)
+    await feed.start()
+    reader = Reader(await access.topology_source(), feed, access.topology_source)
+    telemetry.setup("replica", lambda: reader.lag_ms)
+    try:
+        await reader.start()
+        instance = await ReplicaInstance.start(reader, host, port, credentials, False, cache_size, max_connections,
+                                               admin_port=admin_port)
+        instance.admin.max_lag_ms = max_lag_ms
+        return await _run(instance, f"replica instance (read point {instance.store.read_point})")
+    finally:
+        await feed.close()
+
+
+def make_group(binding: ClusterBinding | None = None) -> click.Group:
+    """The `sql` command group; BINDING enables `serve --from-cluster`."""
+
+    @click.group()
+    def sql() -> None:
+        """Database instances: SQLite over the fleet, PostgreSQL wire protocol."""
+
+    sql.add_command(_serve_command(binding))
+    return sql
+
+
+def _serve_command(binding: ClusterBinding | None) -> click.Command:
+
+
+    @click.command()
+    @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".tidemark-playground"),
+                  show_default=True, help="The playground fleet (topology.json).")
+    @click.option("--listen", default="127.0.0.1:5432", show_default=True, help="HOST:PORT of the endpoint.")
+    @click.option("--role", type=click.Choice(["writer", "replica"]), default="writer", show_default=True,
+                  help="writer: opens the volume (recovery + seal, fencing any older writer); replica: "
+                       "read-only, follows the writer's feed, never opens the volume.")
+    @click.option("--admin-listen", default=None,
+                  help="HOST:PORT of the admin endpoint (status, /metrics, the writer's replica feed); "
+                       "default: the --listen host, any free port.")
+    @click.option("--writer-feed", default=None,
+                  help="Replica: the writer's feed URL (ws://HOST:PORT/v1/feed); default: from DIR/writer.json.")
+    @click.option("--password-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help=f"Lines of user:password (else ${PASSWORD_ENV}=user:password).")
+    @click.option("--insecure-no-auth", is_flag=True, help="Accept any client without a password (playground only).")
+    @click.option("--cache-size", type=int, default=None, help="SQLite PRAGMA cache_size (pages if > 0).")
+    @click.option("--multi-range-redo/--single-range-redo", default=True, show_default=True,
+                  help="One redo record per page carrying several byte ranges, or one record per range "
+                       "(the single-patch format, for nodes that predate the multi patch).")
+    @click.option("--max-connections", type=int, default=64, show_default=True)
+    @click.option("--from-cluster", default=None, metavar="NAME",
+                  help="Serve the AuroraCluster NAME's volume (its placement ConfigMap, storage pods and "
+                       "writer Lease) instead of the playground in DIR.")
+    @click.option("--namespace", default=None, help="Namespace of --from-cluster (default: in-cluster/kubeconfig).")
+    @click.option("--identity", envvar="POD_NAME", default=None,
+                  help="--from-cluster: the holder name in the writer Lease (default: $POD_NAME, else the host name).")
+    @click.option("--credentials-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+                  help="A mounted basic-auth Secret: files username and password.")
+    @click.option("--max-lag-ms", type=click.FloatRange(min=0), default=None,
+                  help="/readyz of a replica fails beyond this feed lag (the -ro Service drops it).")
+    def serve(directory: Path, listen: str, role: str, admin_listen: str | None, writer_feed: str | None,
+              password_file: Path | None, insecure_no_auth: bool, cache_size: int | None, multi_range_redo: bool,
+              max_connections: int, from_cluster: str | None, namespace: str | None, identity: str | None,
+              credentials_dir: Path | None, max_lag_ms: float | None) -> None:
+        """Serve the database of the fleet in DIR (or of an AuroraCluster) on the PostgreSQL wire protocol."""
+        host, port = _listen(listen)
+        credentials = credentials_from_dir(credentials_dir) if credentials_dir else load_credentials(password_file)
+        if from_cluster:
+            if binding is None:
+                raise click.UsageError("--from-cluster needs the `tidemark` command (it knows AuroraClusters)")
+            if not credentials:
+                raise click.UsageError("--from-cluster: no credentials (--credentials-dir, --password-file or "
+                                       f"${PASSWORD_ENV})")
+            # The admin endpoint is the pod's: kubelet probes and the operator read /readyz and
+            # /v1/status there; the feed on it still serves loopback peers only (feed_server).
+            admin_port = _listen(admin_listen)[1] if admin_listen else 0
+            access = binding(from_cluster, namespace)
+            who = identity or socket.gethostname()
+            if role == "replica":
+                code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
+                                                          admin_port, max_lag_ms or float("inf")))
+            else:
+                code = asyncio.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
+                                                  max_connections, admin_port, max_lag_ms or float("inf")))
+            sys.exit(code)
+        if not credentials and not insecure_no_auth:
+            raise click.UsageError(f"no credentials: --password-file F or ${PASSWORD_ENV}=user:password "
+                                   "(or --insecure-no-auth on a playground)")
+        if insecure_no_auth:
+            click.echo("WARNING: --insecure-no-auth: ANY client may connect without a password", err=True)
+        admin_host, admin_port = _listen(admin_listen) if admin_listen else (host if _loopback(host) else "127.0.0.1", 0)
+        if not _loopback(admin_host):
+            raise click.UsageError("--admin-listen: the admin endpoint (replica feed) binds loopback addresses only")
+        if role == "replica":
+            asyncio.run(_serve_replica(directory, host, port, credentials, insecure_no_auth, cache_size,
+                                       max_connections, admin_port, writer_feed))
+        else:
+            asyncio.run(_serve(directory, host, port, credentials, insecure_no_auth, cache_size, multi_range_redo,
+                               max_connections, admin_port))
+
+    return serve
+
+
+sql = make_group()

@@ -133,6 +133,11 @@ def cluster_body(name: str, **spec: Any) -> dict[str, Any]:
     body = yaml.safe_load((ROOT / "examples" / "cluster.yaml").read_text())
     body["metadata"] = {"name": name}
     body["spec"]["storage"]["ephemeral"] = True  # the rig has no volume provisioner
+    # storage only unless a test asks for database instances (raw-page workloads open
+    # writers of their own, which would fence an instance's writer)
+    body["spec"]["instances"] = 0
+    # The rig has two kwok nodes per zone; the example's third pod per zone is kind's spare.
+    body["spec"]["nodesPerZone"] = 2
     body["spec"].update(spec)
     return body
 

@@ -63,6 +63,8 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     ({"backup": {"target": "ftp://x", "retentionDays": 40}}, "retentionDays"),
     ({"repair": {"nodeLossTimeout": "five minutes"}}, "nodeLossTimeout"),
     ({"repair": {"rebuildBandwidth": "50MB"}}, "rebuildBandwidth"),
+    ({"instances": -1}, "spec.instances: Invalid value: -1: spec.instances in body should be greater than or equal to 0"),
+    ({"instances": 2, "instance": {"maxLagMs": 10}}, "maxLagMs"),
 ])
 def test_schema_refuses_invalid_manifests(env: dict[str, Any], spec: dict[str, Any], needle: str) -> None:
     body = cluster_body("bad", **spec)
@@ -131,7 +133,7 @@ def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> N
     table = subprocess.run([kubectl(), "--kubeconfig", env["rig"].kubeconfig, "-n", env["ns"],
                             "get", "ac", NAME], capture_output=True, text=True, timeout=20, check=True).stdout
     header, row = table.strip().splitlines()
-    assert header.split() == ["NAME", "READY", "NODES", "PGS", "VDL", "AGE"]
+    assert header.split() == ["NAME", "READY", "NODES", "PGS", "VDL", "INSTANCES", "PRIMARY", "AGE"]
     cols = row.split()
     assert cols[:4] == [NAME, "True", "6/6", "4/4"] and int(cols[4]) > 0
     events = env["core"].list_namespaced_event(

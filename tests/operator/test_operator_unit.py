@@ -679,3 +679,50 @@ def test_repair_executor_announces_its_steps_to_observers_only() -> None:
     assert kube.cm["metadata"]["ownerReferences"][0]["uid"] == "u-1"  # kopf.adopt
     dual = [int(pg) for pg, m in new["pgs"].items() if m["next_members"]]
     assert dual and all(state.known_repairs[pg] == new["pgs"][str(pg)]["epoch"] for pg in dual)
+
+
+# -- database instances (issue #12) --------------------------------------------------------------
+
+def test_instance_objects_deployments_services_and_account() -> None:
+    from tidemark_operator.instance_resources import app_secret, instance_objects
+
+    s = spec(instances=3).model_copy(update={"image": "img:1"})
+    objs = {(o["kind"], o["metadata"]["name"]): o for o in instance_objects("demo", "ns", s, OWNER, ("/v/tidemark",))}
+    writer, replica = objs[("Deployment", "demo-writer")], objs[("Deployment", "demo-replica")]
+    assert writer["spec"]["replicas"] == 1 and replica["spec"]["replicas"] == 2
+    assert writer["spec"]["strategy"] == {"type": "Recreate"}  # a rollout never runs two writers
+    c = writer["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "img:1"
+    assert c["command"][:8] == ["/v/tidemark", "sql", "serve", "--from-cluster", "demo", "--namespace",
+                                "$(POD_NAMESPACE)", "--role"] and "writer" in c["command"]
+    assert "--credentials-dir" in c["command"] and not any("password" in a for a in c["command"])
+    vol = writer["spec"]["template"]["spec"]["volumes"][0]["secret"]
+    assert vol["secretName"] == "demo-app" and vol["defaultMode"] == 0o400
+    assert writer["spec"]["template"]["spec"]["topologySpreadConstraints"][0]["topologyKey"] == ZONE_LABEL
+    sel = {k: o["spec"]["selector"] for (kind, k), o in objs.items() if kind == "Service"}
+    assert sel["demo-rw"]["tidemark.dev/role"] == "writer" and sel["demo-ro"]["tidemark.dev/role"] == "replica"
+    assert "tidemark.dev/role" not in sel["demo-r"]
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "u-1" for o in objs.values())
+    rules = objs[("Role", "demo-instance")]["rules"]
+    assert not any("secrets" in r["resources"] for r in rules)
+    named = parse_spec({"instance": {"credentialsSecret": "mine"}}).model_copy(update={"image": "i"})
+    objs = instance_objects("demo", "ns", named)
+    dep = next(o for o in objs if o["kind"] == "Deployment")
+    assert dep["spec"]["template"]["spec"]["volumes"][0]["secret"]["secretName"] == "mine"
+    assert parse_spec({}).instances == 2 and parse_spec({"instances": 0}).instances == 0
+    sec = app_secret("demo", "ns", "pw-123", OWNER)
+    assert sec["type"] == "kubernetes.io/basic-auth" and set(sec["data"]) == {"username", "password", "uri", "pgpass"}
+
+
+def test_instances_status_counts_the_lease_holder_and_lag() -> None:
+    from tidemark_operator.instances import InstancePod, instances_status
+
+    s = spec(instances=3, instance={"maxLagMs": 1000})
+    pods = [InstancePod("w-1", "writer", "127.0.0.5", True), InstancePod("r-1", "replica", "127.0.0.6", True),
+            InstancePod("r-2", "replica", "127.0.0.7", True)]
+    seen = {"w-1": {"serving": True, "lag_ms": 0, "volume_epoch": 4}, "r-1": {"serving": True, "lag_ms": 12},
+            "r-2": {"serving": True, "lag_ms": 5000}}
+    st = instances_status(s, pods, seen, "w-1", None)
+    assert st["readyInstances"] == "2/3" and st["currentPrimary"] == "w-1"
+    assert [i["serving"] for i in st["instances"]] == [True, True, False]
+    assert instances_status(s, pods, seen, "someone-else", None)["readyInstances"] == "1/3"

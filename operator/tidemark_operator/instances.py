@@ -1,0 +1,140 @@
+"""The database instances of an AuroraCluster, one pass: the credentials Secret, the
+instance objects (instance_resources.py) and what the instances report (their admin
+`/v1/status` and the writer Lease) for status.instances.
+
+The operator never opens the volume and never speaks SQL; failover is the writer
+Deployment's ReplicaSet starting a new writer pod (recovery + seal + Lease claim), see
+instance_resources.py."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from . import instance_resources as ir
+from .kube import Kube
+from .model import SQL_ADMIN_PORT, app_secret_name, instance_deployment_name, writer_lease_name
+from .nodeclient import NodeClient, NodeError
+from .spec import ClusterSpec
+from .state import ClusterState
+
+Event = Callable[[str, str, str], None]  # (type, reason, message)
+
+
+@dataclass(frozen=True)
+class InstancePod:
+    name: str
+    role: str
+    ip: str | None
+    running: bool
+    node: str | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.ip}:{SQL_ADMIN_PORT}"
+
+
+def wanted(kube: Kube, cluster: str, ns: str, spec: ClusterSpec) -> bool:
+    """Instances are managed when asked for, or when some exist (scaling to 0 keeps the
+    Deployments, at 0 replicas)."""
+    return spec.instances > 0 or kube.exists("Deployment", instance_deployment_name(cluster, "writer"), ns)
+
+
+def ensure_credentials(kube: Kube, cluster: str, ns: str, spec: ClusterSpec, owner: Mapping[str, Any],
+                       event: Event) -> str | None:
+    """Create `<cluster>-app` with a generated password when the spec names no Secret.
+    Returns why the instances cannot start yet (a named Secret that does not exist)."""
+    if spec.instance.credentials_secret:
+        if not kube.exists("Secret", spec.instance.credentials_secret, ns):
+            return f"credentials Secret {spec.instance.credentials_secret} not found"
+        return None
+    name = app_secret_name(cluster)
+    if not kube.exists("Secret", name, ns):
+        kube.create(ir.app_secret(cluster, ns, secrets.token_urlsafe(24), owner))
+        event("Normal", "Created", f"created Secret {name} (user {ir.APP_USER}; keys username, password, "
+                                   "uri, pgpass)")
+    return None
+
+
+def lease_holder(kube: Kube, cluster: str, ns: str) -> str | None:
+    lease = kube.read("Lease", writer_lease_name(cluster), ns)
+    return ((lease or {}).get("spec") or {}).get("holderIdentity")
+
+
+async def observe(nodes: NodeClient, pods: Sequence[InstancePod]) -> dict[str, dict[str, Any] | None]:
+    """Each running instance's admin /v1/status (None: not answering)."""
+    async def one(p: InstancePod) -> dict[str, Any] | None:
+        if not p.running:
+            return None
+        try:
+            st = await nodes.call("GET", f"{p.admin_url}/v1/status", timeout=nodes.status_timeout)
+        except NodeError:
+            return None
+        return st if isinstance(st, dict) else None
+
+    results = await asyncio.gather(*(one(p) for p in pods))
+    return {p.name: st for p, st in zip(pods, results, strict=True)}
+
+
+def instances_status(spec: ClusterSpec, pods: Sequence[InstancePod], seen: Mapping[str, dict[str, Any] | None],
+                     holder: str | None, blocked: str | None) -> dict[str, Any]:
+    """status fields: readyInstances, currentPrimary, instances (name, role, serving, lag)."""
+    listed = []
+    serving = 0
+    for p in sorted(pods, key=lambda p: (p.role != "writer", p.name)):
+        st = seen.get(p.name) or {}
+        ok = bool(st.get("serving")) and (p.role == "writer" and p.name == holder or
+                                           p.role == "replica" and
+                                           float(st.get("lag_ms") or 0) <= spec.instance.max_lag_ms)
+        serving += ok
+        item: dict[str, Any] = {"name": p.name, "role": p.role, "serving": ok}
+        if p.node:
+            item["node"] = p.node
+        if st.get("lag_ms") is not None:
+            item["lagMs"] = st["lag_ms"]
+        if st.get("volume_epoch") is not None:
+            item["volumeEpoch"] = st["volume_epoch"]
+        listed.append(item)
+    out: dict[str, Any] = {"readyInstances": f"{serving}/{spec.instances}", "instances": listed}
+    if holder:
+        out["currentPrimary"] = holder
+    if blocked:
+        out["instancesBlocked"] = blocked
+    return out
+
+
+def evict_from_lost_nodes(kube: Kube, ns: str, pods: Sequence[InstancePod], event: Event) -> list[str]:
+    """Instance pods on a node that is not Ready are deleted at once (grace 0): their
+    Deployment starts new ones on Ready nodes. Nothing waits for the taint-based eviction
+    (5 min by default): a writer on a lost node is the failover. Safe because a writer
+    process that still runs there is fenced by the new writer's volume epoch and stops
+    answering when the Lease moves or it cannot renew it. Storage pods are never touched
+    here (their segments are repaired, see repairs.py)."""
+    lost = kube.lost_nodes()
+    gone = []
+    for p in pods:
+        if p.node and p.node in lost:
+            kube.force_delete_pod(p.name, ns)
+            what = "writer" if p.role == "writer" else "replica"
+            event("Warning", "InstanceNodeLost", f"{what} pod {p.name} on node {p.node} (not Ready) deleted: "
+                                                 f"a new {what} starts on a Ready node")
+            gone.append(p.name)
+    return gone
+
+
+def note_primary(state: ClusterState, holder: str | None, serving: bool, event: Event) -> None:
+    """Emit `Failover` (with the time from the old writer's loss to the new one serving,
+    as seen by the passes) when the Lease's holder changes."""
+    now = time.monotonic()
+    if holder is not None and serving:
+        if state.primary is not None and holder != state.primary:
+            lost = state.primary_lost_at or now
+            event("Normal", "Failover", f"writer moved from {state.primary} to {holder}: serving again "
+                                        f"{now - lost:.1f} s after the old writer was lost")
+        state.primary, state.primary_lost_at = holder, None
+    elif state.primary is not None and state.primary_lost_at is None:
+        state.primary_lost_at = now

@@ -1,0 +1,438 @@
+"""Database instances of an AuroraCluster on the rig (issue #12): the operator's writer and
+replica Deployments run `tidemark sql serve --from-cluster` as real processes (the pod
+runner), reached through the endpoint addresses of the `-rw`/`-ro`/`-r` Services. On the
+rig, pod IPs are loopback addresses, which the apiserver refuses in EndpointSlices (the
+endpoint controller's updates fail: "may not be in the loopback range"), and there is no
+kube-proxy; so a client here does what the endpoint controller and kube-proxy do: the
+Service's selector, over pods that are Ready and not terminating, gives the addresses.
+
+The tests share one operator and one cluster (module scope) and run in file order."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from rigenv import TIDEMARK, cluster_body, free_port, get_ac, kubectl, operator_env, ready
+
+from tidemark_operator.model import GROUP, PLURAL, VERSION
+from tidemark_rig.control_plane import ControlPlane
+from tidemark_rig.pod_runner import read_state
+from tidemark_rig.procs import wait_for
+
+pytestmark = [pytest.mark.rig, pytest.mark.operator]
+
+DB = "db"
+
+
+@pytest.fixture(scope="module")
+def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with operator_env(rig_cluster, tmp_path_factory) as e:
+        e["coord"] = client.CoordinationV1Api(e["api"])
+        yield e
+
+
+def endpoints(e: dict[str, Any], service: str) -> list[str]:
+    """Ready addresses of SERVICE, as its endpoint controller selects them."""
+    selector = e["core"].read_namespaced_service(service, e["ns"], _request_timeout=5).spec.selector
+    got = e["core"].list_namespaced_pod(e["ns"], label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
+                                        _request_timeout=5).items
+    return sorted(p.status.pod_ip for p in got
+                  if p.metadata.deletion_timestamp is None and p.status.pod_ip
+                  and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
+
+
+def password(e: dict[str, Any]) -> str:
+    data = e["core"].read_namespaced_secret(f"{DB}-app", e["ns"], _request_timeout=5).data
+    return base64.b64decode(data["password"]).decode()
+
+
+def connect(e: dict[str, Any], service: str, timeout: int = 3) -> psycopg.Connection:
+    (ip, *_rest) = endpoints(e, service) or ["0.0.0.0"]
+    return psycopg.connect(host=ip, port=5432, user="tidemark", password=password(e), dbname="tidemark",
+                           connect_timeout=timeout, autocommit=True)
+
+
+def instances_up(e: dict[str, Any], n: int) -> dict[str, Any] | None:
+    obj = ready(e, DB)
+    st = (obj or {}).get("status") or {}
+    return obj if st.get("readyInstances") == f"{n}/{n}" and st.get("currentPrimary") else None
+
+
+def pods(e: dict[str, Any], role: str) -> list[Any]:
+    return [p for p in e["core"].list_namespaced_pod(
+        e["ns"], label_selector=f"tidemark.dev/cluster={DB},tidemark.dev/role={role}", _request_timeout=5).items
+        if p.metadata.deletion_timestamp is None and p.status.pod_ip]
+
+
+def test_instances_come_up_with_services_secret_and_lease(env: dict[str, Any]) -> None:
+    env["co"].create_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, cluster_body(DB, instances=2),
+                                              _request_timeout=10)
+    obj = wait_for(lambda: instances_up(env, 2), 150, "cluster Ready with 2/2 instances serving", interval=1)
+    st = obj["status"]
+    roles = sorted(i["role"] for i in st["instances"])
+    assert roles == ["replica", "writer"], st["instances"]
+    (writer,) = pods(env, "writer")
+    (replica,) = pods(env, "replica")
+    assert st["currentPrimary"] == writer.metadata.name
+    lease = env["coord"].read_namespaced_lease(f"{DB}-writer", env["ns"], _request_timeout=5)
+    assert lease.spec.holder_identity == writer.metadata.name
+    assert lease.metadata.annotations["tidemark.dev/volume-epoch"].isdigit()
+    # Services select like CloudNativePG's: -rw the writer, -ro the replicas, -r both
+    wait_for(lambda: endpoints(env, f"{DB}-rw") == [writer.status.pod_ip], 20, "-rw endpoints")
+    assert endpoints(env, f"{DB}-ro") == [replica.status.pod_ip]
+    assert endpoints(env, f"{DB}-r") == sorted([writer.status.pod_ip, replica.status.pod_ip])
+    secret = env["core"].read_namespaced_secret(f"{DB}-app", env["ns"], _request_timeout=5)
+    assert secret.type == "kubernetes.io/basic-auth"
+    assert set(secret.data) == {"username", "password", "uri", "pgpass"}
+    assert secret.metadata.owner_references[0].name == DB
+    uri = base64.b64decode(secret.data["uri"]).decode()
+    assert uri == f"postgresql://tidemark:{password(env)}@{DB}-rw.{env['ns']}.svc:5432/tidemark"
+    # instance pods: spread over zones, same image as the storage pods, credentials mounted
+    storage = env["apps"].read_namespaced_stateful_set(f"{DB}-zone-a", env["ns"], _request_timeout=5)
+    dep = env["apps"].read_namespaced_deployment(f"{DB}-writer", env["ns"], _request_timeout=5)
+    c = dep.spec.template.spec.containers[0]
+    assert c.image == storage.spec.template.spec.containers[0].image
+    assert c.command[1:6] == ["sql", "serve", "--from-cluster", DB, "--namespace"]
+    assert dep.spec.template.spec.topology_spread_constraints[0].topology_key == "topology.kubernetes.io/zone"
+    assert writer.spec.node_name != replica.spec.node_name
+    # printer columns
+    table = subprocess.run([kubectl(), "--kubeconfig", env["rig"].kubeconfig, "-n", env["ns"], "get", "ac", DB],
+                           capture_output=True, text=True, timeout=20, check=True).stdout
+    header, row = table.strip().splitlines()
+    assert header.split() == ["NAME", "READY", "NODES", "PGS", "VDL", "INSTANCES", "PRIMARY", "AGE"]
+    assert row.split()[5:7] == ["2/2", writer.metadata.name]
+
+
+def test_the_password_is_in_no_spec_event_log_or_command_line(env: dict[str, Any]) -> None:
+    pw = password(env)
+    assert len(pw) >= 24
+    places: dict[str, str] = {
+        "AuroraCluster": json.dumps(get_ac(env, DB)),
+        "events": json.dumps([e.to_dict() for e in env["core"].list_namespaced_event(
+            env["ns"], _request_timeout=5).items], default=str),
+        "pods": json.dumps([p.to_dict() for p in env["core"].list_namespaced_pod(
+            env["ns"], _request_timeout=5).items], default=str),
+        "deployments": json.dumps([d.to_dict() for d in env["apps"].list_namespaced_deployment(
+            env["ns"], _request_timeout=5).items], default=str),
+        "operator log": env["log"].read_text(errors="replace"),
+        "pod command lines": json.dumps(read_state(env["rig"].dir)),
+    }
+    for log in (Path(env["rig"].dir) / "logs" / "pods").glob(f"{env['ns']}_*.log"):
+        places[log.name] = log.read_text(errors="replace")
+    assert any(name.startswith(f"{env['ns']}_{DB}-writer") for name in places)
+    leaked = [name for name, text in places.items() if pw in text]
+    assert not leaked, f"the password is in {leaked}"
+    # the process reads it from the mounted Secret (mode 0400)
+    (writer,) = pods(env, "writer")
+    mounted = Path(env["rig"].dir) / "pods" / env["ns"] / writer.metadata.name / "etc/tidemark/credentials"
+    assert (mounted / "password").read_text() == pw and (mounted / "password").stat().st_mode & 0o777 == 0o400
+    # it runs as its ServiceAccount (a TokenRequest token in its kubeconfig), whose Role
+    # grants the placement, the pods and the writer Lease, and no Secret
+    kubeconfig = mounted.parents[2] / ".kube" / "config"
+    user = json.loads(kubeconfig.read_text())["users"][0]
+    assert user["name"] == f"{DB}-instance" and user["user"]["token"]
+    as_pod = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
+    with pytest.raises(ApiException) as info:
+        as_pod.read_namespaced_secret(f"{DB}-app", env["ns"], _request_timeout=5)
+    assert info.value.status == 403
+    assert as_pod.read_namespaced_config_map(f"{DB}-placement", env["ns"], _request_timeout=5)
+
+
+def test_write_through_rw_read_through_ro(env: dict[str, Any]) -> None:
+    with connect(env, f"{DB}-rw") as w:
+        w.execute("CREATE TABLE t (k INT PRIMARY KEY, v TEXT)")
+        w.execute("INSERT INTO t VALUES (1, 'one'), (2, 'two')")
+        assert w.execute("SELECT count(*) FROM t").fetchone() == (2,)
+    with connect(env, f"{DB}-ro") as r:
+        wait_for(lambda: r.execute("SELECT count(*) FROM t").fetchone() == (2,), 15, "rows on the replica",
+                 interval=0.2)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            r.execute("INSERT INTO t VALUES (3, 'three')")
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(host=endpoints(env, f"{DB}-rw")[0], port=5432, user="tidemark", password="wrong",
+                        dbname="tidemark", connect_timeout=3)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie until the runner reaps it counts as dead
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    return False
+
+
+def test_writer_pod_deleted_writes_resume_and_no_acknowledged_write_is_lost(env: dict[str, Any]) -> None:
+    """A client keeps inserting through -rw (reconnecting to whatever -rw lists) while the
+    writer pod is deleted: the Deployment's new pod opens the volume (recovery + seal),
+    claims the Lease, -rw moves; every acknowledged row is there afterwards."""
+    with connect(env, f"{DB}-rw") as w:
+        w.execute("CREATE TABLE acked (k INT PRIMARY KEY)")
+    acked: list[int] = []
+    acked_on: list[tuple[float, str]] = []  # (when, which endpoint address) per acknowledged row
+    unknown: set[int] = set()
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def writer_loop() -> None:
+        k = 0
+        conn = None
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect(env, f"{DB}-rw", timeout=2)
+                k += 1
+                conn.execute("INSERT INTO acked VALUES (%s)", (k,))
+                acked.append(k)
+                acked_on.append((time.monotonic(), conn.info.host))
+            except (psycopg.Error, OSError, ApiException) as exc:
+                if k and (not acked or acked[-1] != k):
+                    unknown.add(k)  # outcome unknown: the connection broke mid-statement
+                errors.append(type(exc).__name__)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.1)
+        if conn is not None:
+            conn.close()
+
+    thread = threading.Thread(target=writer_loop, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(acked) >= 20, 30, "inserts before the kill", interval=0.1)
+        (old,) = pods(env, "writer")
+        old_pid = read_state(env["rig"].dir)[old.metadata.uid]["pid"]
+        t0 = time.monotonic()
+        env["core"].delete_namespaced_pod(old.metadata.name, env["ns"], grace_period_seconds=0, _request_timeout=5)
+        wait_for(lambda: not _alive(old_pid), 15, "the old writer's process killed by the pod runner",
+                 interval=0.02)
+        t_dead = time.monotonic()
+        # the first insert acknowledged after the old process died: by the new writer
+        # (a new pod on the same kwok node may well get the same address)
+        first = wait_for(lambda: next((t for t, _host in acked_on if t > t_dead), None),
+                         60, "inserts acknowledged again through -rw, by a new writer", interval=0.05)
+        failover_s = first - t0
+        wait_for(lambda: sum(1 for t, _h in acked_on if t > first) >= 5, 30, "more inserts on the new writer")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    print(f"\nfailover: writer pod deleted -> inserts acknowledged through -rw again in {failover_s:.2f} s "
+          f"(old process dead after {t_dead - t0:.2f} s) "
+          f"({len(acked)} acked, {len(unknown)} unknown outcome, errors {sorted(set(errors))})")
+    (new,) = pods(env, "writer")
+    assert new.metadata.name != old.metadata.name
+    wait_for(lambda: (get_ac(env, DB).get("status") or {}).get("currentPrimary") == new.metadata.name, 30,
+             "status.currentPrimary follows")
+    with connect(env, f"{DB}-rw") as w:
+        got = {k for (k,) in w.execute("SELECT k FROM acked").fetchall()}
+    missing = set(acked) - got
+    assert not missing, f"acknowledged rows lost: {sorted(missing)[:20]}"
+    assert got <= set(acked) | unknown
+    # the replica follows the new writer
+    with connect(env, f"{DB}-ro") as r:
+        wait_for(lambda: r.execute("SELECT count(*) FROM acked").fetchone()[0] >= len(acked), 30,
+                 "replica caught up with the new writer", interval=0.2)
+    assert failover_s < 30
+
+
+def _readyz(ip: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{ip}:5433/readyz", timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_a_stale_writer_never_acknowledges_and_comes_back_when_its_successor_dies(
+        env: dict[str, Any], tmp_path: Path) -> None:
+    """A second writer process (outside the Deployment, as after a partition) opens the
+    volume and claims the Lease while the writer pod's process keeps running: that one
+    answers nothing more (57P01), its /readyz fails (so a kubelet drops it from -rw).
+    When the intruder dies, the superseded writer sees the Lease unrenewed for its
+    duration, exits, and its pod's restart opens the volume again: writes resume."""
+    (pod,) = pods(env, "writer")
+    ip = pod.status.pod_ip
+    assert _readyz(ip) == 200
+    (replica,) = pods(env, "replica")
+    assert _readyz(replica.status.pod_ip) == 200
+    old: psycopg.Connection | None = connect(env, f"{DB}-rw")
+    old.execute("CREATE TABLE stale (k INT PRIMARY KEY, who TEXT)")
+    old.execute("INSERT INTO stale VALUES (1, 'before')")
+    pw_file = tmp_path / "credentials"
+    pw_file.write_text(f"tidemark:{password(env)}\n")
+    pw_file.chmod(0o600)
+    port, admin = free_port(), free_port()
+    log = (tmp_path / "intruder.log").open("wb")
+    intruder = subprocess.Popen(
+        [TIDEMARK, "sql", "serve", "--from-cluster", DB, "--namespace", env["ns"], "--role", "writer",
+         "--identity", "intruder", "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin}",
+         "--password-file", str(pw_file)],
+        env={**os.environ, "KUBECONFIG": str(env["rig"].kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    try:
+        def intruder_conn() -> psycopg.Connection | None:
+            try:
+                return psycopg.connect(host="127.0.0.1", port=port, user="tidemark", password=password(env),
+                                       dbname="tidemark", connect_timeout=2, autocommit=True)
+            except psycopg.OperationalError:
+                return None
+
+        new = wait_for(intruder_conn, 60, "the intruding writer serves", interval=0.3)
+        t_open = time.monotonic()
+        new.execute("INSERT INTO stale VALUES (2, 'intruder')")
+        wait_for(lambda: env["coord"].read_namespaced_lease(f"{DB}-writer", env["ns"], _request_timeout=5)
+                 .spec.holder_identity == "intruder", 10, "the Lease names the intruder")
+        # the old writer: every statement refused from now on, none acknowledged (an open
+        # session gets 57P01, a new one is refused at startup)
+        stale_acks, refusals = [], []
+        for k in range(100, 110):
+            try:
+                if old is None:
+                    old = connect(env, f"{DB}-rw")
+                old.execute("INSERT INTO stale VALUES (%s, 'stale')", (k,))
+                stale_acks.append((k, time.monotonic() - t_open))
+            except psycopg.Error as exc:
+                refusals.append(type(exc).__name__)
+                if old is not None:
+                    old.close()
+                old = None
+            time.sleep(0.1)
+        assert not stale_acks, f"a superseded writer acknowledged {stale_acks}"
+        assert set(refusals) <= {"AdminShutdown", "OperationalError"}, refusals
+        with pytest.raises(psycopg.OperationalError, match="no longer serves"):
+            connect(env, f"{DB}-rw")
+        wait_for(lambda: _readyz(ip) == 503, 10, "the stale writer's /readyz fails")
+        new.execute("INSERT INTO stale VALUES (3, 'intruder')")
+        new.close()
+    finally:
+        os.killpg(intruder.pid, signal.SIGKILL)
+        intruder.wait(timeout=10)
+        log.close()
+        if old is not None:
+            old.close()
+    t_dead = time.monotonic()
+
+    def back() -> list[Any] | None:
+        try:
+            with connect(env, f"{DB}-rw", timeout=2) as c:
+                c.execute("INSERT INTO stale VALUES (4, 'after')")
+                return c.execute("SELECT k, who FROM stale ORDER BY k").fetchall()
+        except psycopg.Error:
+            return None
+
+    rows = wait_for(back, 60, "the writer pod restarted and serving after the intruder died", interval=0.5)
+    print(f"\nstale writer: back {time.monotonic() - t_dead:.1f} s after the intruder died (lease duration 10 s)")
+    assert rows == [(1, "before"), (2, "intruder"), (3, "intruder"), (4, "after")]
+    wait_for(lambda: (get_ac(env, DB).get("status") or {}).get("currentPrimary") == pod.metadata.name, 30,
+             "currentPrimary is the writer pod again")
+
+
+def test_writer_node_lost_the_operator_moves_the_writer_within_30s(env: dict[str, Any]) -> None:
+    """The writer's kwok node goes NotReady (its processes die with it): the operator
+    deletes the writer pod at once, the Deployment starts one on a Ready node, writes
+    through -rw resume within Aurora's 30 s, none acknowledged is lost, `Failover` event."""
+    rig = env["rig"]
+    with connect(env, f"{DB}-rw") as w:
+        w.execute("CREATE TABLE nodeloss (k INT PRIMARY KEY)")
+    acked: list[int] = []
+    acked_at: list[float] = []
+    stop = threading.Event()
+
+    def writer_loop() -> None:
+        k, conn = 0, None
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect(env, f"{DB}-rw", timeout=2)
+                k += 1
+                conn.execute("INSERT INTO nodeloss VALUES (%s)", (k,))
+                acked.append(k)
+                acked_at.append(time.monotonic())
+            except (psycopg.Error, OSError, ApiException):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.1)
+        if conn is not None:
+            conn.close()
+
+    (old,) = pods(env, "writer")
+    node = old.spec.node_name
+    old_pid = read_state(rig.dir)[old.metadata.uid]["pid"]
+    thread = threading.Thread(target=writer_loop, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(acked) >= 20, 30, "inserts before the node loss", interval=0.1)
+        t0 = time.monotonic()
+        rig.mark_node_not_ready(node)
+
+        def dead() -> bool:
+            if node in rig.ready_nodes():
+                rig.mark_node_not_ready(node)  # kwok can race the NotReady patch with a heartbeat
+            return not _alive(old_pid)
+
+        wait_for(dead, 15, "the lost node's writer process killed", interval=0.05)
+        t_dead = time.monotonic()
+        first = wait_for(lambda: next((t for t in acked_at if t > t_dead), None), 60,
+                         "inserts acknowledged again through -rw after the node loss", interval=0.1)
+        failover_s = first - t0
+        wait_for(lambda: sum(1 for t in acked_at if t > first) >= 5, 30, "more inserts on the new writer")
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        new_pods = pods(env, "writer")
+        rig.restore_nodes()
+    print(f"\nnode loss: writer's node NotReady -> inserts acknowledged through -rw again in {failover_s:.2f} s "
+          f"(process dead after {t_dead - t0:.2f} s; {len(acked)} acked)")
+    assert failover_s < 30
+    (new,) = new_pods
+    assert new.spec.node_name != node
+    with connect(env, f"{DB}-rw") as w:
+        got = {k for (k,) in w.execute("SELECT k FROM nodeloss").fetchall()}
+    assert not set(acked) - got, f"acknowledged rows lost: {sorted(set(acked) - got)[:20]}"
+    events = env["core"].list_namespaced_event(env["ns"], field_selector=f"involvedObject.name={DB}",
+                                               _request_timeout=5).items
+    assert any(e.reason == "InstanceNodeLost" and old.metadata.name in e.message for e in events)
+    wait_for(lambda: any(e.reason == "Failover" for e in env["core"].list_namespaced_event(
+        env["ns"], field_selector=f"involvedObject.name={DB}", _request_timeout=5).items), 30, "a Failover event")
+
+
+def test_scale_replicas_up_and_down_with_spec_instances(env: dict[str, Any]) -> None:
+    def scale(n: int) -> None:
+        env["co"].patch_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, DB, {"spec": {"instances": n}},
+                                                 _request_timeout=10)
+        wait_for(lambda: instances_up(env, n) and len(pods(env, "replica")) == n - 1, 120,
+                 f"{n} instances serving", interval=1)
+
+    scale(3)
+    assert len(endpoints(env, f"{DB}-ro")) == 2 and len(endpoints(env, f"{DB}-r")) == 3
+    with connect(env, f"{DB}-rw") as w:
+        w.execute("INSERT INTO t VALUES (10, 'ten')")
+    for ip in endpoints(env, f"{DB}-ro"):
+        with psycopg.connect(host=ip, port=5432, user="tidemark", password=password(env), dbname="tidemark",
+                             connect_timeout=3, autocommit=True) as r:
+            wait_for(lambda r=r: r.execute("SELECT v FROM t WHERE k = 10").fetchone() == ("ten",), 20,
+                     f"the row on replica {ip}", interval=0.2)
+    scale(1)
+    assert endpoints(env, f"{DB}-ro") == [] and len(endpoints(env, f"{DB}-rw")) == 1
+    with connect(env, f"{DB}-rw") as w:
+        w.execute("INSERT INTO t VALUES (11, 'eleven')")
+        assert w.execute("SELECT count(*) FROM t").fetchone() == (4,)
