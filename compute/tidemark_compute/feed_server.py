@@ -9,6 +9,7 @@ the writer folds into PGMRPL while they stay connected.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import time
 from collections import deque
@@ -17,7 +18,7 @@ import structlog
 from aiohttp import WSMsgType, web
 
 from tidemark_protocol.errors import MalformedFrame
-from tidemark_protocol.feed import UNCHAINED, VdlUpdate, decode, encode_update
+from tidemark_protocol.feed import AUTH_SCHEME, UNCHAINED, VdlUpdate, decode, encode_update
 from tidemark_protocol.records import Record
 
 from .writer import Writer
@@ -28,8 +29,10 @@ MAX_BACKLOG = 10_000  # updates queued for one replica; beyond that it is droppe
 
 
 class ChangeFeed:
-    def __init__(self, writer: Writer) -> None:
+    def __init__(self, writer: Writer, token: str | None = None) -> None:
         self.writer = writer
+        # None: loopback peers only (the playground). Else every peer must present it.
+        self.token = token
         self.last_vdl = writer.vdl
         self._submitted: deque[tuple[int, set[int]]] = deque()  # (CPL, pages), not yet durable
         self._queues: dict[object, asyncio.Queue[str | None]] = {}
@@ -68,13 +71,19 @@ class ChangeFeed:
                 queue.put_nowait(text)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """GET /v1/feed (WebSocket), loopback peers only."""
+        """GET /v1/feed (WebSocket): loopback peers, or with a token every peer presenting it."""
         peer = request.remote or ""
-        try:
-            if not ipaddress.ip_address(peer).is_loopback:
-                raise web.HTTPForbidden(text="the replica feed serves loopback peers only")
-        except ValueError:
-            raise web.HTTPForbidden(text="the replica feed serves loopback peers only") from None
+        if self.token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"{AUTH_SCHEME} {self.token}".encode()):
+                log.warning("feed_refused", peer=peer, reason="bad or missing token")
+                raise web.HTTPUnauthorized(text="the replica feed needs the instances' token")
+        else:
+            try:
+                if not ipaddress.ip_address(peer).is_loopback:
+                    raise web.HTTPForbidden(text="the replica feed serves loopback peers only")
+            except ValueError:
+                raise web.HTTPForbidden(text="the replica feed serves loopback peers only") from None
         ws = web.WebSocketResponse(heartbeat=5.0)
         await ws.prepare(request)
         key = object()

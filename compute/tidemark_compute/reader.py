@@ -23,7 +23,7 @@ import aiohttp
 import structlog
 from opentelemetry import metrics
 
-from tidemark_protocol.feed import UNCHAINED, VdlUpdate, decode, encode_read_point
+from tidemark_protocol.feed import AUTH_SCHEME, UNCHAINED, VdlUpdate, decode, encode_read_point
 
 from .hedged import ReadFailed, hedged_read
 from .topology import Topology
@@ -50,9 +50,10 @@ class Snapshot:
 
 class Reader:
     def __init__(self, topology: Topology, feed_url: FeedUrl, topology_source: TopologySource | None = None,
-                 hedge_after: float = 0.15) -> None:
+                 hedge_after: float = 0.15, feed_token: str | None = None) -> None:
         self.topology = topology
         self.feed_url = feed_url
+        self._feed_headers = {"Authorization": f"{AUTH_SCHEME} {feed_token}"} if feed_token else {}
         self.topology_source = topology_source
         self.hedge_after = hedge_after
         self.session: aiohttp.ClientSession | None = None
@@ -99,7 +100,8 @@ class Reader:
             try:
                 if url is None:
                     raise ConnectionError("no writer feed known")
-                async with self.session.ws_connect(url, heartbeat=5.0, timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:
+                async with self.session.ws_connect(url, heartbeat=5.0, headers=self._feed_headers,
+                                                   timeout=aiohttp.ClientWSTimeout(ws_close=2)) as ws:
                     self._ws = ws
                     async for msg in ws:
                         if msg.type == aiohttp.WSMsgType.TEXT:

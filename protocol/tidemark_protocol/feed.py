@@ -11,16 +11,27 @@ late or the stream dropped) and must forget every cached page. The first update 
 connection has `prev` = -1 for that reason. `tails` are each PG's last LSN ≤ VDL: what a
 segment must hold to serve a read at that point. `at_us` is when VDL reached V on the
 writer (the replica's lag is measured from it).
+
+Off loopback (a replica pod reaching its writer pod) a replica presents
+`Authorization: Bearer <feed_token(secret)>`, the secret being the instances' shared
+credentials: the feed carries which pages changed, and its read points hold back GC.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
 from .errors import MalformedFrame
 
 UNCHAINED = -1
+AUTH_SCHEME = "Bearer"
+
+
+def feed_token(secret: str) -> str:
+    """The bearer token of the feed, derived from the instances' shared secret (never sent)."""
+    return hashlib.sha256(b"tidemark-replica-feed\0" + secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 import socket
 import sys
@@ -29,6 +30,7 @@ from tidemark_compute.topology import (
     record_volume_epoch,
 )
 from tidemark_compute.writer import Writer
+from tidemark_protocol.feed import feed_token
 
 from . import telemetry
 from .endpoint import Endpoint
@@ -73,6 +75,15 @@ def credentials_from_dir(directory: Path) -> dict[str, Verifier]:
     user = (directory / "username").read_text().strip()
     password = (directory / "password").read_text().strip()
     return parse_credentials(f"{user}:{password}")
+
+
+def _credentials_text(credentials_dir: Path | None, password_file: Path | None) -> str:
+    """The instances' shared secret: what every instance of a cluster reads the same."""
+    if credentials_dir is not None:
+        return (credentials_dir / "password").read_text().strip()
+    if password_file is not None:
+        return password_file.read_text().strip()
+    return os.environ.get(PASSWORD_ENV, "")
 
 
 async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | None] = lambda: None) -> int:
@@ -130,7 +141,7 @@ async def _serve_replica(directory: Path, host: str, port: int, credentials: dic
 
 async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: int, credentials: dict,
                          cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int,
-                         max_lag_ms: float) -> int:
+                         max_lag_ms: float, token: str) -> int:
     """The writer of an AuroraCluster: open the volume (recovery + seal: every older writer
     is fenced on the nodes), claim the writer Lease, serve. A writer whose Lease expired
     (no renewal for its duration: cut off from the apiserver) exits, so its pod restarts
@@ -142,7 +153,7 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
     topology = await access.topology_source()
     writer = await Writer.open(topology, membership_source=access.topology_source)
     instance = await Instance.start(writer, host, port, credentials, False, cache_size, multi_range,
-                                    max_connections, admin_port=admin_port)
+                                    max_connections, admin_port=admin_port, feed_token=token)
     instance.admin.max_lag_ms = max_lag_ms
     lease = KubeWriterLease(access.coordination, access.namespace, access.lease_name, identity,
                             writer.core.volume_epoch)
@@ -164,11 +175,11 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
 
 async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, credentials: dict,
                                  cache_size: int | None, max_connections: int, admin_port: int,
-                                 max_lag_ms: float) -> int:
+                                 max_lag_ms: float, token: str) -> int:
     """A replica of an AuroraCluster: follows the feed named in the writer Lease."""
     feed = LeaseFeed(access.coordination, access.namespace, access.lease_name)
     await feed.start()
-    reader = Reader(await access.topology_source(), feed, access.topology_source)
+    reader = Reader(await access.topology_source(), feed, access.topology_source, feed_token=token)
     telemetry.setup("replica", lambda: reader.lag_ms)
     try:
         await reader.start()
@@ -238,16 +249,19 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                 raise click.UsageError("--from-cluster: no credentials (--credentials-dir, --password-file or "
                                        f"${PASSWORD_ENV})")
             # The admin endpoint is the pod's: kubelet probes and the operator read /readyz and
-            # /v1/status there; the feed on it still serves loopback peers only (feed_server).
+            # /v1/status there; its feed serves replicas presenting the token derived from the
+            # instances' shared credentials (the pods are on different addresses).
             admin_port = _listen(admin_listen)[1] if admin_listen else 0
+            token = feed_token(_credentials_text(credentials_dir, password_file))
             access = binding(from_cluster, namespace)
             who = identity or socket.gethostname()
             if role == "replica":
                 code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
-                                                          admin_port, max_lag_ms or float("inf")))
+                                                          admin_port, max_lag_ms or float("inf"), token))
             else:
                 code = asyncio.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
-                                                  max_connections, admin_port, max_lag_ms or float("inf")))
+                                                  max_connections, admin_port, max_lag_ms or float("inf"),
+                                                  token))
             sys.exit(code)
         if not credentials and not insecure_no_auth:
             raise click.UsageError(f"no credentials: --password-file F or ${PASSWORD_ENV}=user:password "

@@ -25,9 +25,10 @@ log = structlog.get_logger("tidemark.sql.instance")
 
 
 class Instance(Endpoint):
-    def __init__(self, writer: Writer, engine: Engine, pipeline: CommitPipeline, server: Server) -> None:
+    def __init__(self, writer: Writer, engine: Engine, pipeline: CommitPipeline, server: Server,
+                 feed_token: str | None = None) -> None:
         self.writer = writer
-        self.feed = ChangeFeed(writer)  # before the first commit: it tracks every page from here on
+        self.feed = ChangeFeed(writer, feed_token)  # before the first commit: it tracks every page from here on
         super().__init__(engine, server, self.status, self.feed.handle)
         self.pipeline: CommitPipeline = pipeline
         self._watch: asyncio.Task[None] | None = None
@@ -47,14 +48,16 @@ class Instance(Endpoint):
         lock_timeout: float = 30.0,
         idle_in_transaction_timeout: float = 60.0,
         admin_port: int | None = None,
+        feed_token: str | None = None,
     ) -> Instance:
-        """`admin_port` None: no admin endpoint (no replicas can follow)."""
+        """`admin_port` None: no admin endpoint (no replicas can follow). `feed_token`
+        None: the feed serves loopback replicas only; else any replica with the token."""
         pipeline = CommitPipeline(writer)
         store = PageStore(writer, asyncio.get_running_loop(), pipeline, multi_range=multi_range)
         engine = Engine(store, cache_size)
         server = Server(engine, pipeline, credentials or {}, insecure_no_auth, max_connections, max_message,
                         lock_timeout, idle_in_transaction_timeout)
-        instance = cls(writer, engine, pipeline, server)
+        instance = cls(writer, engine, pipeline, server, feed_token)
         await instance.serve(host, port, admin_port)
         instance._watch = asyncio.create_task(instance._watch_fence())
         log.info("sql_instance_up", address=instance.address, pages=store.pages, vdl=writer.vdl,

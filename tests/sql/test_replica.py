@@ -20,6 +20,7 @@ from conftest import PASSWORD, USER, dsn_of, open_writer
 from tidemark_compute.reader import Reader
 from tidemark_compute.topology import load_topology, membership_source
 from tidemark_playground import fleet as fleet_mod
+from tidemark_protocol.feed import feed_token
 from tidemark_sql import telemetry
 from tidemark_sql.instance import Instance
 from tidemark_sql.replica import ReplicaInstance
@@ -231,3 +232,32 @@ async def test_replica_read_point_is_folded_into_pgmrpl_and_lag_is_exported(pair
         async with session.get(f"{replica.admin.url}/metrics") as resp:
             text = await resp.text()
     assert "tidemark_replica_lag_current_milliseconds" in text, text[:2000]
+
+
+async def test_a_feed_with_a_token_serves_only_replicas_that_present_it(tmp_path: Path) -> None:
+    """Off loopback (replica pods) the feed is guarded by a token derived from the
+    instances' shared secret: no token or a wrong one is refused (401), the right one
+    follows; the secret itself is never sent."""
+    fl, _topology = await fleet_mod.up(tmp_path / "fleet", 2, 4, 1024, 4096, "127.0.0.200", gossip_interval=0.3)
+    creds = parse_credentials(f"{USER}:{PASSWORD}")
+    writer = None
+    token = feed_token("shared secret")
+    try:
+        writer = await Instance.start(await open_writer(fl), WRITER_HOST, 0, creds, admin_port=0,
+                                      feed_token=token)
+        feed = f"ws{writer.admin.url[4:]}/v1/feed"
+        async with aiohttp.ClientSession() as session:
+            for headers in ({}, {"Authorization": f"Bearer {feed_token('another secret')}"},
+                            {"Authorization": "Bearer shared secret"}):
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await session.ws_connect(feed, headers=headers)
+                assert refused.value.status == 401
+        reader = Reader(load_topology(fl.dir), lambda: feed, membership_source(fl.dir), feed_token=token)
+        await reader.start(timeout=30)
+        assert reader.connected and reader.vdl >= 0
+        assert writer.feed.replicas == 1
+        await reader.close()
+    finally:
+        if writer is not None:
+            await writer.close()
+        fl.down()
