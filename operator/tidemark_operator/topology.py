@@ -58,7 +58,8 @@ def load_cluster_topology(cluster: str, namespace: str | None = None,
                           kubeconfig: str | None = None) -> Topology:
     from kubernetes import client
 
-    return cluster_topology(client.CoreV1Api(), kube_namespace(namespace, kubeconfig), cluster)
+    ns = kube_namespace(namespace, kubeconfig)  # loads the config: before the API client is made
+    return cluster_topology(client.CoreV1Api(), ns, cluster)
 
 
 def cluster_membership_source(cluster: str, namespace: str | None = None,
