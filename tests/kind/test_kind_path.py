@@ -3,16 +3,9 @@ and zone faults under the verifying workload Job."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import datetime as dt
-import os
 import re
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -128,79 +121,3 @@ def test_workload_verifies_through_a_zone_kill_a_worker_kill_with_rebuild_and_an
     logs = k.kubectl("logs", "job/tidemark-workload")
     assert re.search(r"^\s*verified: True$", logs, re.M) and re.search(r"^\s*lost: 0$", logs, re.M), logs[-2000:]
     wait_for(lambda: condition(k.ac(), "Degraded") == "False", 420, "the cluster healed (Degraded False)")
-
-
-@contextlib.contextmanager
-def port_forward(k: Kind, target: str) -> Iterator[int]:
-    """`kubectl port-forward TARGET LOCAL:5432`, as a user runs it; yields the local port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([str(k.bin_dir / "kubectl"), "port-forward", "--address", "127.0.0.1", target,
-                             f"{port}:5432"], env=k.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"kubectl port-forward {target} did not listen")
-            time.sleep(0.3)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def psql(port: int, password: str, sql: str, timeout: float = 30) -> str:
-    done = subprocess.run(["psql", f"postgresql://tidemark@127.0.0.1:{port}/tidemark", "-v", "ON_ERROR_STOP=1",
-                           "-tAc", sql], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"})
-    if done.returncode != 0:
-        raise AssertionError(f"psql {sql!r}: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-def test_psql_through_port_forward_to_rw_and_writes_resume_after_the_writer_worker_dies(kind_cluster: Kind) -> None:
-    k = kind_cluster
-    k.kubectl("delete", "ac", "demo", "--ignore-not-found", "--wait=true", timeout=300)
-    k.kubectl("apply", "-f", "examples/database-cluster.yaml")
-    k.kubectl("wait", "ac/db", "--for=condition=Ready", "--timeout=6m", timeout=380)
-    wait_for(lambda: k.ac("db").get("status", {}).get("readyInstances") == "2/2", 300, "writer and replica serving")
-    secret = k.json("get", "secret", "db-app")["data"]
-    password = base64.b64decode(secret["password"]).decode()
-    with port_forward(k, "svc/db-rw") as port:
-        psql(port, password, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
-        for i in range(1, 21):
-            psql(port, password, f"INSERT INTO t VALUES ({i}, 'row {i}')")
-    with port_forward(k, "svc/db-ro") as port:
-        wait_for(lambda: psql(port, password, "SELECT count(*) FROM t") == "20", 60, "the replica reading 20 rows")
-        with pytest.raises(AssertionError, match="read-only"):
-            psql(port, password, "INSERT INTO t VALUES (99, 'no')")
-
-    writer = k.pods("tidemark.dev/cluster=db,tidemark.dev/role=writer")[0]
-    worker = writer["spec"]["nodeName"]
-    if worker in k.node_of(OPERATOR, "tidemark-system"):
-        # Killing the operator's worker too would leave nobody to fail over for minutes.
-        k.kubectl("cordon", worker)
-        k.kubectl("delete", "pod", writer["metadata"]["name"], "--wait=true", timeout=120)
-        k.kubectl("uncordon", worker)
-        wait_for(lambda: k.ac("db").get("status", {}).get("readyInstances") == "2/2", 300, "the writer back")
-        worker = k.pods("tidemark.dev/cluster=db,tidemark.dev/role=writer")[0]["spec"]["nodeName"]
-    t_kill = time.monotonic()
-    k.docker("kill", worker)
-
-    def insert_21() -> bool:
-        with port_forward(k, "svc/db-rw") as port:
-            psql(port, password, "INSERT INTO t VALUES (21, 'after the failover')", timeout=20)
-        return True
-
-    wait_for(insert_21, 420, "a write accepted by the new writer", interval=2)
-    failover_s = time.monotonic() - t_kill
-    sys.stderr.write(f"\nwriter worker killed -> write accepted again: {failover_s:.0f}s\n")
-    with port_forward(k, "svc/db-rw") as port:
-        assert psql(port, password, "SELECT count(*), sum(k) FROM t") == f"21|{sum(range(1, 22))}"
-        assert psql(port, password, "PRAGMA integrity_check") == "ok"
-    k.docker("start", worker)
-    k.kubectl("wait", f"node/{worker}", "--for=condition=Ready", "--timeout=180s", timeout=200)

@@ -429,7 +429,7 @@ def test_scale_replicas_up_and_down_with_spec_instances(env: dict[str, Any]) -> 
     for ip in endpoints(env, f"{DB}-ro"):
         with psycopg.connect(host=ip, port=5432, user="tidemark", password=password(env), dbname="tidemark",
                              connect_timeout=3, autocommit=True) as r:
-            wait_for(lambda r=r: r.execute("SELECT v FROM t WHERE k = 10").fetchone() == ("ten",), 20,
+            wait_for(lambda r=r: r.execute("SELECT v FROM t WHERE k = 10").fetchone() == ("ten",), 60,
                      f"the row on replica {ip}", interval=0.2)
     scale(1)
     assert endpoints(env, f"{DB}-ro") == [] and len(endpoints(env, f"{DB}-rw")) == 1
