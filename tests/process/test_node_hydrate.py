@@ -115,8 +115,9 @@ async def test_hydrate_from_three_sources_capped_and_with_live_writes(node_facto
     # new segment cannot be built from the log alone.
     await send(streams, 1, records, vdl=4000, pgmrpl=3000)
     for c in clients:
+        # 90 s: under a loaded 2-core machine log GC was once seen still short of this at 30 s.
         await c.wait_segment(0, lambda s: s["materialized_lsn"] == 4000 and s["log_gc_lsn"] >= 2000,
-                             what="materialized and log GC'd")
+                             timeout=90, what="materialized and log GC'd")
     more = make_records(chain, 4001, 3000, rng)  # above S: fetched as log
     await send(streams, 10_000, more, vdl=4000, pgmrpl=3000)
     records += more
