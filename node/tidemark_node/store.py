@@ -4,6 +4,7 @@ ingestion). The key layout is `tidemark_protocol.keys` (restore builds SST files
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -123,8 +124,11 @@ class Store:
     def disk_bytes(self) -> int:
         total = 0
         for entry in os.scandir(self.path):
-            if entry.is_file(follow_symlinks=False):
-                total += entry.stat().st_size
+            # RocksDB deletes WAL and SST files as it compacts: one listed a moment ago may
+            # be gone by its stat, and a status request must not fail for that.
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    total += entry.stat().st_size
         return total
 
     def close(self) -> None:
