@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tidemark_rig.kind import host, kubectl, privileged
+from tidemark_rig.kind import app_image, host, kubectl, privileged
+from tidemark_rig.procs import RigError
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,3 +52,12 @@ def test_host_limits_are_raised_never_lowered(tmp_path: Path) -> None:
     assert host.raise_limits(tmp_path) == {"fs.inotify.max_user_instances": 8192}
     assert (inotify / "max_user_watches").read_text() == "99999999\n"
     assert host.raise_limits(tmp_path) == {}
+
+
+def test_the_image_build_never_empties_a_wheels_directory_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "dist" / "wheels" / "mine.whl"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("a user's file")
+    with pytest.raises(RigError, match="not made by tidemark"):
+        app_image.build_wheels(tmp_path, tmp_path / "log")
+    assert mine.read_text() == "a user's file"

@@ -29,9 +29,14 @@ def build_wheels(repo: Path, log: Path) -> Path:
         raise RigError(f"the offline image's Python is {PYTHON[0]}.{PYTHON[1]}; run this with a "
                        f"{PYTHON[0]}.{PYTHON[1]} interpreter (this one is {sys.version.split()[0]})")
     wheels = repo / "dist" / "wheels"
-    shutil.rmtree(wheels, ignore_errors=True)
+    marker = wheels / ".made-by-tidemark"  # only a directory we made is ever emptied
+    if wheels.exists():
+        if not marker.exists():
+            raise RigError(f"{wheels} exists and was not made by tidemark dev kind: move it away")
+        shutil.rmtree(wheels)
     deps, app = wheels / "deps", wheels / "app"
     app.mkdir(parents=True)
+    marker.touch()
     with log.open("a") as fh:
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(deps), str(repo)]
         fh.write(f"\n$ {' '.join(cmd)}\n")
