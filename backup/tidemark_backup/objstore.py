@@ -4,7 +4,10 @@ URLs: ``s3://bucket/prefix`` (endpoint from ``?endpoint=`` or TIDEMARK_S3_ENDPOI
 credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the usual boto3 chain) and
 ``file:///path``. Keys passed in are relative to the backup root (see layout.py).
 Puts never overwrite: S3 puts are conditional (If-None-Match: *), file puts use
-link-or-fail, so two writers can never replace each other's objects.
+link-or-fail, so two writers can never replace each other's objects. An S3 server that
+answers NotImplemented to conditional puts gets unconditional ones instead, loudly: a
+warning in the log, and `conditional_puts` false (the node's /v1/status says it, and
+`tidemark playground status` lists it as a problem).
 """
 
 from __future__ import annotations
@@ -12,9 +15,15 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import ParseResult, parse_qs, urlparse
+
+import structlog
+
+from tidemark_protocol.errors import UserError
 
 from . import layout
+
+log = structlog.get_logger("tidemark.backup.objstore")
 
 
 class Exists(Exception):
@@ -23,6 +32,7 @@ class Exists(Exception):
 
 class ObjStore:
     url: str
+    conditional_puts: bool = True  # False: a put may overwrite an existing object (see S3Store)
 
     def put(self, key: str, data: bytes) -> None:
         raise NotImplementedError
@@ -87,7 +97,7 @@ class FileStore(ObjStore):
         self._path(key).unlink(missing_ok=True)
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """The backup target cannot be used as given (a bad URL, no bucket): the user's to fix."""
 
 
@@ -109,14 +119,14 @@ class S3Store(ObjStore):
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, max_pool_connections=32,
                           connect_timeout=timeout, read_timeout=max(timeout, 30)),
         )  # fmt: skip
-        self._conditional = True
+        self.conditional_puts = True
 
     def put(self, key: str, data: bytes) -> None:
         from botocore.exceptions import ClientError
 
         kwargs = {"Bucket": self.bucket, "Key": self.base + key, "Body": data}
         try:
-            if self._conditional:
+            if self.conditional_puts:
                 self.client.put_object(IfNoneMatch="*", **kwargs)
             else:
                 self.client.put_object(**kwargs)
@@ -124,11 +134,19 @@ class S3Store(ObjStore):
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise Exists(key) from exc
-            if code == "NotImplemented" and self._conditional:
-                self._conditional = False
+            if code == "NotImplemented" and self.conditional_puts:
+                self._lose_conditional_puts()
                 self.client.put_object(**kwargs)
                 return
             raise
+
+    def _lose_conditional_puts(self) -> None:
+        """The server has no If-None-Match on PUT: go on unconditionally, never silently."""
+        self.conditional_puts = False
+        log.warning("s3_conditional_puts_unsupported", url=self.url,
+                    consequence="puts are unconditional from now on: two writers of one key "
+                                "can overwrite each other's objects (the never-overwritten "
+                                "guarantee is void); use a server with conditional writes")
 
     def get(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
@@ -153,17 +171,26 @@ class S3Store(ObjStore):
         self.client.delete_object(Bucket=self.bucket, Key=self.base + key)
 
 
-def open_store(url: str, endpoint: str | None = None, timeout: float = 5.0) -> ObjStore:
+def check_url(url: str) -> ParseResult:
+    """URL parsed if it names a backup target this module can open, else StoreError
+    (checked before anything starts: `playground up --backup`, every --from)."""
     parsed = urlparse(url)
+    if parsed.scheme == "file" and parsed.path:
+        return parsed
+    if parsed.scheme == "s3" and parsed.netloc:
+        return parsed
+    if parsed.scheme == "s3":
+        raise StoreError(f"backup URL {url!r} names no bucket: use s3://bucket/prefix")
+    raise StoreError(f"unsupported backup URL {url!r}: use s3://bucket/prefix or file:///path")
+
+
+def open_store(url: str, endpoint: str | None = None, timeout: float = 5.0) -> ObjStore:
+    parsed = check_url(url)
     if parsed.scheme == "file":
         return FileStore(url, Path(parsed.path))
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise StoreError(f"backup URL {url!r} names no bucket: use s3://bucket/prefix")
-        query = parse_qs(parsed.query)
-        endpoint = endpoint or (query.get("endpoint") or [None])[0] or os.environ.get(
-            "TIDEMARK_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-        store = S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
-        store.endpoint = endpoint  # lets a worker process reopen the same store
-        return store
-    raise StoreError(f"unsupported backup URL {url!r}: use s3://bucket/prefix or file:///path")
+    query = parse_qs(parsed.query)  # s3: the only other scheme check_url admits
+    endpoint = endpoint or (query.get("endpoint") or [None])[0] or os.environ.get(
+        "TIDEMARK_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+    store = S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
+    store.endpoint = endpoint  # lets a worker process reopen the same store
+    return store

@@ -80,6 +80,7 @@ class Uploader:
             "tidemark_backup_uploaded_bytes": lambda: st.uploaded_bytes,
             "tidemark_backup_uploaded_objects": lambda: st.uploaded_objects,
             "tidemark_backup_fenced": lambda: int(st.fenced),
+            "tidemark_backup_conditional_puts": lambda: int(st.conditional_puts),
             "tidemark_backup_pending_marks": lambda: len(self.marks),
         }
         for name, fn in gauges.items():
@@ -102,6 +103,8 @@ class Uploader:
             await self._io(self.store.put, key, data)
         except Exists:
             pass  # same key = same content from us (deterministic keys per generation)
+        finally:
+            self.status.conditional_puts = self.store.conditional_puts  # status says it, not only the log
         self.status.uploaded_objects += 1
         self.status.uploaded_bytes += len(data)
         self.status.last_successful_upload = time.time()

@@ -41,6 +41,7 @@ class UploaderStatus:
     pending_marks: int = 0
     vdl_seen: int = 0
     pgs: dict = field(default_factory=dict)
+    conditional_puts: bool = True  # False: the S3 server lacks If-None-Match; puts may overwrite
 
     def to_json(self) -> dict:
         return {
@@ -53,6 +54,7 @@ class UploaderStatus:
             "pendingMarks": self.pending_marks,
             "vdlSeen": self.vdl_seen,
             "pgs": self.pgs,
+            "conditionalPuts": self.conditional_puts,
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -28,9 +29,9 @@ from tidemark_compute.writer import Writer
 from . import fleet as fleet_mod
 from .status import converged, fleet_status
 from .supervisor import read_repairs
-from .workdir import WorkDirError, fresh_workdir
+from .workdir import WORKLOAD_LOG, fresh_workdir
 
-console = Console(highlight=False, soft_wrap=True)
+console = Console(highlight=False, soft_wrap=True)  # stderr with --json: stdout is the summary
 
 
 @dataclass
@@ -211,7 +212,9 @@ EXPERIMENTS: dict[str, Callable[[Run], Awaitable[None]]] = {
 }
 
 
-async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip: str) -> bool:
+async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip: str) -> dict:
+    """The experiment on a fresh fleet in DIRECTORY; its summary (`ok`: healed, nothing lost)."""
+    fleet_mod.check_options(3, 4, 64, 4096, base_ip)  # before the work dir is made
     fresh_workdir(directory)
     repair = {"node_loss_timeout": 2.0, "max_concurrent": 4, "bandwidth": 0}
     fleet, topology = await fleet_mod.up(
@@ -221,7 +224,7 @@ async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip:
     try:
         writer = await Writer.open(topology, membership_source=membership_source(directory))
         record_volume_epoch(directory, topology.volume_epoch)
-        run = Run(fleet, writer, Model(directory / "workload.log"))
+        run = Run(fleet, writer, Model(directory / WORKLOAD_LOG))
         run.event("info", f"fleet up: 9 nodes in zones a/b/c, 4 PGs; writer epoch {topology.volume_epoch}")
         run.start_workload()
         await run.watch(3)
@@ -243,9 +246,17 @@ async def run_experiment(name: str, directory: Path, plot: Path | None, base_ip:
         if plot is not None:
             plot_run(run, name, plot)
             console.print(f"plot written to {plot}")
-        return ok
+        return summary(name, ok, healed, result.to_json(), run.events, plot)
     finally:
         fleet.down()
+
+
+def summary(name: str, ok: bool, healed: bool, verified: dict, events: list[tuple[float, str, str]],
+            plot: Path | None) -> dict:
+    """What `tidemark chaos --json` prints (snake_case keys, seconds from the start)."""
+    return {"experiment": name, "ok": ok, "healed": healed, **verified,
+            "events": [{"t_s": round(t, 2), "kind": kind, "text": text} for t, kind, text in sorted(events)],
+            "plot": str(plot) if plot else None}
 
 
 def plot_run(run: Run, name: str, path: Path) -> None:
@@ -289,15 +300,19 @@ def plot_run(run: Run, name: str, path: Path) -> None:
 @click.argument("experiment", type=click.Choice(sorted(EXPERIMENTS)))
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path(".tidemark-chaos"), show_default=True)
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="write a PNG timeline here")
-@click.option("--base-ip", default="127.0.0.60", show_default=True)
-def chaos(experiment: str, directory: Path, plot: Path | None, base_ip: str) -> None:
+@click.option("--base-ip", default="127.0.0.60", show_default=True, help="first node address (9 nodes)")
+@click.option("--json", "as_json", is_flag=True,
+              help="progress on stderr, a summary on stdout (ok, healed, acked, lost, events, ...)")
+def chaos(experiment: str, directory: Path, plot: Path | None, base_ip: str, as_json: bool = False) -> None:
     """Run a scripted fault EXPERIMENT against a fresh fleet with a verifying workload.
-    DIR must be absent, empty, or left by an earlier chaos/demo run."""
+    DIR must be absent, empty, or left by an earlier chaos/demo run (nothing else in it).
+
+    Exit status 0 when the fleet healed and no acknowledged commit was lost, else 1."""
     if plot is not None and importlib.util.find_spec("matplotlib") is None:
         # Checked before the run, not after minutes of it; the plot extra keeps images small.
         raise click.ClickException("--plot needs matplotlib: pip install 'tidemark[plot]'")
-    try:
-        ok = asyncio.run(run_experiment(experiment, directory, plot, base_ip))
-    except WorkDirError as exc:
-        raise click.ClickException(str(exc)) from exc
-    raise SystemExit(0 if ok else 1)
+    console.stderr = as_json  # the current sys.stderr (or stdout), looked up on each print
+    result = asyncio.run(run_experiment(experiment, directory, plot, base_ip))
+    if as_json:
+        click.echo(json.dumps(result))
+    raise SystemExit(0 if result["ok"] else 1)

@@ -19,7 +19,6 @@ from . import fleet as fleet_mod
 from .demo import run_demo
 from .status import fleet_status, problems
 from .supervisor import Supervisor, read_repairs
-from .workdir import WorkDirError
 
 DIR_OPTION = click.option(
     "--dir", "directory", type=click.Path(path_type=Path),
@@ -27,9 +26,10 @@ DIR_OPTION = click.option(
 )  # fmt: skip
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="machine-readable output (snake_case keys)")
 
-# What a user can fix (a bad option, no fleet in --dir, a process that would not start, a
-# work dir we did not make): one line and exit 1, a JSON {"error": …} object with --json.
-USER_ERRORS = (fleet_mod.FleetError, WorkDirError, OSError, RuntimeError)
+# What a user can fix beyond UserError (a bad option, no fleet in --dir, a work dir we did
+# not make) and OSError: a process that would not start. One line and exit 1, a JSON
+# {"error": …} object with --json (tidemark_cli.errors reports them all).
+USER_ERRORS = (RuntimeError,)
 
 
 user_errors = one_line_errors(USER_ERRORS)

@@ -23,7 +23,9 @@ from pathlib import Path
 import aiohttp
 import psutil
 
+from tidemark_backup.objstore import check_url
 from tidemark_compute.topology import TOPOLOGY_FILE, Topology, load_topology, save_topology
+from tidemark_protocol.errors import UserError
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.placement import NodeInfo, place
 from tidemark_protocol.quorum import Membership
@@ -45,7 +47,7 @@ FLEET_FILE = "fleet.json"
 ZONES = ("a", "b", "c")
 
 
-class FleetError(Exception):
+class FleetError(UserError):
     """What the user can fix: a bad option, no fleet in the directory, a half-made fleet."""
 
 
@@ -73,15 +75,18 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def pid_state(pid: int, start_time: float | None = None) -> str:
+def pid_state(pid: int, start_time: float | None = None, ours: bool = False) -> str:
     """'running', 'paused' (SIGSTOPped) or 'dead'. With START_TIME (the create_time recorded
     when we started it) a pid now held by a process started at another time was reused:
-    that is 'dead' too, never ours to signal. Without it (older fleet.json files): the pid only."""
+    that is 'dead' too, never ours to signal. Without it (fleet.json of older versions)
+    and with OURS, a process whose command line is not a tidemark one is 'dead' too."""
     if pid <= 0:
         return "dead"
     try:
         proc = psutil.Process(pid)
         if start_time is not None and abs(proc.create_time() - start_time) > 1.0:
+            return "dead"
+        if start_time is None and ours and not _tidemark_cmdline(proc.cmdline()):
             return "dead"
         status = proc.status()
     except psutil.Error:
@@ -89,6 +94,11 @@ def pid_state(pid: int, start_time: float | None = None) -> str:
     if status in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
         return "dead"
     return "paused" if status == psutil.STATUS_STOPPED else "running"
+
+
+def _tidemark_cmdline(cmdline: list[str]) -> bool:
+    """`python -m tidemark_cli.main …` or the `tidemark` script: what the fleet starts."""
+    return any(Path(arg).name == "tidemark" or arg.startswith("tidemark_") for arg in cmdline)
 
 
 def start_time_of(pid: int) -> float | None:
@@ -101,7 +111,7 @@ def start_time_of(pid: int) -> float | None:
 def kill_pid(pid: int, start_time: float | None, timeout: float = 10.0) -> bool:
     """SIGKILL it if it is still the process we started; waits (bounded) until it is gone.
     Returns whether it was signalled."""
-    if pid_state(pid, start_time) == "dead":
+    if pid_state(pid, start_time, ours=True) == "dead":
         return False
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
@@ -269,7 +279,7 @@ class Fleet:
             if (self.dir / FLEET_FILE).exists():
                 self.instances = Fleet.load(self.dir).instances
             for inst in self.instances.values():
-                if pid_state(inst.pid, inst.start_time) == "dead":
+                if pid_state(inst.pid, inst.start_time, ours=True) == "dead":
                     _reap(inst.pid)
                     self.spawn_instance(inst)
                     started.append(inst.name)
@@ -289,7 +299,7 @@ class Fleet:
 
     def state(self, name: str) -> str:
         proc = self._proc(name)
-        return pid_state(proc.pid, proc.start_time)
+        return pid_state(proc.pid, proc.start_time, ours=True)
 
     def signal(self, name: str, sig: signal.Signals, expect: str | None = None, timeout: float = 2.0) -> None:
         """Send SIG if its process is still ours; then wait (bounded) for state EXPECT:
@@ -343,7 +353,8 @@ class Fleet:
         self._persist(options=True)
 
     def supervisor_state(self) -> str:
-        return pid_state(int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_time"))
+        return pid_state(int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_time"),
+                         ours=True)
 
     def stop_supervisor(self) -> bool:
         with fleet_lock(self.dir):  # not in the middle of restarting an instance
@@ -369,8 +380,11 @@ class Fleet:
 
 def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: int, base_ip: str,
                   instances: int | None = None, password_file: Path | None = None,
-                  repair: dict | None = None) -> None:
-    """Every option of `up`, checked before anything starts: FleetError says what is wrong."""
+                  repair: dict | None = None, backup: str | None = None) -> None:
+    """Every option of `up`, checked before anything starts: FleetError (or StoreError for
+    --backup) says what is wrong."""
+    if backup is not None:
+        check_url(backup)
     if nodes_per_zone < 2:
         raise FleetError(f"--nodes-per-zone {nodes_per_zone}: each zone needs at least 2 nodes "
                          "(2 segments of every PG per zone)")
@@ -379,16 +393,7 @@ def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: i
     if pages_per_pg < 1 or page_size < 16:
         raise FleetError(f"--pages-per-pg {pages_per_pg} --page-size {page_size}: need at least 1 page "
                          "of at least 16 bytes per PG")
-    try:
-        first = ipaddress.IPv4Address(base_ip)
-    except ValueError:
-        raise FleetError(f"--base-ip {base_ip!r}: not an IPv4 address") from None
-    if not first.is_loopback:
-        raise FleetError(f"--base-ip {base_ip}: must be a loopback address (127.0.0.0/8)")
-    needed = 3 * nodes_per_zone + (instances or 0)  # the nodes, then the instances, in one /24
-    if not 1 <= int(first) % 256 <= 255 - needed:
-        raise FleetError(f"--base-ip {base_ip}: {needed} addresses from it must fit in "
-                         f"{base_ip.rsplit('.', 1)[0]}.1-254")
+    check_base_ip(base_ip, 3 * nodes_per_zone + (instances or 0))  # the nodes, then the instances
     if instances is not None and not 0 <= instances <= MAX_INSTANCES:
         raise FleetError(f"--instances {instances}: use 0 (storage only) to {MAX_INSTANCES} "
                          "(the writer and N-1 read replicas)")
@@ -403,10 +408,24 @@ def check_options(nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: i
                          "--max-concurrent-rebuilds >= 1")
 
 
+def check_base_ip(base_ip: str, needed: int) -> None:
+    """FleetError unless BASE_IP is a loopback address with NEEDED addresses from it in its /24."""
+    try:
+        first = ipaddress.IPv4Address(base_ip)
+    except ValueError:
+        raise FleetError(f"--base-ip {base_ip!r}: not an IPv4 address") from None
+    if not first.is_loopback:
+        raise FleetError(f"--base-ip {base_ip}: must be a loopback address (127.0.0.0/8)")
+    if not 1 <= int(first) % 256 <= 255 - needed:
+        raise FleetError(f"--base-ip {base_ip}: {needed} addresses from it must fit in "
+                         f"{base_ip.rsplit('.', 1)[0]}.1-254")
+
+
 # Everything `playground up` and the fleet's processes write into DIR (what `down
 # --purge` may delete; anything else in DIR is the user's and stays).
-FLEET_ENTRIES = ("data", "logs", FLEET_FILE, FLEET_FILE + ".lock", TOPOLOGY_FILE, TOPOLOGY_FILE + ".lock",
-                 CREDENTIALS_FILE, "repairs.json", "writer.json", "writer.tmp")
+FLEET_ENTRIES = ("data", "logs", FLEET_FILE, FLEET_FILE + ".lock", FLEET_FILE + ".tmp", TOPOLOGY_FILE,
+                 TOPOLOGY_FILE + ".lock", "topology.tmp", CREDENTIALS_FILE, "repairs.json", "repairs.tmp",
+                 "writer.json", "writer.tmp")
 
 
 def purge(directory: Path) -> list[str]:
@@ -509,7 +528,7 @@ async def up(
     recorded for an existing one); an existing
     fleet with fewer gets the missing ones. `password_file`: their credentials (lines
     of user:password), else a generated DIR/instance-credentials."""
-    check_options(nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, instances, password_file, repair)
+    check_options(nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, instances, password_file, repair, backup)
     if (directory / FLEET_FILE).exists():
         return await _start_existing(directory, instances, password_file)
     directory.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,15 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tidemark_backup.objstore import ObjStore, open_store
+from tidemark_backup.objstore import ObjStore, check_url, open_store
 from tidemark_compute.topology import save_topology
 from tidemark_restore.cli import ENDPOINT, FROM, user_errors
 from tidemark_restore.install import restore_inventory_into
 from tidemark_restore.inventory import RestoreError, load_inventory, parse_time
 
 from . import fleet as fleet_mod
+
+NODES_PER_ZONE = 2  # of the restored fleet
 
 
 def random_base_ip() -> str:
@@ -66,15 +68,20 @@ def restore_new_fleet(url_store: ObjStore, t_us: int, directory: Path, backup: s
               default=Path(".tidemark-restore"), show_default=True)
 @click.option("--backup", "backup_to", default=None, help="backup URL for the restored cluster")
 @click.option("--base-ip", default=None, help="first node address of the new fleet (default: random 127.x.y.10)")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="the result as JSON (errors as {\"error\": ...})")
 @user_errors
 def restore(url: str, endpoint: str | None, to_time: str, directory: Path, backup_to: str | None,
             base_ip: str | None, as_json: bool) -> None:
-    """Point-in-time restore into a NEW playground fleet in DIR."""
-    if (directory / "fleet.json").exists():
-        raise click.ClickException(f"{directory} already holds a fleet: restore needs a new one")
+    """Point-in-time restore into a NEW playground fleet in DIR (6 storage nodes)."""
+    if (directory / fleet_mod.FLEET_FILE).exists():
+        raise fleet_mod.FleetError(f"{directory} already holds a fleet: restore needs a new one")
+    t_us = parse_time(to_time)  # every option checked before anything is read or started
+    if base_ip is not None:
+        fleet_mod.check_base_ip(base_ip, 3 * NODES_PER_ZONE)
+    if backup_to is not None:
+        check_url(backup_to)
     store = open_store(url, endpoint)
-    result = restore_new_fleet(store, parse_time(to_time), directory, backup_to, base_ip)
+    result = restore_new_fleet(store, t_us, directory, backup_to, base_ip, nodes_per_zone=NODES_PER_ZONE)
     click.echo(json.dumps(result) if as_json else
                f"restored {result['pages']} pages at LSN {result['lsn']} ({result['to_time']}) "
                f"into {directory} in {result['total_s']}s")

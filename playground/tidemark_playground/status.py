@@ -47,6 +47,8 @@ async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -
                 "address": node.url,
                 "process": fleet.state(name),
                 "alive": status is not None,
+                # False: its S3 server lacks conditional writes, backup puts may overwrite objects
+                "backup_conditional_puts": ((status or {}).get("backup") or {}).get("conditionalPuts"),
                 "segments": [
                     {"pg": s["pg"], "scl": s["scl"], "holes": s.get("holes", 0)} for s in segments
                 ],
@@ -101,9 +103,11 @@ def converged(status: dict) -> bool:
 
 def problems(status: dict) -> list[str]:
     """Why the fleet is degraded (empty: healthy): a node or instance that does not answer,
-    a PG with fewer than 6 healthy segments."""
+    a node whose backup puts are unconditional, a PG with fewer than 6 healthy segments."""
     found = [f"node {n['name']} down" for n in status["nodes"] if not n["alive"]]
     found += [f"instance {i['name']} down ({i['endpoint']})" for i in status.get("instances", []) if not i["alive"]]
+    found += [f"node {n['name']}: its backup store lacks conditional writes (puts may overwrite objects)"
+              for n in status["nodes"] if n.get("backup_conditional_puts") is False]
     found += [f"pg {p['id']}: {p['healthy_segments']}/{SEGMENTS_PER_PG} healthy segments"
               for p in status["pgs"] if p["healthy_segments"] < SEGMENTS_PER_PG]
     return found

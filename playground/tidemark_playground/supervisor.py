@@ -146,7 +146,7 @@ class Supervisor:
     async def _restart_instances(self, fleet: Fleet) -> None:
         now = time.monotonic()
         due = [n for n, inst in fleet.instances.items()
-               if pid_state(inst.pid, inst.start_time) == "dead" and now - self._instance_restarts.get(n, -1e9) >= self.instance_backoff]
+               if pid_state(inst.pid, inst.start_time, ours=True) == "dead" and now - self._instance_restarts.get(n, -1e9) >= self.instance_backoff]
         if not due:
             return
         # blocking: the fleet lock (a CLI `restart` may hold it for a moment) and fork/exec

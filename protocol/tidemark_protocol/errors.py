@@ -45,3 +45,10 @@ class BackPressure(ProtocolError):
     """Allocating would run beyond VDL + LAL; wait for VDL to advance."""
 
     code = "back_pressure"
+
+
+class UserError(Exception):
+    """Not a wire refusal: a problem the user of a command can fix (a bad option, URL or
+    time, no fleet in --dir, a work dir we did not make). Every component raises it (or
+    a subclass) for those; the `tidemark` command prints it as one line on stderr (a
+    JSON `{"error": ...}` object on stdout with --json) and exits 1, never a traceback."""

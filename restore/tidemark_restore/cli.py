@@ -11,10 +11,11 @@ import click
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tidemark_backup import metrics as metrics_mod
-from tidemark_backup.objstore import StoreError, open_store
+from tidemark_backup.objstore import open_store
+from tidemark_protocol.errors import UserError
 
 from .inventory import RestoreError, parse_time
-from .snapshots import create_manual_snapshot, delete_manual_snapshot
+from .snapshots import create_manual_snapshot, delete_manual_snapshot, manual_snapshot_exists
 from .status import status_of
 
 FROM = click.option("--from", "url", required=True,
@@ -22,27 +23,26 @@ FROM = click.option("--from", "url", required=True,
 ENDPOINT = click.option("--endpoint", envvar="TIDEMARK_S3_ENDPOINT", default=None,
                         help="S3 endpoint (env TIDEMARK_S3_ENDPOINT); credentials from AWS_* env")
 
-# What a user can fix (a bad URL or time, missing credentials, an unreachable or empty
-# store): one line and exit 1, a JSON {"error": …} object with --json; never a traceback.
+# What a user can fix beyond UserError (a bad URL or time, an empty store) and OSError:
+# missing credentials, an unreachable endpoint, a bucket that refuses us.
 Command = TypeVar("Command", bound=Callable[..., Any])
-USER_ERRORS = (RestoreError, StoreError, BotoCoreError, ClientError, OSError)
+USER_ERRORS = (BotoCoreError, ClientError)
 
 
 def one_line_errors(errors: tuple[type[BaseException], ...]) -> Callable[[Command], Command]:
-    """A click command decorator: ERRORS (what a user can fix) become one line and exit 1,
-    or a JSON {"error": …} object on stdout when the command was given --json."""
+    """A click command decorator: ERRORS (what a user can fix, though not a UserError)
+    become a UserError, which the `tidemark` command reports the one way: one line on
+    stderr, a JSON {"error": …} object with --json, exit 1 (tidemark_cli.errors)."""
 
     def decorate(command: Command) -> Command:
         @functools.wraps(command)
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return command(*args, **kwargs)
+            except UserError:
+                raise
             except errors as exc:
-                message = " ".join(str(exc).split()) or type(exc).__name__
-                if kwargs.get("as_json"):
-                    click.echo(json.dumps({"error": message}))
-                    raise SystemExit(1) from exc
-                raise click.ClickException(message) from exc
+                raise UserError(" ".join(str(exc).split()) or type(exc).__name__) from exc
 
         return run  # type: ignore[return-value]
 
@@ -60,13 +60,16 @@ def snapshot() -> None:
 @snapshot.command("create")
 @FROM
 @ENDPOINT
-@click.option("--name", default=None)
+@click.option("--name", default=None, help="the snapshot's name (default: snap-<UTC time>); must be new")
 @click.option("--at", "at_time", default=None, help="RFC 3339 time (default: latest restorable)")
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def snapshot_create(url: str, endpoint: str | None, name: str | None, at_time: str | None, as_json: bool) -> None:
     """Write a manual snapshot of the backup at a time (kept until deleted)."""
     store = open_store(url, endpoint)
+    if name is not None and manual_snapshot_exists(store, name):
+        raise RestoreError(f"a manual snapshot {name!r} already exists in {url}: pick another --name "
+                           "or `tidemark snapshot delete` it first")
     info = create_manual_snapshot(store, name, parse_time(at_time) if at_time else None)
     pages = info["pages"]
     lsn = info["lsn"]

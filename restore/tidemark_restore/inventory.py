@@ -14,13 +14,14 @@ from tidemark_backup import chunks
 from tidemark_backup.catalog import PgCatalog, Timeline, catalog, volume_intervals
 from tidemark_backup.layout import Obj
 from tidemark_backup.objstore import ObjStore
+from tidemark_protocol.errors import UserError
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.pages import apply_redo
 from tidemark_protocol.records import Record, RecordFlags
 
 
-class RestoreError(Exception):
-    pass
+class RestoreError(UserError):
+    """The backup cannot give what was asked (no restorable point, a time outside the window)."""
 
 
 @dataclass

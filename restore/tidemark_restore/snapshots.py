@@ -43,6 +43,11 @@ def create_manual_snapshot(store: ObjStore, name: str | None = None, t_us: int |
     return info
 
 
+def manual_snapshot_exists(store: ObjStore, name: str) -> bool:
+    """Whether any object of manual snapshot NAME is in STORE (even a half-written one)."""
+    return any(o.name == name for o in store.list(f"manual/{name}/"))
+
+
 def delete_manual_snapshot(store: ObjStore, name: str) -> bool:
     """Delete manual snapshot NAME; False if there is none."""
     objs = [o for o in store.list(f"manual/{name}/") if o.name == name]
