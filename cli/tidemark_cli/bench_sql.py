@@ -1,7 +1,8 @@
-"""`tidemark bench sql`: pgbench TPC-B against a Tidemark writer instance on a 6-node
-playground fleet and, in the same run, against PostgreSQL 15 with 5 streaming
-standbys and ANY 3 quorum commit (pg_quorum.py): the same geometry, 6 copies, commit
-on 4. One after the other (never both at once: they would share the CPUs).
+"""`tidemark bench sql`: pgbench TPC-B against a Tidemark writer instance (w1) on a
+6-node playground fleet with one read replica (r1) and, in the same run, against
+PostgreSQL 15 with 5 streaming standbys and ANY 3 quorum commit (pg_quorum.py): the
+same geometry, 6 copies, commit on 4. One after the other (never both at once: they
+would share the CPUs).
 
 Per system: `pgbench -i -I dtGvp -s SCALE` (the init Tidemark documents: server-side
 generate_series, no COPY), then the builtin TPC-B script with `-n` at 1 client and
@@ -14,7 +15,10 @@ p50/p99 come from its per-transaction log (`-l`). Bytes per transaction:
   (`redo_bytes_shipped_per_txn` is all 6 copies).
 - PostgreSQL: `pg_wal_lsn_diff(pg_current_wal_lsn(), before)` on the primary (WAL
   generated once; the standbys receive that stream each).
-Replica read tps and lag are null: read replicas are not built yet.
+Replicas: after the TPC-B runs, pgbench's builtin select-only script (`-S`, N
+clients) against r1 and against the standby s1 (`replica_read_tps`,
+`postgres_standby_read_tps`). Replica lag: r1's `lag_ms` (admin /v1/status) sampled
+every 50 ms during each Tidemark TPC-B run (replica_lag.py), p50/p99/max.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import tempfile
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 from tidemark_playground import fleet as fleet_mod
 
 from .pg_quorum import PG_BIN, PgQuorum, available
+from .replica_lag import LagSampler, percentile
 
 PGBENCH = PG_BIN / "pgbench"
 _BYTES_RECEIVED = re.compile(r"^tidemark_bytes_received_bytes_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.MULTILINE)
@@ -50,16 +54,16 @@ class Run:
     latencies_us: list[int] = field(default_factory=list, repr=False)
     bytes_per_txn: float | None = None  # redo per copy (Tidemark) / WAL (PostgreSQL)
     shipped_per_txn: float | None = None  # Tidemark: all copies
+    lag: dict | None = None  # Tidemark TPC-B: the replica's lag meanwhile (LagSampler.summary)
 
     def percentile_ms(self, q: float) -> float | None:
-        if not self.latencies_us:
-            return None
-        if len(self.latencies_us) == 1:
-            return round(self.latencies_us[0] / 1000, 3)
-        cuts = statistics.quantiles(self.latencies_us, n=100, method="inclusive")
-        return round(cuts[int(q) - 1] / 1000, 3)
+        value = percentile([float(v) for v in self.latencies_us], int(q))
+        return None if value is None else round(value / 1000, 3)
 
     def summary(self) -> dict:
+        return {**self._summary(), **(self.lag or {})}
+
+    def _summary(self) -> dict:
         return {
             "clients": self.clients,
             "tps": round(self.tps, 1),
@@ -105,10 +109,11 @@ def _pgbench(cmd: list[str], timeout: float, env: dict[str, str], cwd: Path) -> 
     return out
 
 
-def _tpcb_args(clients: int, seconds: float, log_prefix: Path) -> list[str]:
+def _tpcb_args(clients: int, seconds: float, log_prefix: Path, select_only: bool = False) -> list[str]:
+    """pgbench's builtin TPC-B (or select-only, `-S`) script, no vacuum (`-n`)."""
     jobs = max(1, min(clients, os.cpu_count() or 1))
-    return ["-n", "-c", str(clients), "-j", str(jobs), "-T", str(max(1, round(seconds))), "-l",
-            f"--log-prefix={log_prefix}"]
+    return ["-n", *(["-S"] if select_only else []), "-c", str(clients), "-j", str(jobs),
+            "-T", str(max(1, round(seconds))), "-l", f"--log-prefix={log_prefix}"]
 
 
 def _bytes_received(fleet: fleet_mod.Fleet) -> int:
@@ -120,15 +125,23 @@ def _bytes_received(fleet: fleet_mod.Fleet) -> int:
     return int(total)
 
 
+def _say_run(say: Callable[[str], None], label: str, run: Run, extra: str = "") -> None:
+    say(f"  {label}: {run.tps:.0f} tps, p50 {run.percentile_ms(50)} ms, p99 {run.percentile_ms(99)} ms, "
+        f"failed {run.failed}{extra}")
+
+
 async def bench_tidemark(work: Path, client_counts: list[int], seconds: float, scale: int, base_ip: str,
-                         say: Callable[[str], None]) -> list[Run]:
+                         say: Callable[[str], None]) -> tuple[list[Run], Run]:
+    """The TPC-B runs on w1 (r1's lag sampled meanwhile), then select-only on r1."""
     # 4 PGs; scale 1 is ~3,000 SQLite pages (accounts + its index), history grows per txn
     pages_per_pg = 2048 + scale * 1024
-    say(f"[bold]tidemark[/bold]: 6-node playground fleet + writer instance on {base_ip} "
+    say(f"[bold]tidemark[/bold]: 6-node playground fleet + writer w1 + replica r1 on {base_ip} "
         f"({4 * pages_per_pg * 4096 >> 20} MiB volume)")
-    fleet, _topology = await fleet_mod.up(work / "fleet", 2, 4, pages_per_pg, 4096, base_ip, instances=1)
+    fleet, _topology = await fleet_mod.up(work / "fleet", 2, 4, pages_per_pg, 4096, base_ip, instances=2)
     try:
-        (inst,) = fleet.instances.values()
+        inst, replica = fleet.instances["w1"], fleet.instances["r1"]
+        if replica.admin_url is None:
+            raise RuntimeError("replica r1 has no admin endpoint: its lag cannot be sampled")
         password = Path(inst.password_file).read_text().strip().splitlines()[0].split(":", 1)[1]
         env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
         conn = ["-h", inst.host, "-p", str(inst.port), "-U", inst.user]
@@ -139,22 +152,33 @@ async def bench_tidemark(work: Path, client_counts: list[int], seconds: float, s
         for clients in client_counts:
             prefix = work / f"tidemark-{clients}"
             before = _bytes_received(fleet)
-            out = _pgbench([str(PGBENCH), *conn, *_tpcb_args(clients, seconds, prefix), "tidemark"],
-                           seconds + 120, env, work)
+            with LagSampler(replica.admin_url) as lag:
+                out = _pgbench([str(PGBENCH), *conn, *_tpcb_args(clients, seconds, prefix), "tidemark"],
+                               seconds + 120, env, work)
             run = parse_pgbench(out, clients, prefix)
+            run.lag = lag.summary()
             shipped = _bytes_received(fleet) - before
             if run.processed:
                 run.shipped_per_txn = shipped / run.processed
                 run.bytes_per_txn = run.shipped_per_txn / COPIES
-            say(f"  {clients} client(s): {run.tps:.0f} tps, p50 {run.percentile_ms(50)} ms, "
-                f"p99 {run.percentile_ms(99)} ms, failed {run.failed}, redo {run.bytes_per_txn or 0:.0f} B/txn per copy")
+            _say_run(say, f"{clients} client(s)", run, f", redo {run.bytes_per_txn or 0:.0f} B/txn per copy, "
+                     f"r1 lag p50 {run.lag['replica_lag_p50_ms']} ms p99 {run.lag['replica_lag_p99_ms']} ms")
             runs.append(run)
-        return runs
+        clients = client_counts[-1]
+        prefix = work / f"tidemark-select-{clients}"
+        replica_conn = ["-h", replica.host, "-p", str(replica.port), "-U", replica.user]
+        out = _pgbench([str(PGBENCH), *replica_conn, *_tpcb_args(clients, seconds, prefix, select_only=True),
+                        "tidemark"], seconds + 120, env, work)
+        read = parse_pgbench(out, clients, prefix)
+        _say_run(say, f"select-only on r1, {clients} client(s)", read)
+        return runs, read
     finally:
         fleet.down()
 
 
-def bench_postgres(client_counts: list[int], seconds: float, scale: int, say: Callable[[str], None]) -> list[Run]:
+def bench_postgres(client_counts: list[int], seconds: float, scale: int,
+                   say: Callable[[str], None]) -> tuple[list[Run], Run]:
+    """The TPC-B runs on the primary, then select-only on the standby s1."""
     say("[bold]postgres[/bold] 15: primary + 5 streaming standbys on 127.0.0.1, "
         "synchronous_standby_names = 'ANY 3 (s1..s5)', synchronous_commit = on")
     with PgQuorum(say) as pg:
@@ -172,10 +196,16 @@ def bench_postgres(client_counts: list[int], seconds: float, scale: int, say: Ca
             wal = pg.wal_bytes_since(lsn)
             if run.processed:
                 run.bytes_per_txn = wal / run.processed
-            say(f"  {clients} client(s): {run.tps:.0f} tps, p50 {run.percentile_ms(50)} ms, "
-                f"p99 {run.percentile_ms(99)} ms, failed {run.failed}, WAL {run.bytes_per_txn or 0:.0f} B/txn")
+            _say_run(say, f"{clients} client(s)", run, f", WAL {run.bytes_per_txn or 0:.0f} B/txn")
             runs.append(run)
-        return runs
+        clients = client_counts[-1]
+        prefix = pg.dir / f"postgres-select-{clients}"
+        name, _data, port = pg.nodes[1]
+        out = pg.run("pgbench", *pg.pgbench_args(port), *_tpcb_args(clients, seconds, prefix, select_only=True),
+                     "postgres", timeout=seconds + 120)
+        read = parse_pgbench(out.stdout + out.stderr, clients, prefix)
+        _say_run(say, f"select-only on {name}, {clients} client(s)", read)
+        return runs, read
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -191,10 +221,10 @@ async def bench_sql(seconds: float, clients: int, scale: int, base_ip: str, say:
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="tidemark-bench-sql-"))
     try:
-        tm_runs = await bench_tidemark(work, client_counts, seconds, scale, base_ip, say)
+        tm_runs, tm_read = await bench_tidemark(work, client_counts, seconds, scale, base_ip, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    pg_runs = bench_postgres(client_counts, seconds, scale, say)
+    pg_runs, pg_read = bench_postgres(client_counts, seconds, scale, say)
     tm, pg = tm_runs[-1], pg_runs[-1]  # the headline: N clients
     by_clients = {
         str(t.clients): {"tidemark": t.summary(), "postgres": p.summary(), "ratio": _ratio(t.tps, p.tps)}
@@ -221,9 +251,13 @@ async def bench_sql(seconds: float, clients: int, scale: int, base_ip: str, say:
         "postgres_wal_bytes_per_txn": None if pg.bytes_per_txn is None else round(pg.bytes_per_txn, 1),
         "redo_to_wal_ratio": _ratio(tm.bytes_per_txn, pg.bytes_per_txn),
         "by_clients": by_clients,
-        "replica_read_tps": None,  # read replicas are not built yet
-        "replica_lag_ms": None,
-        "replica_lag_p99_ms": None,
+        "replica_read_tps": round(tm_read.tps, 1),  # pgbench -S on r1, N clients
+        "postgres_standby_read_tps": round(pg_read.tps, 1),  # pgbench -S on the standby s1
+        "replica_read_ratio": _ratio(tm_read.tps, pg_read.tps),
+        "replica_read": {"tidemark": tm_read.summary(), "postgres": pg_read.summary(),
+                         "ratio": _ratio(tm_read.tps, pg_read.tps)},
+        # r1's lag_ms during the N-client TPC-B run (each run's: by_clients.N.tidemark)
+        **(tm.lag or {}),
         "redo_counter": "storage nodes' tidemark_bytes_received (/metrics), summed, / transactions / 6 copies",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

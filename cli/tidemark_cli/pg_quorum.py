@@ -90,8 +90,9 @@ class PgQuorum:
                        "-v", "ON_ERROR_STOP=1", "-c", query, timeout=60)
         return out.stdout.strip()
 
-    def pgbench_args(self) -> list[str]:
-        return ["-h", HOST, "-p", str(self.port), "-U", USER]
+    def pgbench_args(self, port: int | None = None) -> list[str]:
+        """Connection options for the primary, or the server on `port` (a standby)."""
+        return ["-h", HOST, "-p", str(port or self.port), "-U", USER]
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

@@ -154,6 +154,7 @@ def install(conn: apsw.Connection, current_setting: Callable[[str], str | None])
         "current_catalog": lambda: "tidemark",
         "pg_backend_pid": lambda: 1,
         "pg_is_in_recovery": lambda: 0,
+        "pg_advisory_unlock_all": lambda: None,  # no advisory locks: none to release (pool resets)
         "current_setting": lambda name, *_missing_ok: current_setting(str(name)),
         "now": lambda: datetime.now(UTC).isoformat(sep=" "),
     }

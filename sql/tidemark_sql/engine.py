@@ -113,6 +113,12 @@ class Engine:
             pass
         return columns
 
+    def table_columns(self, name: str) -> list[tuple[str, str | None]]:
+        """SQLite thread: a table's (or view's) columns and declared types, in order."""
+        assert self.conn is not None
+        rows = self.conn.execute("SELECT name, type FROM pragma_table_info(?)", (name,)).fetchall()
+        return [(col, decl or None) for col, decl in rows]
+
     @property
     def in_transaction(self) -> bool:
         return self.conn is not None and not self.conn.get_autocommit()

@@ -71,6 +71,7 @@ class Connection:
         self.writer = writer
         self.max_message = max_message
         self._out: list[bytes] = []
+        self._in = bytearray()  # received, not yet read: what batch_continues() looks at
 
     def send(self, msg: PGMessage) -> None:
         self._out.append(msg.to_wire())  # one write per answer, not one per message
@@ -85,10 +86,32 @@ class Connection:
         self.send(ErrorResponse(fields=err.fields()))
 
     async def read_exactly(self, n: int) -> bytes:
-        try:
-            return await self.reader.readexactly(n)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            raise Closed from exc
+        while len(self._in) < n:
+            try:
+                chunk = await self.reader.read(1 << 16)
+            except ConnectionError as exc:
+                raise Closed from exc
+            if not chunk:
+                raise Closed
+            self._in += chunk
+        out = bytes(self._in[:n])
+        del self._in[:n]
+        return out
+
+    def batch_continues(self) -> bool:
+        """Whether more statements may run before the next Sync: False only if the bytes
+        received already show a Sync coming with no Bind before it (one statement per
+        Sync, what psycopg, pgbench and asyncpg's fetch send). Not received yet: True."""
+        buf, i = self._in, 0
+        while i + 5 <= len(buf):
+            kind = buf[i:i + 1]
+            if kind == b"S":
+                return False
+            if kind in (b"B", b"Q"):
+                return True
+            (length,) = _LEN.unpack_from(buf, i + 1)
+            i += 1 + max(length, 4)
+        return True
 
     @staticmethod
     def _decode(raw: bytes, phase: ConnectionPhase) -> PGMessage:
@@ -221,7 +244,8 @@ class Server:
             settings = dict(catalog.DEFAULTS)
             settings.update({k: v for k, v in params.items() if k not in ("user", "database", "options")})
             settings["session_user"] = user
-            session = Session(self.engine, self.translator, self.gate, self.pipeline, conn.send, settings)
+            session = Session(self.engine, self.translator, self.gate, self.pipeline, conn.send, settings,
+                              conn.batch_continues)
             self.sessions.add(session)
             self._greet(conn, settings)
             await conn.flush()

@@ -1,6 +1,12 @@
 """One client's conversation after startup: simple and extended query protocol,
 transaction state (ReadyForQuery status), PostgreSQL errors.
 
+As in PostgreSQL, the statements of one extended-protocol batch (up to Sync) outside a
+transaction block are one implicit transaction, committed at Sync and rolled back if
+one fails (asyncpg's executemany is atomic by it). A batch that can be seen to hold one
+statement (a Sync received right behind it: psycopg, pgbench, asyncpg's fetch) runs in
+autocommit instead, which is the same outcome without BEGIN and COMMIT.
+
 Every answer waits until VDL has passed the newest commit this statement may have
 seen (pipeline.wait), so a client never sees data that could still be lost.
 """
@@ -85,6 +91,7 @@ class Session:
         pipeline: Pipeline,
         send: Callable[[PGMessage], None],
         settings: dict[str, str],
+        batch_continues: Callable[[], bool] = lambda: True,
     ) -> None:
         self.engine = engine
         self.translator = translator
@@ -94,6 +101,8 @@ class Session:
         self.settings = settings
         self.txn = Transaction(engine, translator, gate, pipeline, settings, send)
         self.skip_to_sync = False
+        self.batch_continues = batch_continues  # more statements may come before Sync
+        self.implicit = False  # the open transaction is an extended batch's implicit one
         self.statements: dict[str, Prepared] = {}
         self.portals: dict[str, Portal] = {}
 
@@ -117,12 +126,15 @@ class Session:
         if isinstance(msg, Terminate):
             return False
         if isinstance(msg, Query):
+            if not await self._end_implicit():
+                return False
             await self.simple_query(msg.query_string)
             return True
         if isinstance(msg, Sync):
             self.skip_to_sync = False
+            keep = await self._end_implicit()
             self.send(ReadyForQuery(status=self.status))
-            return True
+            return keep
         if isinstance(msg, Flush):
             return True
         if self.skip_to_sync:
@@ -182,6 +194,40 @@ class Session:
         self.send(ReadyForQuery(status=self.status))
 
     # -- extended query ---------------------------------------------------------------
+    async def _run(self, portal: Portal) -> Outcome:
+        """Run a bound statement; outside a transaction block, in the batch's implicit
+        transaction unless it is the batch's only statement."""
+        head = portal.prepared.head
+        verb = head[0] if head else ""
+        if self.implicit and verb in ("BEGIN", "START"):
+            self.implicit = False  # as in PostgreSQL: the implicit block becomes a real one
+            return Outcome("BEGIN")
+        if (not self.txn.open and verb not in IMPLICIT_BREAKERS and verb not in CONTROL
+                and self.batch_continues()):
+            await self.txn.run(self.translator("BEGIN"), ())
+            self.implicit = True
+        outcome = await self.txn.run(portal.prepared.translated, portal.params)
+        if self.implicit and not self.txn.open:
+            self.implicit = False  # the batch ended it (COMMIT, ROLLBACK)
+        return outcome
+
+    async def _end_implicit(self) -> bool:
+        """Sync (or a Query) ends the batch: its implicit transaction commits, or rolls
+        back after an error. False if the connection must close (fatal)."""
+        if not self.implicit:
+            return True
+        self.implicit = False
+        if not self.txn.open:
+            return True
+        try:
+            await self.txn.run(self.translator("COMMIT"), ())  # a failed transaction rolls back
+        except Exception as exc:
+            self.error(exc)
+            if self.txn.open:
+                await self.txn.close()
+            return not from_exception(exc).fatal
+        return True
+
     def parse(self, msg: Parse) -> None:
         translated = self.translator(msg.query)
         self.statements[msg.statement] = Prepared(translated, keywords(msg.query, 3), list(msg.param_types))
@@ -205,38 +251,42 @@ class Session:
             prepared = self.statements.get(msg.name)
             if prepared is None:
                 raise SqlError("26000", f'prepared statement "{msg.name}" does not exist')
+            description = await self._describe_statement(prepared)
             n = max(prepared.translated.nparams, len(prepared.param_types))
-            oids = [(prepared.param_types[i] if i < len(prepared.param_types) else 0) or pgtypes.TEXT
-                    for i in range(n)]
-            self.send(ParameterDescription(type_oids=oids))
-            columns = await self._columns_of(prepared)
-            if columns is None:
+            given = prepared.param_types
+            inferred = description.param_oids if description is not None else {}
+            # A parameter the client left unspecified (0) takes the inferred type, else
+            # text; Bind decodes binary values by these.
+            prepared.param_types = [(given[i] if i < len(given) else 0) or inferred.get(i + 1, pgtypes.TEXT)
+                                    for i in range(n)]
+            self.send(ParameterDescription(type_oids=prepared.param_types))
+            if description is None or not description.columns:
                 self.send(NoData())
                 return
-            prepared.described = pgtypes.column_oids(columns, [])
-            self._send_row_description(columns, prepared.described, [])
+            prepared.described = description.column_oids
+            self._send_row_description(description.columns, prepared.described, [])
             return
         portal = self._portal(msg.name)
         if portal.outcome is None:  # run now: the real values give the column types
-            portal.outcome = await self.txn.run(portal.prepared.translated, portal.params)
+            portal.outcome = await self._run(portal)
         if portal.outcome.returns_rows:
             self._send_row_description(portal.outcome.columns, portal.outcome.oids, portal.result_formats)
         else:
             self.send(NoData())
 
-    async def _columns_of(self, prepared: Prepared) -> list[tuple[str, str | None]] | None:
+    async def _describe_statement(self, prepared: Prepared) -> statements.Description | None:
         head = prepared.head
         if head[:1] == ["SHOW"]:
-            return [(head[1].lower() if len(head) > 1 else "setting", None)]
+            name = head[1].lower() if len(head) > 1 else "setting"
+            return statements.Description([(name, None)], [pgtypes.TEXT], {})
         if not head or head[0] in CONTROL:
             return None
-        columns = await self.engine.run(statements.describe, self.engine, self.translator, prepared.translated)
-        return columns or None
+        return await self.engine.run(statements.describe, self.engine, self.translator, prepared.translated)
 
     async def execute(self, msg: Execute) -> None:
         portal = self._portal(msg.portal)
         if portal.outcome is None:
-            portal.outcome = await self.txn.run(portal.prepared.translated, portal.params)
+            portal.outcome = await self._run(portal)
             if portal.prepared.described is not None and portal.outcome.returns_rows:
                 portal.outcome.oids = portal.prepared.described
         outcome = portal.outcome

@@ -1,5 +1,6 @@
 """One statement on the SQLite thread: PostgreSQL text as written when SQLite parses
-it, else sqlglot's rendering (only a parse-time refusal is retried: nothing ran)."""
+it, else sqlglot's rendering (only a parse-time refusal is retried: nothing ran); the
+description of a prepared statement (its columns, and the types of both, infer.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,18 @@ from typing import Any
 
 import apsw
 
+from . import pgtypes
 from .engine import Engine, Result
+from .infer import infer
 from .sqlstate import is_parse_error
 from .translate import placeholders, prepare, split_statements, transpile
+
+
+@dataclass(frozen=True, slots=True)
+class Description:
+    columns: list[tuple[str, str | None]]  # (name, declared type); empty: returns no rows
+    column_oids: list[int]
+    param_oids: dict[int, int]  # $n -> type, for those that could be inferred
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +77,18 @@ def _several(translated: Translated) -> bool:
     return translated.text != translated.original and len(split_statements(translated.text)) > 1
 
 
-def describe(engine: Engine, translator: Translator, translated: Translated) -> list[tuple[str, str | None]]:
-    """SQLite thread: a statement's columns, with the same fallback as run()."""
+def describe(engine: Engine, translator: Translator, translated: Translated) -> Description:
+    """SQLite thread: what a prepared statement takes and returns, before it runs. A
+    column reference has its declared type; an expression the type sqlglot gives it."""
+    columns = _describe_columns(engine, translator, translated)
+    inferred = infer(translated.original, engine.table_columns)
+    guessed = inferred.columns if inferred.columns is not None and len(inferred.columns) == len(columns) else None
+    oids = [pgtypes.oid_for(decl, None) if decl else (guessed[i] if guessed and guessed[i] else pgtypes.TEXT)
+            for i, (_name, decl) in enumerate(columns)]
+    return Description(columns, oids, inferred.params)
+
+
+def _describe_columns(engine: Engine, translator: Translator, translated: Translated) -> list[tuple[str, str | None]]:
     try:
         return engine.describe(translated.text, translated.nparams)
     except apsw.SQLError as exc:

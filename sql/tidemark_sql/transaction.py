@@ -22,7 +22,10 @@ from .translate import command_tag, keywords
 
 _READ_ONLY = re.compile(r"\bread\s+only\b", re.IGNORECASE)
 _TXN_END = ("COMMIT", "END", "ROLLBACK", "ABORT")
-CONTROL = ("BEGIN", "START", "SET", "RESET", "DISCARD", "DEALLOCATE", *_TXN_END)
+# Session statements answered here, never by SQLite. CLOSE ALL and UNLISTEN * are what
+# a connection pool sends on release (asyncpg's reset query): no cursors, no listeners.
+_SESSION = ("SET", "SHOW", "RESET", "DISCARD", "DEALLOCATE", "CLOSE", "UNLISTEN")
+CONTROL = ("BEGIN", "START", *_SESSION, *_TXN_END)
 
 
 @dataclass(slots=True)
@@ -70,7 +73,7 @@ class Transaction:
             return await self._commit()
         if verb in ("ROLLBACK", "ABORT") and "TO" not in head:
             return await self._rollback()
-        if verb in ("SET", "SHOW", "RESET", "DISCARD", "DEALLOCATE"):
+        if verb in _SESSION:
             return self._setting(translated.original, head)
         return await self._statement(translated, params, head)
 
@@ -186,6 +189,12 @@ class Transaction:
             return Outcome("RESET")
         if verb == "DEALLOCATE":
             return Outcome("DEALLOCATE")
+        if verb == "CLOSE":
+            if head[1:2] != ["ALL"]:
+                raise SqlError("34000", f"cursor does not exist: {sql}")  # no DECLARE, so no cursors
+            return Outcome("CLOSE CURSOR ALL")
+        if verb == "UNLISTEN":
+            return Outcome("UNLISTEN")
         return Outcome("DISCARD ALL")
 
     def _lookup(self, name: str) -> str | None:

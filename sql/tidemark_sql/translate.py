@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import sqlglot
 import sqlglot.errors
+from sqlglot import exp
 
 from . import catalog
 
@@ -239,15 +240,29 @@ def _alias_generate_series(code: str) -> str:
     return "".join(out)
 
 
+# PostgreSQL types whose values SQLite keeps as text but whose names have NUMERIC
+# affinity: CAST('{"a": 1}' AS JSON) would be 0 and CAST('2024-…+00' AS TIMESTAMPTZ) 2024.
+_TEXT_CASTS = {exp.DataType.Type.JSON, exp.DataType.Type.JSONB, exp.DataType.Type.UUID,
+               exp.DataType.Type.TIMESTAMPTZ, exp.DataType.Type.TIMESTAMPLTZ, exp.DataType.Type.TIME,
+               exp.DataType.Type.TIMETZ, exp.DataType.Type.INTERVAL}
+
+
+def _text_cast(node: exp.Expression) -> exp.Expression:
+    if isinstance(node, exp.Cast) and node.to.this in _TEXT_CASTS:
+        return exp.cast(node.this, exp.DataType.Type.TEXT)
+    return node
+
+
 def transpile(sql: str) -> str | None:
     """sqlglot's SQLite rendering of a PostgreSQL statement, or None if it has none."""
     try:
-        out = sqlglot.transpile(sql, read="postgres", write="sqlite", unsupported_level=sqlglot.ErrorLevel.IGNORE)
+        trees = sqlglot.parse(sql, read="postgres")
+        if len(trees) != 1 or trees[0] is None:
+            return None
+        out = trees[0].transform(_text_cast).sql(dialect="sqlite", unsupported_level=sqlglot.ErrorLevel.IGNORE)
     except sqlglot.errors.SqlglotError:
         return None
-    if len(out) != 1:
-        return None
-    text, _ = placeholders(prepare(out[0]))
+    text, _ = placeholders(prepare(out))
     return text
 
 

@@ -3,10 +3,12 @@ instance on 127.0.230+.x (a range no other suite uses)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from sqlfakes import FakeWriter  # noqa: E402
 
+from tidemark_compute.reader import Reader  # noqa: E402
 from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch  # noqa: E402
 from tidemark_compute.writer import Writer  # noqa: E402
 from tidemark_playground import fleet as fleet_mod  # noqa: E402
 from tidemark_sql.instance import Instance  # noqa: E402
+from tidemark_sql.replica import ReplicaInstance  # noqa: E402
 from tidemark_sql.scram import parse_credentials  # noqa: E402
 
 USER, PASSWORD = "tm", "s3cret-pass"
@@ -97,3 +101,26 @@ async def open_writer(fl: fleet_mod.Fleet) -> Writer:
 async def start_instance(fl: fleet_mod.Fleet, host: str, **options) -> Instance:
     writer = await open_writer(fl)
     return await Instance.start(writer, host, 0, parse_credentials(f"{USER}:{PASSWORD}"), **options)
+
+
+@contextlib.asynccontextmanager
+async def writer_and_replica(directory: Path, pages_per_pg: int, base_ip: str, writer_host: str,
+                             replica_host: str) -> AsyncIterator[tuple[Instance, ReplicaInstance]]:
+    """A storage fleet (2 nodes per zone, 4 PGs), a writer instance and a replica
+    following its feed."""
+    fl, _topology = await fleet_mod.up(directory, 2, 4, pages_per_pg, 4096, base_ip, gossip_interval=0.3)
+    creds = parse_credentials(f"{USER}:{PASSWORD}")
+    writer = replica = None
+    try:
+        writer = await Instance.start(await open_writer(fl), writer_host, 0, creds, admin_port=0)
+        feed = f"ws{writer.admin.url[4:]}/v1/feed"
+        reader = Reader(load_topology(fl.dir), lambda: feed, membership_source(fl.dir))
+        await reader.start(timeout=30)
+        replica = await ReplicaInstance.start(reader, replica_host, 0, creds, admin_port=0)
+        yield writer, replica
+    finally:
+        if replica is not None:
+            await replica.close()
+        if writer is not None:
+            await writer.close()
+        fl.down()

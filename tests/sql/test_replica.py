@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import psycopg
 import pytest
-from conftest import PASSWORD, USER, dsn_of, open_writer
+from conftest import PASSWORD, USER, dsn_of, open_writer, writer_and_replica
 
 from tidemark_compute.reader import Reader
 from tidemark_compute.topology import load_topology, membership_source
@@ -23,7 +23,6 @@ from tidemark_playground import fleet as fleet_mod
 from tidemark_protocol.feed import feed_token
 from tidemark_sql import telemetry
 from tidemark_sql.instance import Instance
-from tidemark_sql.replica import ReplicaInstance
 from tidemark_sql.scram import parse_credentials
 
 pytestmark = [pytest.mark.sql, pytest.mark.timeout(240)]
@@ -35,22 +34,8 @@ ACCOUNTS, START = 1500, 1000  # padded rows: the table spans ~100 pages, so a to
 @pytest.fixture
 async def pair(tmp_path: Path):
     """A storage fleet, a writer instance and a replica following its feed."""
-    fl, _topology = await fleet_mod.up(tmp_path / "fleet", 2, 4, 1024, 4096, "127.0.0.200", gossip_interval=0.3)
-    creds = parse_credentials(f"{USER}:{PASSWORD}")
-    writer = replica = None
-    try:
-        writer = await Instance.start(await open_writer(fl), WRITER_HOST, 0, creds, admin_port=0)
-        feed = f"ws{writer.admin.url[4:]}/v1/feed"
-        reader = Reader(load_topology(fl.dir), lambda: feed, membership_source(fl.dir))
-        await reader.start(timeout=30)
-        replica = await ReplicaInstance.start(reader, REPLICA_HOST, 0, creds, admin_port=0)
-        yield writer, replica
-    finally:
-        if replica is not None:
-            await replica.close()
-        if writer is not None:
-            await writer.close()
-        fl.down()
+    async with writer_and_replica(tmp_path / "fleet", 1024, "127.0.0.200", WRITER_HOST, REPLICA_HOST) as instances:
+        yield instances
 
 
 async def connect(instance) -> psycopg.AsyncConnection:
