@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "snapshot": "tidemark_restore.cli:snapshot",
     "backup": "tidemark_restore.cli:backup",
     "operator": "tidemark_operator.cli:operator",
-    "chaos": "tidemark_playground.chaos:chaos",
+    "chaos": "tidemark_cli.chaos:chaos",
     "sql": "tidemark_cli.sql:sql",
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +29,33 @@ def refuse_sql_volume(directory: Path) -> None:
             "use a storage-only fleet (`tidemark playground up --instances 0 --dir OTHER`)")
 
 
+class Progress:
+    """One JSON line per interval on stderr: what a timeline (`tidemark chaos --cluster`)
+    or a person watching `kubectl logs -f` reads while the workload runs."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.commits = 0
+        self.latencies: list[float] = []
+
+    def on_commit(self, latency_ms: float) -> None:
+        self.commits += 1
+        self.latencies.append(latency_ms)
+
+    async def report(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            window, self.latencies = sorted(self.latencies), []
+            p99 = window[int(0.99 * (len(window) - 1))] if window else None
+            line = {"t": round(time.time(), 3), "commits": self.commits, "window_commits": len(window),
+                    "p99_ms": round(p99, 2) if p99 is not None else None}
+            sys.stderr.write(json.dumps({"progress": line}) + "\n")
+            sys.stderr.flush()
+
+
 async def _workload(
     directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int,
-    from_cluster: str | None = None, namespace: str | None = None,
+    from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0,
 ) -> dict:
     if from_cluster:  # an AuroraCluster's placement ConfigMap + pod IPs
         source = cluster_membership_source(from_cluster, namespace)
@@ -44,7 +70,16 @@ async def _workload(
         record_volume_epoch(directory, topology.volume_epoch)
     try:
         started = time.monotonic()
-        stats = await run_workload(writer, model, seconds, concurrency=concurrency, seed=seed)
+        meter = Progress(progress)
+        reporter = asyncio.create_task(meter.report()) if progress > 0 else None
+        try:
+            stats = await run_workload(writer, model, seconds, concurrency=concurrency, seed=seed,
+                                       on_commit=meter.on_commit)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reporter
         elapsed = time.monotonic() - started if seconds > 0 else 0.0
         result = await verify(writer, model) if do_verify else None
         out = summarize(stats, max(elapsed, seconds, 1e-9), result)
@@ -68,10 +103,13 @@ async def _workload(
 @click.option("--from-cluster", default=None, metavar="NAME",
               help="Use the AuroraCluster NAME (placement ConfigMap + pod IPs) instead of DIR.")
 @click.option("--namespace", default=None, help="Namespace of --from-cluster (default: in-cluster/kubeconfig).")
+@click.option("--progress", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help='Every SECONDS, a JSON line {"progress": {t, commits, window_commits, p99_ms}} on stderr (0: off).')
 def workload(directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int, as_json: bool,
-             from_cluster: str | None = None, namespace: str | None = None) -> None:
+             from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0) -> None:
     """Run mini-transactions against the fleet in DIR (or an AuroraCluster)."""
-    out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed, from_cluster, namespace))
+    out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed, from_cluster, namespace,
+                                progress))
     if as_json:
         click.echo(json.dumps(out))
     else:

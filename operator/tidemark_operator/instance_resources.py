@@ -93,7 +93,9 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
     labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
     command = [*node_command, "sql", "serve", "--from-cluster", cluster, "--namespace", "$(POD_NAMESPACE)",
                "--role", role, "--identity", "$(POD_NAME)",
-               "--listen", f"$(POD_IP):{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
+               # every address of the pod: the Services reach its IP, `kubectl port-forward`
+               # its 127.0.0.1 (a bind to the pod IP alone refuses port-forward)
+               "--listen", f"0.0.0.0:{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
                "--credentials-dir", CREDENTIALS_MOUNT, "--max-lag-ms", str(spec.instance.max_lag_ms)]
     container: dict[str, Any] = {
         "name": "sql",

@@ -22,6 +22,11 @@ def owner_of(body: Mapping[str, Any]) -> dict[str, Any]:
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), "metadata": body["metadata"]}
 
 
+def retained(body: Mapping[str, Any]) -> bool:
+    """deletionPolicy Retain (the default): the volume outlives the AuroraCluster."""
+    return (body.get("spec") or {}).get("deletionPolicy", "Retain") != "Delete"
+
+
 def read(kube: Kube, body: Mapping[str, Any]) -> dict[str, Any] | None:
     """The placement ConfigMap (None: not created yet)."""
     meta = body["metadata"]
@@ -48,7 +53,13 @@ def swap(kube: Kube, body: Mapping[str, Any],
 
     def build(doc: dict[str, Any], rv: str | None) -> dict[str, Any]:
         cm = pl.configmap(name, ns, doc, rv)
-        kopf.adopt(cm, owner=owner_of(body))  # type: ignore[arg-type]  # a plain body dict
+        if retained(body):
+            # Kept with the PVCs when the cluster is deleted: the segments on them are
+            # this placement's, so a cluster applied again under the name adopts both
+            # (a fresh placement over old segments would mix two volumes).
+            cm["metadata"]["ownerReferences"] = []
+        else:
+            kopf.adopt(cm, owner=owner_of(body))  # type: ignore[arg-type]  # a plain body dict
         return cm
 
     return pl.compare_and_swap(lambda: read(kube, body), do_create, kube.replace_config_map, update, build)

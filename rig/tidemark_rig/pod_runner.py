@@ -75,6 +75,13 @@ def expand(s: str, env: dict[str, str]) -> str:
     return _VAR.sub(sub, s)
 
 
+def pod_bind(arg: str, pod_ip: str) -> str:
+    """A pod binding every address (0.0.0.0:PORT) gets its own network namespace; here all
+    pods share the machine's, so the wildcard becomes the pod's loopback IP (as binding
+    0.0.0.0 in its namespace reaches the pod IP; its 127.0.0.1 has no counterpart here)."""
+    return f"{pod_ip}:{arg.removeprefix('0.0.0.0:')}" if arg.startswith("0.0.0.0:") and pod_ip else arg
+
+
 def _field(pod: dict[str, Any], path: str, node: dict[str, Any] | None) -> str:
     meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
     m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
@@ -219,7 +226,8 @@ class PodRunner:
     def _start(self, r: Running, pod: dict[str, Any], node: dict[str, Any] | None) -> None:
         env = pod_env(pod, node, self._secret)
         c = pod["spec"]["containers"][0]
-        argv = [expand(a, env) for a in (c.get("command") or []) + (c.get("args") or [])]
+        argv = [pod_bind(expand(a, env), env["POD_IP"])
+                for a in (c.get("command") or []) + (c.get("args") or [])]
         if not argv:
             log.error("pod %s/%s: first container has no command; nothing to run", r.namespace, r.name)
             r.next_start = float("inf")

@@ -140,8 +140,8 @@ async def _serve_replica(directory: Path, host: str, port: int, credentials: dic
 
 
 async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: int, credentials: dict,
-                         cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int,
-                         max_lag_ms: float, token: str) -> int:
+                         cache_size: int | None, multi_range: bool, max_connections: int,
+                         admin: tuple[str, int], max_lag_ms: float, token: str) -> int:
     """The writer of an AuroraCluster: open the volume (recovery + seal: every older writer
     is fenced on the nodes), claim the writer Lease, serve. A writer whose Lease expired
     (no renewal for its duration: cut off from the apiserver) exits, so its pod restarts
@@ -153,7 +153,7 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
     topology = await access.topology_source()
     writer = await Writer.open(topology, membership_source=access.topology_source)
     instance = await Instance.start(writer, host, port, credentials, False, cache_size, multi_range,
-                                    max_connections, admin_port=admin_port, feed_token=token)
+                                    max_connections, admin_port=admin[1], admin_host=admin[0], feed_token=token)
     instance.admin.max_lag_ms = max_lag_ms
     lease = KubeWriterLease(access.coordination, access.namespace, access.lease_name, identity,
                             writer.core.volume_epoch)
@@ -174,7 +174,7 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
 
 
 async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, credentials: dict,
-                                 cache_size: int | None, max_connections: int, admin_port: int,
+                                 cache_size: int | None, max_connections: int, admin: tuple[str, int],
                                  max_lag_ms: float, token: str) -> int:
     """A replica of an AuroraCluster: follows the feed named in the writer Lease."""
     feed = LeaseFeed(access.coordination, access.namespace, access.lease_name)
@@ -184,7 +184,7 @@ async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, cr
     try:
         await reader.start()
         instance = await ReplicaInstance.start(reader, host, port, credentials, False, cache_size, max_connections,
-                                               admin_port=admin_port)
+                                               admin_port=admin[1], admin_host=admin[0])
         instance.admin.max_lag_ms = max_lag_ms
         return await _run(instance, f"replica instance (read point {instance.store.read_point})")
     finally:
@@ -251,16 +251,21 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
             # The admin endpoint is the pod's: kubelet probes and the operator read /readyz and
             # /v1/status there; its feed serves replicas presenting the token derived from the
             # instances' shared credentials (the pods are on different addresses).
-            admin_port = _listen(admin_listen)[1] if admin_listen else 0
+            # The admin address is advertised (the feed URL in the writer Lease): with the
+            # PostgreSQL port on every address (0.0.0.0, for port-forward) it must be named.
+            admin = _listen(admin_listen) if admin_listen else (host, 0)
+            if admin[0] in ("0.0.0.0", "::"):
+                raise click.UsageError("--from-cluster: --admin-listen must name the pod's address "
+                                       "(it is advertised to replicas), not a wildcard")
             token = feed_token(_credentials_text(credentials_dir, password_file))
             access = binding(from_cluster, namespace)
             who = identity or socket.gethostname()
             if role == "replica":
                 code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
-                                                          admin_port, max_lag_ms or float("inf"), token))
+                                                          admin, max_lag_ms or float("inf"), token))
             else:
                 code = asyncio.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
-                                                  max_connections, admin_port, max_lag_ms or float("inf"),
+                                                  max_connections, admin, max_lag_ms or float("inf"),
                                                   token))
             sys.exit(code)
         if not credentials and not insecure_no_auth:

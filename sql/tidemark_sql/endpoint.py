@@ -19,11 +19,12 @@ class Endpoint:
         self.admin = Admin(status, feed)
         self.address: tuple[str, int] | None = None
 
-    async def serve(self, host: str, port: int, admin_port: int | None) -> None:
-        """Open SQLite, then the admin endpoint (`admin_port` None: none), then take clients."""
+    async def serve(self, host: str, port: int, admin_port: int | None, admin_host: str | None = None) -> None:
+        """Open SQLite, then the admin endpoint (`admin_port` None: none; on `admin_host`,
+        default HOST), then take clients."""
         await self.engine.run(self.engine.open, lambda conn: catalog.install(conn, self.server.current_setting))
         if admin_port is not None:
-            await self.admin.start(host, admin_port)
+            await self.admin.start(admin_host or host, admin_port)
         self.address = await self.server.start(host, port)
 
     @property

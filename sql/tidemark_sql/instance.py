@@ -48,6 +48,7 @@ class Instance(Endpoint):
         lock_timeout: float = 30.0,
         idle_in_transaction_timeout: float = 60.0,
         admin_port: int | None = None,
+        admin_host: str | None = None,
         feed_token: str | None = None,
     ) -> Instance:
         """`admin_port` None: no admin endpoint (no replicas can follow). `feed_token`
@@ -58,7 +59,7 @@ class Instance(Endpoint):
         server = Server(engine, pipeline, credentials or {}, insecure_no_auth, max_connections, max_message,
                         lock_timeout, idle_in_transaction_timeout)
         instance = cls(writer, engine, pipeline, server, feed_token)
-        await instance.serve(host, port, admin_port)
+        await instance.serve(host, port, admin_port, admin_host)
         instance._watch = asyncio.create_task(instance._watch_fence())
         log.info("sql_instance_up", address=instance.address, pages=store.pages, vdl=writer.vdl,
                  admin=instance.admin.url)

@@ -37,13 +37,14 @@ class ReplicaInstance(Endpoint):
         cache_size: int | None = None,
         max_connections: int = 64,
         admin_port: int | None = None,
+        admin_host: str | None = None,
     ) -> ReplicaInstance:
         """The reader must be following its writer's feed (Reader.start) already."""
         store = ReplicaPageStore(reader, asyncio.get_running_loop())
         engine = Engine(store, cache_size)
         server = Server(engine, Pipeline(), credentials or {}, insecure_no_auth, max_connections)
         instance = cls(reader, store, engine, server)
-        await instance.serve(host, port, admin_port)
+        await instance.serve(host, port, admin_port, admin_host)
         log.info("sql_replica_up", address=instance.address, read_point=store.read_point, admin=instance.admin.url)
         return instance
 

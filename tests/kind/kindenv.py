@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +67,45 @@ class Kind:
         items = self.json("get", "events", "--field-selector", f"reason={reason}")["items"]
         return list(items)
 
+    def diagnose(self, cluster: str) -> None:
+        """On a failure: what a user would look at, on stderr (pods, status, logs)."""
+        for args in (("get", "pods", "-o", "wide"), ("get", "ac", cluster, "-o", "jsonpath={.status}"),
+                     ("get", "events", "--sort-by=.lastTimestamp"),
+                     ("logs", "-n", "tidemark-system", "deploy/tidemark-operator", "--tail=80"),
+                     ("logs", f"deploy/{cluster}-writer", "--tail=60"),
+                     ("logs", f"deploy/{cluster}-replica", "--tail=30")):
+            out = self.kubectl(*args, check=False, timeout=30)
+            sys.stderr.write(f"\n$ kubectl {' '.join(args)}\n{out[-6000:]}\n")
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str) -> Iterator[int]:
+        """`kubectl port-forward TARGET LOCAL:5432`, as a user runs it; yields the local port."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([str(all_paths()["kubectl"]), "port-forward", "--address", "127.0.0.1", target,
+                                 f"{port}:5432"], env=self.env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError(f"kubectl port-forward {target} did not listen: "
+                                         f"{proc.communicate(timeout=10)[1].strip()[-500:]}")
+                time.sleep(0.3)
+            yield port
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
 
 def wait_for(pred: Callable[[], T], timeout: float, what: str, interval: float = 3.0) -> T:
     deadline = time.monotonic() + timeout
@@ -88,3 +130,13 @@ def condition(ac: dict[str, Any], kind: str) -> str | None:
 def segments_full(ac: dict[str, Any]) -> bool:
     segs = ac.get("status", {}).get("segments", {})
     return bool(segs) and all(int(n) == 6 for n in segs.values())
+
+
+def psql(port: int, password: str, sql: str, timeout: float = 30) -> str:
+    """One psql command as a user types it: the app user, ON_ERROR_STOP, unaligned output."""
+    done = subprocess.run(["psql", f"postgresql://tidemark@127.0.0.1:{port}/tidemark", "-v", "ON_ERROR_STOP=1",
+                           "-tAc", sql], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"})
+    if done.returncode != 0:
+        raise AssertionError(f"psql {sql!r}: {done.stderr.strip()}")
+    return done.stdout.strip()

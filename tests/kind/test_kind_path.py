@@ -1,15 +1,27 @@
 """The user's path on a real kind cluster: the commands of docs/kind.md, then node, operator
-and zone faults under the verifying workload Job."""
+and zone faults under the verifying workload Job; then the database: MinIO in the cluster,
+psql through `kubectl port-forward` to db-rw and db-ro, a point-in-time restore into a
+new cluster holding exactly the rows committed before T, and the writer's worker killed
+(writes resume through db-rw).
+
+One module (one cluster): a module-scoped fixture deletes the ten nodes as soon as the
+kind tests are done, so they do not load the machine under the rest of the suite."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from kindenv import Kind, condition, segments_full, wait_for
+from kindenv import ROOT, Kind, condition, psql, segments_full, wait_for
 
 from tidemark_rig.kind import egress
 
@@ -18,6 +30,7 @@ pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 
 WORKLOAD = "job-name=tidemark-workload"
 OPERATOR = "app.kubernetes.io/component=operator"
+DB, RESTORED = "db", "db-restored"
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +134,138 @@ def test_workload_verifies_through_a_zone_kill_a_worker_kill_with_rebuild_and_an
     logs = k.kubectl("logs", "job/tidemark-workload")
     assert re.search(r"^\s*verified: True$", logs, re.M) and re.search(r"^\s*lost: 0$", logs, re.M), logs[-2000:]
     wait_for(lambda: condition(k.ac(), "Degraded") == "False", 420, "the cluster healed (Degraded False)")
+
+
+def test_chaos_cluster_kill_zone_heals_with_nothing_lost(demo: Kind, tmp_path: Path) -> None:
+    """docs/kind.md step 3: `tidemark chaos --cluster demo kill-zone --plot FILE`."""
+    png = tmp_path / "kill-zone.png"
+    done = subprocess.run([sys.executable, "-m", "tidemark_cli.main", "chaos", "--cluster", "demo", "kill-zone",
+                           "--seconds", "120", "--json", "--plot", str(png)],
+                          capture_output=True, text=True, timeout=1500, env=demo.env(), cwd=ROOT)
+    sys.stderr.write(done.stderr[-4000:])
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["ok"], result
+    assert result["lost"] == 0 and result["acked"] > 0 and result["healed"], result
+    kinds = [e["kind"] for e in result["events"]]
+    assert "fault" in kinds and "recover" in kinds, result["events"]
+    assert len(result["progress"]) > 60 and png.stat().st_size > 20_000
+    # it deleted what it made, and only that
+    assert not demo.kubectl("get", "jobs,serviceaccounts", "-o", "name").count("tidemark-chaos-")
+    assert "tidemark-workload" in demo.kubectl("get", "serviceaccounts", "-o", "name")
+
+def _utc(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _serving(k: Kind, name: str) -> bool:
+    return bool(k.ac(name).get("status", {}).get("readyInstances") == "2/2")
+
+
+@pytest.fixture(scope="module")
+def database(kind_cluster: Kind) -> Iterator[dict[str, Any]]:
+    """docs/kind.md step 4: MinIO in the cluster, then the database with its backups."""
+    k = kind_cluster
+    k.kubectl("delete", "ac", "demo", "--ignore-not-found", "--wait=true", timeout=300)
+    k.kubectl("apply", "-f", "examples/minio.yaml")
+    k.kubectl("wait", "deploy/minio", "--for=condition=Available", "--timeout=3m", timeout=200)
+    k.kubectl("wait", "job/minio-make-bucket", "--for=condition=Complete", "--timeout=3m", timeout=200)
+    k.kubectl("apply", "-f", "examples/database-cluster.yaml")
+    try:
+        k.kubectl("wait", f"ac/{DB}", "--for=condition=Ready", "--timeout=6m", timeout=380)
+        wait_for(lambda: _serving(k, DB), 300, "writer and replica serving")
+    except AssertionError:
+        k.diagnose(DB)
+        raise
+    secret = k.json("get", "secret", f"{DB}-app")["data"]
+    yield {"password": base64.b64decode(secret["password"]).decode()}
+
+
+def test_psql_through_port_forward_to_rw_and_ro(kind_cluster: Kind, database: dict[str, Any]) -> None:
+    k, password = kind_cluster, database["password"]
+    try:
+        with k.port_forward(f"svc/{DB}-rw") as port:
+            psql(port, password, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            for i in range(1, 11):
+                psql(port, password, f"INSERT INTO t VALUES ({i}, 'before T')")
+            time.sleep(1.5)
+            database["t"] = dt.datetime.now(dt.UTC)  # the kind nodes share this machine's clock
+            time.sleep(1.5)
+            for i in range(11, 21):
+                psql(port, password, f"INSERT INTO t VALUES ({i}, 'after T')")
+            database["last_write"] = dt.datetime.now(dt.UTC)
+        with k.port_forward(f"svc/{DB}-ro") as port:
+            wait_for(lambda: psql(port, password, "SELECT count(*) FROM t") == "20", 60, "the replica reading 20 rows")
+            with pytest.raises(AssertionError, match="read-only"):
+                psql(port, password, "INSERT INTO t VALUES (99, 'no')")
+    except AssertionError:
+        k.diagnose(DB)
+        raise
+
+
+def test_restore_at_t_comes_up_with_its_instances_and_exactly_the_rows_before_t(
+        kind_cluster: Kind, database: dict[str, Any], tmp_path: Path) -> None:
+    k = kind_cluster
+    assert "t" in database, "needs the rows of the psql test"
+
+    def backed_up_past_the_last_write() -> bool:
+        latest = k.ac(DB).get("status", {}).get("backup", {}).get("latestRestorableTime")
+        return bool(latest) and _utc(latest) >= database["last_write"]
+
+    wait_for(backed_up_past_the_last_write, 300, "db's backup restorable past the last write")
+    # As a user would: uncomment pointInTime in a copy of the example and set it.
+    text = (ROOT / "examples" / "restore-cluster.yaml").read_text()
+    stamp = database["t"].strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    edited = re.sub(r'# pointInTime: "[^"]*"', f'pointInTime: "{stamp}"', text, count=1)
+    assert edited != text, "restore-cluster.yaml has no pointInTime line to set"
+    (tmp_path / "restore-cluster.yaml").write_text(edited)
+    k.kubectl("apply", "-f", str(tmp_path / "restore-cluster.yaml"))
+    try:
+        k.kubectl("wait", f"ac/{RESTORED}", "--for=condition=Ready", "--timeout=8m", timeout=500)
+        wait_for(lambda: _serving(k, RESTORED), 300, "the restored cluster's writer and replica serving")
+        status = k.ac(RESTORED)["status"]
+        assert status["restore"]["phase"] == "Done", status["restore"]
+        password = base64.b64decode(k.json("get", "secret", f"{RESTORED}-app")["data"]["password"]).decode()
+        with k.port_forward(f"svc/{RESTORED}-rw") as port:
+            assert psql(port, password, "SELECT count(*), sum(k), min(v), max(v) FROM t") == \
+                f"10|{sum(range(1, 11))}|before T|before T"
+            assert psql(port, password, "PRAGMA integrity_check") == "ok"
+            psql(port, password, "INSERT INTO t VALUES (11, 'written to the restored cluster')")
+    except AssertionError:
+        k.diagnose(RESTORED)
+        raise
+    finally:
+        # Ten nodes on two cores: free the restored cluster before the failover test.
+        k.kubectl("delete", "ac", RESTORED, "--ignore-not-found", "--wait=true", timeout=300, check=False)
+
+
+def test_writes_resume_through_rw_after_the_writer_worker_dies(kind_cluster: Kind, database: dict[str, Any]) -> None:
+    k, password = kind_cluster, database["password"]
+    writer = k.pods(f"tidemark.dev/cluster={DB},tidemark.dev/role=writer")[0]
+    worker = writer["spec"]["nodeName"]
+    if worker in k.node_of(OPERATOR, "tidemark-system"):
+        # Killing the operator's worker too would leave nobody to fail over for minutes.
+        k.kubectl("cordon", worker)
+        k.kubectl("delete", "pod", writer["metadata"]["name"], "--wait=true", timeout=120)
+        k.kubectl("uncordon", worker)
+        wait_for(lambda: _serving(k, DB), 300, "the writer back")
+        worker = k.pods(f"tidemark.dev/cluster={DB},tidemark.dev/role=writer")[0]["spec"]["nodeName"]
+    t_kill = time.monotonic()
+    k.docker("kill", worker)
+
+    def insert_21() -> bool:
+        with k.port_forward(f"svc/{DB}-rw") as port:
+            psql(port, password, "INSERT INTO t VALUES (21, 'after the failover')", timeout=20)
+        return True
+
+    try:
+        wait_for(insert_21, 420, "a write accepted by the new writer", interval=2)
+        sys.stderr.write(f"\nwriter worker killed -> write accepted again: {time.monotonic() - t_kill:.0f}s\n")
+        with k.port_forward(f"svc/{DB}-rw") as port:
+            assert psql(port, password, "SELECT count(*), sum(k) FROM t") == f"21|{sum(range(1, 22))}"
+            assert psql(port, password, "PRAGMA integrity_check") == "ok"
+    except AssertionError:
+        k.diagnose(DB)
+        raise
+    finally:
+        k.docker("start", worker)
+    k.kubectl("wait", f"node/{worker}", "--for=condition=Ready", "--timeout=180s", timeout=200)

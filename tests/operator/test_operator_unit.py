@@ -651,6 +651,24 @@ class _FakeKube:
         self.cm = {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.writes + 1)}}
 
 
+@pytest.mark.parametrize("policy, owned", [("Retain", False), (None, False), ("Delete", True)])
+def test_placement_outlives_a_retained_cluster_with_its_pvcs(policy: str | None, owned: bool) -> None:
+    """Retain keeps the PVCs; their segments belong to this placement, so it stays too
+    (a cluster applied again under the name adopts both instead of a new placement over
+    old segments). Delete: the placement goes with the cluster."""
+    from tidemark_operator.placement_store import swap
+
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    kube = _FakeKube(pl.configmap("demo", "ns", doc, resource_version="1"))
+    body = {"apiVersion": "tidemark.dev/v1alpha1", "kind": "AuroraCluster",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-2"},
+            "spec": {} if policy is None else {"deletionPolicy": policy}}
+    swap(kube, body, lambda cur: {**cur, "touched": True})
+    assert kube.writes == 1
+    assert bool(kube.cm["metadata"].get("ownerReferences")) is owned
+    assert kube.cm["metadata"]["labels"]["tidemark.dev/cluster"] == "demo"  # `delete pvc,cm -l` finds it
+
+
 def test_repair_executor_announces_its_steps_to_observers_only() -> None:
     from tidemark_operator import steps
     from tidemark_operator.repair_executor import run_repairs
@@ -660,7 +678,7 @@ def test_repair_executor_announces_its_steps_to_observers_only() -> None:
     s = spec(nodesPerZone=3, repair={"nodeLossTimeout": "10s"})
     doc = pl.desired_placement("demo", ZONES, s, None)
     body = {"apiVersion": "tidemark.dev/v1alpha1", "kind": "AuroraCluster",
-            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1"}}
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1"}, "spec": {"deletionPolicy": "Delete"}}
     cm = pl.configmap("demo", "ns", doc, resource_version="1")
     kube = _FakeKube(cm)
     seen: list[str] = []

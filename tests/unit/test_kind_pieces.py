@@ -6,8 +6,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tidemark_rig.kind import app_image, host, kubectl, privileged
+from tidemark_operator.instance_resources import instance_deployment
+from tidemark_operator.spec import ClusterSpec
+from tidemark_rig.kind import app_image, host, kubectl, nodeimage, privileged
+from tidemark_rig.pod_runner import pod_bind
 from tidemark_rig.procs import RigError
 
 pytestmark = pytest.mark.unit
@@ -61,3 +65,20 @@ def test_the_image_build_never_empties_a_wheels_directory_it_did_not_make(tmp_pa
     with pytest.raises(RigError, match="not made by tidemark"):
         app_image.build_wheels(tmp_path, tmp_path / "log")
     assert mine.read_text() == "a user's file"
+
+
+def test_the_node_image_preloads_exactly_the_images_the_minio_example_names() -> None:
+    docs = yaml.safe_load_all((ROOT / "examples" / "minio.yaml").read_text())
+    named = {c["image"] for d in docs if d and d["kind"] in ("Deployment", "Job")
+             for c in d["spec"]["template"]["spec"]["containers"]}
+    assert named == set(nodeimage.EXAMPLE_IMAGES.values())
+
+
+def test_instances_listen_on_every_pod_address_so_port_forward_reaches_them() -> None:
+    """kubectl port-forward dials 127.0.0.1 in the pod: a bind to the pod IP alone refused
+    it (the database-on-kind failure). The rig's pod runner maps the wildcard to the pod IP."""
+    cmd = instance_deployment("db", "default", "writer", 1, ClusterSpec.model_validate({}))[
+        "spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[cmd.index("--listen") + 1] == "0.0.0.0:5432"
+    assert pod_bind("0.0.0.0:5432", "127.0.9.4") == "127.0.9.4:5432"
+    assert pod_bind("127.0.0.1:5432", "127.0.9.4") == "127.0.0.1:5432"

@@ -38,6 +38,17 @@ def image_id(tag: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def remove_if_dangling(image_id: str, log: Path) -> None:
+    """Remove IMAGE_ID if no tag names it any more (a build of ours it replaced); an
+    image still tagged or used by a container stays."""
+    done = subprocess.run([docker(), "image", "inspect", "-f", "{{len .RepoTags}}", image_id],
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode == 0 and done.stdout.strip() == "0":
+        subprocess.run([docker(), "rmi", image_id], capture_output=True, timeout=120)
+        with log.open("a") as fh:
+            fh.write(f"\nremoved the replaced image {image_id}\n")
+
+
 def build(context: Path, tag: str, log: Path, build_args: dict[str, str] | None = None,
           timeout: float = 1800) -> None:
     # --network none: a build step never needs the network here, and must never use it.

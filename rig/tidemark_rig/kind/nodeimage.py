@@ -1,9 +1,10 @@
 """The kind node image, assembled offline the way `kind build node-image` would.
 
 Every image a node needs (the control plane's, etcd, coredns, kube-proxy, pause, the
-pod network, local-path storage) is built locally from the cached binaries and
-preloaded into the node's containerd under exactly the name kubeadm or the manifests
-ask for, so nothing is ever pulled. The node image is tagged with a hash of all its
+pod network, local-path storage, and the MinIO and mc images `examples/minio.yaml`
+names) is built locally from the cached binaries and preloaded into the node's
+containerd under exactly the name kubeadm or the manifests ask for, so nothing is ever
+pulled. The node image is tagged with a hash of all its
 inputs: a warm `tidemark dev kind up` finds it in the engine and builds nothing.
 """
 
@@ -29,6 +30,11 @@ KINDNET_IMAGE = "tidemark.local/kindnet:{key}"
 LOCAL_PATH_IMAGE = f"tidemark.local/local-path-provisioner:{versions.LOCAL_PATH}"
 LOCAL_PATH_HELPER = "tidemark.local/local-path-helper:{key}"
 NODE_REPO = "tidemark.local/kind-node"
+# The images examples/minio.yaml names (a user's cluster pulls them from quay.io). Here
+# they are stand-ins built from the rig's pinned MinIO and mc sources (other builds than
+# those tags, the same S3 API), so the example runs unchanged with no registry.
+EXAMPLE_IMAGES = {"minio": "quay.io/minio/minio:RELEASE.2025-04-22T22-12-26Z",
+                  "mc": "quay.io/minio/mc:RELEASE.2025-04-16T18-13-26Z"}
 
 # Runs before kind's own entrypoint. In a container that is not --privileged (this
 # machine cannot grant CAP_SYS_RESOURCE) cgroup v1 controller mounts are read-only;
@@ -166,7 +172,8 @@ class NodeImageBuilder:
         for name, path in sorted(self.bins.items()):
             h.update(f"{name}={path.name}\n".encode())
         for text in (NODE_ENTRYPOINT, CNI_MANIFEST, NODE_DOCKERFILE, rootfs.tag("node"), rootfs.tag("tools"),
-                     str(sorted(PAUSE_TAGS)), versions.KIND):
+                     str(sorted(PAUSE_TAGS)), versions.KIND, str(sorted(EXAMPLE_IMAGES.items())),
+                     versions.MINIO, versions.MC):
             h.update(text.encode())
         return h.hexdigest()[:12]
 
@@ -210,6 +217,12 @@ class NodeImageBuilder:
             {"local-path-provisioner": b["local-path-provisioner"]},
             f"{scratch}COPY local-path-provisioner /usr/bin/local-path-provisioner\n", [LOCAL_PATH_IMAGE])
         specs["local-path-helper"] = ({}, f"FROM {tools}\n", [LOCAL_PATH_HELPER.format(key=key)])
+        # HOME in /tmp: MinIO keeps its certs directory there; the example runs as uid 1000.
+        specs["minio"] = ({"minio": versions.bin_path("minio")},
+                          f"FROM {tools}\nCOPY minio /usr/bin/minio\nENV HOME=/tmp\n"
+                          'ENTRYPOINT ["/usr/bin/minio"]\n', [EXAMPLE_IMAGES["minio"]])
+        specs["mc"] = ({"mc": versions.bin_path("mc")}, f"FROM {tools}\nCOPY mc /usr/bin/mc\nENV HOME=/tmp\n"
+                       'ENTRYPOINT ["/usr/bin/mc"]\n', [EXAMPLE_IMAGES["mc"]])
         images: dict[str, list[str]] = {}
         for name, (files, dockerfile, names) in specs.items():
             local = f"tidemark-kind/{name}:{key}"

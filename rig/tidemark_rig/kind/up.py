@@ -81,6 +81,8 @@ def up(name: str, repo: Path, console: Console, image_tag: str | None = None) ->
         app_image.build_image(repo, rootfs.ensure("tools", cache_root() / "kind" / "work", logs / "app-image.log"),
                               tag, logs / "app-image.log")
         rebuilt = dockercmd.image_id(tag) != before
+        if rebuilt and before is not None:
+            dockercmd.remove_if_dangling(before, logs / "app-image.log")  # our previous build of this tag
         say("built from the Dockerfile" + ("" if rebuilt else " (unchanged)") + "; loading into the nodes")
         cluster.load_image(name, tag, logs / "kind-load.log")
     with steps.step("chart (helm " + kubectl.HELM_INSTALL.split()[0] + ")") as say:
