@@ -161,7 +161,9 @@ class Writer:
 
     def pgmrpl(self) -> int:
         local = min(self._read_points, default=self.core.vdl)
-        return min(local, min(self.remote_read_points.values(), default=local))
+        # Never above the VDL: nodes refuse a frame whose PGMRPL exceeds its VDL
+        # (frames.check_claims), whatever a replica's feed says.
+        return min(local, min(self.remote_read_points.values(), default=local), self.core.vdl)
 
     def _frame_info(self) -> tuple[int, int, int]:
         return self.core.volume_epoch, self.core.vdl, self.pgmrpl()

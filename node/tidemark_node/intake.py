@@ -16,7 +16,7 @@ from aiohttp import WSMsgType, web
 
 from tidemark_protocol import keys
 from tidemark_protocol.errors import MalformedFrame, ProtocolError, UnknownSegment
-from tidemark_protocol.frames import MAX_FRAME, Frame, decode_frame
+from tidemark_protocol.frames import MAX_FRAME, Frame, check_claims, decode_frame
 from tidemark_protocol.records import EncodedRecord
 
 from .segments import Segment
@@ -51,8 +51,10 @@ async def ingest(state: NodeState, seg: Segment, records: list[EncodedRecord]) -
 
 
 def apply_frame(state: NodeState, frame: Frame, nbytes: int) -> tuple[asyncio.Future, dict]:
-    """Synchronous part of a frame: epoch checks and accept. Returns the commit future
-    and per-PG results (the SCLs are filled in once the commit is synced)."""
+    """Synchronous part of a frame: epoch and claim checks (SegmentLog.check_write; the
+    frame-wide ones, frames.check_claims, ran before) and accept. A frame never raises a
+    membership epoch (only PUT /v1/segments does). Returns the commit future and per-PG
+    results (the SCLs are filled in once the commit is synced)."""
     results: dict[int, dict] = {}
     puts: list = []
     touched: list[Segment] = []
@@ -62,12 +64,11 @@ def apply_frame(state: NodeState, frame: Frame, nbytes: int) -> tuple[asyncio.Fu
         try:
             if seg is None:
                 raise UnknownSegment(f"pg {group.pg} is not hosted here")
-            seg.log.check_epochs(frame.volume_epoch, group.membership_epoch)
+            seg.log.check_write(frame.volume_epoch, group.membership_epoch, frame.writer_vdl, group.records)
         except ProtocolError as exc:
             results[group.pg] = {"error": exc.code, "message": str(exc)}
             state.telemetry.refused_groups.add(1, {"code": exc.code})
             continue
-        seg.log.note_membership_epoch(group.membership_epoch)
         fresh += stage(seg, group.records, puts)
         seg.log.note_vdl(frame.writer_vdl)
         if frame.pgmrpl > seg.pgmrpl:
@@ -88,6 +89,11 @@ def ack_text(state: NodeState, seq: int, results: dict[int, dict]) -> str:
         res["scl"] = seg.durable_scl if seg is not None else 0
         out[str(pg)] = res
     return json.dumps({"seq": seq, "results": out}, separators=(",", ":"))
+
+
+def refusal_text(seq: int, exc: ProtocolError) -> str:
+    """A whole frame refused (nothing of it applied), in the ack's place."""
+    return json.dumps({"seq": seq, "error": exc.code, "message": str(exc)})
 
 
 def malformed_text(message: str) -> str:
@@ -121,6 +127,12 @@ async def log_stream(request: web.Request) -> web.WebSocketResponse:
                     await pending.put((None, None, malformed_text(f"undecodable frame: {exc!r}")))
                     continue
                 tm.batches.add(1)
+                try:
+                    check_claims(frame)
+                except ProtocolError as exc:
+                    log.warning("implausible_frame", peer=request.remote, seq=frame.seq, error=str(exc))
+                    await pending.put((None, None, refusal_text(frame.seq, exc)))
+                    continue
                 try:
                     fut, results = apply_frame(state, frame, len(data))
                 except Exception as exc:  # a node bug: refuse this frame, keep serving

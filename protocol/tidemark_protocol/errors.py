@@ -33,6 +33,15 @@ class NeedsSeal(ProtocolError):
     code = "needs_seal"
 
 
+class ImplausibleClaim(ProtocolError):
+    """The frame claims what no legitimate writer could: a VDL inside a truncated range,
+    marks or PGMRPL above the frame's own VDL, a record beyond the allocation window of
+    the writer's epoch. The frame (a frame-wide claim) or the group (a segment's) is
+    refused as a whole; nothing of it is applied."""
+
+    code = "implausible"
+
+
 class UnknownSegment(ProtocolError):
     code = "unknown_segment"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .errors import MalformedFrame
+from .errors import ImplausibleClaim, MalformedFrame
 from .records import EncodedRecord, Record, crc32c, decode_encoded, decode_record
 
 MAGIC = b"TMB1"
@@ -96,6 +96,18 @@ def decode_frame(buf: bytes) -> Frame:
         groups.append(FrameGroup(pg, mepoch, records))
     marks = decode_marks(body, offset, end_body)
     return Frame(seq, epoch, vdl, pgmrpl, groups, marks)
+
+
+def check_claims(frame: Frame) -> None:
+    """Refuse a frame whose own watermarks contradict each other (ImplausibleClaim): a
+    writer reads its VDL, PGMRPL and marks together, PGMRPL is the lowest read point in
+    use or the VDL, and every mark is a VDL already reached, so neither may exceed the
+    frame's VDL. Per-segment claims are `SegmentLog.check_claims`."""
+    if frame.pgmrpl > frame.writer_vdl:
+        raise ImplausibleClaim(f"pgmrpl {frame.pgmrpl} above the frame's VDL {frame.writer_vdl}")
+    for vdl, _time in frame.vdl_marks:
+        if vdl > frame.writer_vdl:
+            raise ImplausibleClaim(f"VDL mark {vdl} above the frame's VDL {frame.writer_vdl}")
 
 
 def encode_marks(marks: list[tuple[int, int]] | tuple) -> bytes:

@@ -14,8 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .errors import NeedsSeal, StaleEpoch, StaleMembership
+from .errors import ImplausibleClaim, NeedsSeal, StaleEpoch, StaleMembership
 from .records import EncodedRecord, Record
+from .writer_core import MAX_LAL
 
 Range = tuple[int, int]  # (start, end]: LSNs start < lsn <= end are void
 AnyRecord = TypeVar("AnyRecord", Record, EncodedRecord)  # decoded, or as received
@@ -103,7 +104,46 @@ class SegmentLog:
             )
 
     def note_membership_epoch(self, membership_epoch: int) -> None:
+        """A membership change recorded by the admin path (PUT /v1/segments, a rebuild's
+        steps). Never from a write batch: a frame may carry a newer membership epoch
+        than the segment knows (it missed the PUT), and is taken, but it raises nothing;
+        only an older one is refused (`check_epochs`)."""
         self.meta.membership_epoch = max(self.meta.membership_epoch, membership_epoch)
+
+    # -- claims a write batch makes ----------------------------------------------------------
+    def epoch_base(self) -> int:
+        """The last LSN below the current epoch's allocations: the newest truncation
+        range's end (the writer's first LSN follows it; every writer's recovery seals
+        one), 0 if the segment knows none."""
+        return max((end for _start, end in self.meta.truncations), default=0)
+
+    def check_write(
+        self, volume_epoch: int, membership_epoch: int, writer_vdl: int, records: Iterable[AnyRecord]
+    ) -> None:
+        """Everything a write batch group must pass before any of it is applied: its
+        epochs, then its claims. Raises a ProtocolError; the caller then changes nothing."""
+        self.check_epochs(volume_epoch, membership_epoch)
+        self.check_claims(writer_vdl, records)
+
+    def check_claims(self, writer_vdl: int, records: Iterable[AnyRecord]) -> None:
+        """Refuse what no legitimate writer could send: a VDL inside a truncated range
+        (a VDL is a CPL or a recovered VDL, never a void LSN), or a record beyond the
+        allocation window, max(writer_vdl, epoch_base) + MAX_LAL (the writer allocates
+        no further than LAL beyond max(its VDL, its first LSN - 1), and its VDL when it
+        builds a frame is at least what it was when it allocated the frame's records).
+        A segment that knows no range yet (created by PUT, not yet sealed or hydrated)
+        does not know where the epoch's LSNs start: it checks the VDL only."""
+        pg = self.meta.pg
+        if in_ranges(writer_vdl, self.meta.truncations):
+            raise ImplausibleClaim(f"pg {pg}: VDL {writer_vdl} lies in a truncated range")
+        if not self.meta.truncations:
+            return
+        limit = max(writer_vdl, self.epoch_base()) + MAX_LAL
+        for record in records:
+            if record.lsn > limit:
+                raise ImplausibleClaim(
+                    f"pg {pg}: record lsn {record.lsn} beyond the allocation window {limit}"
+                )
 
     # -- intake ---------------------------------------------------------------------
     def has(self, lsn: int) -> bool:
@@ -164,12 +204,22 @@ class SegmentLog:
         return bool(self.above)
 
     # -- durability hints and forgetting ----------------------------------------------
+    def bounded_hint(self, vdl: int) -> int:
+        """What of a VDL claim this segment adopts: no more than its own SCL. Beyond its
+        SCL a VDL says nothing about its records (materialization and forgetting stop at
+        the SCL anyway), so a claim of 2^64-1 becomes the segment's SCL, a real LSN of
+        its unbroken chain, and recovery never sees a hint above what the segment holds."""
+        return min(vdl, self.meta.scl)
+
     def note_vdl(self, vdl: int) -> None:
-        """The writer says everything up to `vdl` is durable; forget chain entries below it."""
-        if vdl <= self.meta.vdl_hint:
+        """The writer says everything up to `vdl` is durable (a claim that passed
+        `check_claims`, applied after the frame's records): adopt it up to the SCL
+        (`bounded_hint`) and forget chain entries at or below that."""
+        hint = self.bounded_hint(vdl)
+        if hint <= self.meta.vdl_hint:
             return
-        self.meta.vdl_hint = vdl
-        cut = bisect_right(self.chain, min(vdl, self.meta.scl))
+        self.meta.vdl_hint = hint
+        cut = bisect_right(self.chain, hint)
         if cut > 1024:  # amortize: trim in chunks, keep the floor entry
             self.meta.floor = self.chain[cut - 1]
             del self.chain[:cut]
@@ -232,8 +282,8 @@ class SegmentLog:
         for r in new_ranges:
             if r not in meta.truncations:
                 meta.truncations.append(r)
-        meta.vdl_hint = max(meta.vdl_hint, vdl_hint)
         if base <= meta.scl:
+            meta.vdl_hint = max(meta.vdl_hint, self.bounded_hint(vdl_hint))
             return RebaseResult(dropped, False)
         held: list[tuple[int, int]] = []
         prev = meta.floor
@@ -249,4 +299,5 @@ class SegmentLog:
         self.above.clear()
         for lsn, p in sorted(keep):
             self._link(lsn, p)
+        meta.vdl_hint = max(meta.vdl_hint, self.bounded_hint(vdl_hint))
         return RebaseResult(dropped, True)

@@ -20,6 +20,10 @@ from .quorum import Membership, QuorumTracker
 from .records import Record, RecordFlags
 
 DEFAULT_LAL = 10_000_000
+# The largest LAL a writer may use: storage nodes refuse records more than MAX_LAL beyond
+# max(the frame's VDL, the epoch's first LSN - 1) (SegmentLog.check_claims), and recovery
+# voids stray records no further than that (plan_recovery).
+MAX_LAL = DEFAULT_LAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,8 @@ class WriterCore:
         start: StartState,
         lal: int = DEFAULT_LAL,
     ) -> None:
+        if not 0 < lal <= MAX_LAL:
+            raise ValueError(f"lal {lal} outside 1..{MAX_LAL}")
         self.layout = layout
         self.volume_epoch = start.volume_epoch
         self.lal = lal
@@ -113,7 +119,11 @@ class WriterCore:
 
     # -- acknowledgements -------------------------------------------------------------
     def on_ack(self, pg: int, segment: str, scl: int) -> bool:
-        """Record a segment's SCL; returns True if VDL moved."""
+        """Record a segment's SCL; returns True if VDL moved. An SCL at or above the next
+        LSN claims records this writer never allocated (a chain a hostile frame extended,
+        or another writer's): it is not counted towards any quorum."""
+        if scl >= self.next_lsn:
+            return False
         tracker = self.trackers[pg]
         tracker.observe(segment, scl)
         pgcl = tracker.pgcl()

@@ -52,8 +52,9 @@ async def send(streams, seq: int, records, vdl: int, pgmrpl: int = 0, mepoch: in
     for i in range(0, max(1, len(records)), 500):
         part = records[i : i + 500]
         hint = min(vdl, part[-1].lsn) if part else vdl  # a rising VDL, as a writer sends it
+        low = min(pgmrpl, hint)  # and a writer's PGMRPL never exceeds its VDL
         acks = await asyncio.gather(
-            *(s.call(frame_of(seq + i, part, hint, pgmrpl, me)) for s, me in streams))
+            *(s.call(frame_of(seq + i, part, hint, low, me)) for s, me in streams))
         for ack in acks:
             assert "error" not in ack["results"]["0"], ack
 

@@ -84,7 +84,7 @@ async def setup(node_factory, node_client, wire):
     for i in range(0, 1500, 100):
         vdl = min(1200, i + 100)
         acks = await asyncio.gather(*(s.call(wire.frame(i + 1, [(0, 1, records[i : i + 100])], vdl=vdl,
-                                                        pgmrpl=1000)) for s in streams))
+                                                        pgmrpl=min(1000, vdl))) for s in streams))
         assert all(a["results"]["0"]["scl"] == i + 100 for a in acks)
     for c in clients:
         await c.wait_segment(0, lambda s: s["materialized_lsn"] == 1200 and s["log_gc_lsn"] > 0,

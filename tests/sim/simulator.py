@@ -46,7 +46,13 @@ from dataclasses import dataclass, field
 
 import rebuild
 
-from tidemark_protocol.errors import BackPressure, NeedsSeal, StaleEpoch, StaleMembership
+from tidemark_protocol.errors import (
+    BackPressure,
+    ImplausibleClaim,
+    NeedsSeal,
+    StaleEpoch,
+    StaleMembership,
+)
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.pages import apply_redo, empty_page, patch_payload
 from tidemark_protocol.placement import NodeInfo, place
@@ -435,7 +441,9 @@ class Sim:
             return
         assert msg.kind == "write"
         try:
-            log.check_epochs(msg.epoch, msg.membership_epoch)
+            log.check_write(msg.epoch, msg.membership_epoch, msg.vdl_hint, msg.records)
+        except ImplausibleClaim as exc:
+            self.fail(f"{node.name}/pg{msg.pg} refuses a real writer's claims: {exc}")
         except StaleMembership:
             self._reply(msg, "refuse", seg, "stale_membership")
             return
@@ -447,8 +455,7 @@ class Sim:
             return
         if msg.epoch != log.meta.volume_epoch or msg.membership_epoch < log.meta.membership_epoch:
             self.fail(f"{node.name}/pg{msg.pg} accepts a write at a stale epoch: {msg}")
-        log.note_membership_epoch(msg.membership_epoch)
-        fresh = log.accept(msg.records)
+        fresh = log.accept(msg.records)  # a frame never raises the membership epoch
         log.note_vdl(msg.vdl_hint)
         seg.persist(fresh)
         self._reply(msg, "ack", seg)

@@ -313,8 +313,8 @@ def test_note_vdl_forgets_but_has_and_seal_stay_correct() -> None:
 def test_note_vdl_small_chain_is_not_trimmed_and_hint_above_scl_is_safe() -> None:
     log = new_log()
     log.accept(chain_records([1, 2, 3]))
-    log.note_vdl(50)  # the writer knows more than this segment holds
-    assert log.meta.vdl_hint == 50 and log.meta.floor == 0 and list(log.chain) == [1, 2, 3]
+    log.note_vdl(50)  # the writer knows more than this segment holds: adopted up to its SCL
+    assert log.meta.vdl_hint == 3 and log.meta.floor == 0 and list(log.chain) == [1, 2, 3]
     big = new_log()
     big.accept(chain_records(list(range(1, 2001))))
     big.note_vdl(10_000)  # trims no further than the segment's own SCL
