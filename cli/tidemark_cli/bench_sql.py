@@ -8,7 +8,7 @@ Per system: `pgbench -i -I dtGvp -s SCALE` (the init Tidemark documents: server-
 generate_series, no COPY), then the builtin TPC-B script with `-n` at 1 client and
 at N clients for S seconds each. tps and average latency are pgbench's own lines;
 p50/p99 come from its per-transaction log (`-l`). Bytes per transaction:
-- Tidemark: the storage nodes' intake counter `tidemark_bytes_received` (/metrics:
+- Tidemark: the storage nodes' intake counter `tidemark_received_bytes_total` (/metrics:
   bytes of WriteBatch frames the writer sent, framing included) summed over the
   nodes before and after a run, divided by the committed transactions and by the 6
   copies (every PG has a segment on every node): redo bytes per copy per transaction
@@ -40,7 +40,7 @@ from .pg_quorum import PG_BIN, PgQuorum, available
 from .replica_lag import LagSampler, percentile
 
 PGBENCH = PG_BIN / "pgbench"
-_BYTES_RECEIVED = re.compile(r"^tidemark_bytes_received_bytes_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.MULTILINE)
+_BYTES_RECEIVED = re.compile(r"^tidemark_received_bytes_total(?:\{[^}]*\})?\s+([0-9.eE+]+)", re.MULTILINE)
 COPIES = 6  # segments per PG: one on each of the 6 nodes
 
 
@@ -258,7 +258,7 @@ async def bench_sql(seconds: float, clients: int, scale: int, base_ip: str, say:
                          "ratio": _ratio(tm_read.tps, pg_read.tps)},
         # r1's lag_ms during the N-client TPC-B run (each run's: by_clients.N.tidemark)
         **(tm.lag or {}),
-        "redo_counter": "storage nodes' tidemark_bytes_received (/metrics), summed, / transactions / 6 copies",
+        "redo_counter": "storage nodes' tidemark_received_bytes_total (/metrics), summed, / transactions / 6 copies",
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "elapsed_s": round(time.monotonic() - started, 1),

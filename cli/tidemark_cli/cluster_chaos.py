@@ -282,12 +282,28 @@ def add_repair_events(run: ClusterRun) -> None:
 def verdict(run: ClusterRun, name: str, ok_heal: bool, report: Any) -> dict[str, Any]:
     summary = report.summary if report is not None else None
     verified = bool(summary and summary.get("verified") and summary.get("lost") == 0)
+    # Every experiment here leaves a write quorum: commits must go on through the fault.
+    during = fault_commit_rate(run, report.progress if report is not None else [])
     failed = f"the workload failed: {report.error}" if report is not None and report.error else \
         "the workload printed no summary"
     run.event("info", f"verification: {summary.get('acked')} acked, {summary.get('lost')} lost"
               if summary else f"verification: {failed}")
-    return {"experiment": name, "cluster": run.name, "namespace": run.namespace, "ok": ok_heal and verified,
-            "healed": ok_heal, "acked": summary.get("acked") if summary else None,
+    return {"experiment": name, "cluster": run.name, "namespace": run.namespace,
+            "ok": ok_heal and verified and (during is None or during > 0), "healed": ok_heal,
+            "fault_commits_per_s": during, "acked": summary.get("acked") if summary else None,
             "lost": summary.get("lost") if summary else None, "verified": verified,
             "events": [{"t_s": round(t, 2), "kind": k, "text": x} for t, k, x in sorted(run.events)],
             "progress": report.progress if report is not None else []}
+
+
+def fault_commit_rate(run: ClusterRun, progress: list[dict[str, Any]]) -> float | None:
+    """Mean commits/s while a fault was in place (None: no fault window, no progress)."""
+    windows, opened = [], None
+    for t, kind, _ in sorted(run.events):
+        if kind == "fault" and opened is None:
+            opened = t
+        elif kind == "recover" and opened is not None:
+            windows.append((run.t0 + opened, run.t0 + t))
+            opened = None
+    inside = [p["window_commits"] for p in progress if any(a <= p["t"] <= b for a, b in windows)]
+    return round(sum(inside) / len(inside), 1) if inside else None

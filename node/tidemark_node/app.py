@@ -23,7 +23,7 @@ from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.quorum import Membership
 from tidemark_protocol.records import peek_header
 
-from . import reads
+from . import reads, state_gauges
 from .commit import Committer
 from .faults import add_fault_routes
 from .gc import gc_loop
@@ -301,7 +301,9 @@ async def get_page(request: web.Request) -> web.Response:
 def open_state(settings: Settings) -> NodeState:
     store = Store(os.path.join(settings.data, "rocksdb"))
     telemetry = Telemetry(settings.name, settings.zone, trace_console=settings.trace_console)
-    return NodeState(settings, store, telemetry, Committer(store, telemetry), Scrubber(telemetry))
+    state = NodeState(settings, store, telemetry, Committer(store, telemetry), Scrubber(telemetry))
+    state_gauges.register(state)
+    return state
 
 
 def load(state: NodeState) -> None:

@@ -12,6 +12,7 @@ needs them to rebuild the chain; the tail keeps recent log for lagging peers' go
 from __future__ import annotations
 
 import asyncio
+import time
 from bisect import bisect_right
 
 import structlog
@@ -80,6 +81,23 @@ def log_garbage(store: Store, pg: int, after: int, upto: int) -> tuple[list[byte
     return garbage, count, last
 
 
+def peer_hold(state: NodeState, seg: Segment, now: float) -> int:
+    """The lowest SCL of a fellow member still catching up: its SCL moved within
+    gc_peer_hold seconds and it still needs records we hold (above our log GC point).
+    Found on kind: a zone back after 30 s found its peers' log gone (the LSN tail is
+    void once a new writer's epoch jumps the LSNs) and never caught up, while it
+    counted as healthy, so the next zone loss stopped every write."""
+    hold = 1 << 63
+    for name in seg.membership.all_members:
+        seen = state.peer_progress.get((seg.pg, name))
+        if name == state.name or seen is None:
+            continue
+        scl, moved = seen
+        if scl < seg.durable_scl and scl >= seg.log_gc_lsn and now - moved <= state.settings.gc_peer_hold:
+            hold = min(hold, scl)
+    return hold
+
+
 async def gc_segment(state: NodeState, seg: Segment) -> int:
     loop = asyncio.get_running_loop()
     deleted = 0
@@ -91,7 +109,8 @@ async def gc_segment(state: NodeState, seg: Segment) -> int:
         seg.gc_lsn = horizon  # refuse reads below it from now on
         await state.committer.submit([seg], deletes=garbage)
         deleted += len(garbage)
-    cutoff = min(seg.gc_lsn, seg.meta.floor, seg.durable_scl - state.settings.gc_log_tail)
+    cutoff = min(seg.gc_lsn, seg.meta.floor, seg.durable_scl - state.settings.gc_log_tail,
+                 peer_hold(state, seg, time.monotonic()))
     holds = state.backup_holds  # backup: log not yet in the bucket stays
     if holds is not None:
         cutoff = min(cutoff, holds.get(seg.pg, 0))

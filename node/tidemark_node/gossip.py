@@ -9,6 +9,7 @@ pulls `records?after=SCL` from the most advanced peer and feeds them through `in
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 import structlog
@@ -67,6 +68,21 @@ async def pull(state: NodeState, session: aiohttp.ClientSession, seg: Segment, u
     return total
 
 
+def note_peer_progress(state: NodeState, statuses: dict[str, dict[int, dict]], now: float) -> None:
+    """Remember each fellow member's SCL and when it last moved (log GC holds log for a
+    member that is still catching up, gc.peer_hold). An unreachable member keeps its
+    last entry, so its hold runs out gc_peer_hold seconds after it last moved."""
+    for seg in state.segments.values():
+        for name in seg.membership.all_members:
+            peer = statuses.get(name, {}).get(seg.pg)
+            if name == state.name or not peer or int(peer.get("volume_epoch", -1)) != seg.meta.volume_epoch:
+                continue
+            scl = int(peer.get("scl", 0))
+            last = state.peer_progress.get((seg.pg, name))
+            if last is None or last[0] != scl:
+                state.peer_progress[(seg.pg, name)] = (scl, now)
+
+
 async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
     urls: dict[str, str] = {}
     for seg in state.segments.values():
@@ -77,6 +93,7 @@ async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
     statuses = dict(
         zip(urls, await asyncio.gather(*(peer_status(session, u) for u in urls.values())), strict=True)
     )
+    note_peer_progress(state, statuses, time.monotonic())
     pulled = 0
     for seg in list(state.segments.values()):
         if seg.hydrating():

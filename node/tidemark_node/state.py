@@ -30,6 +30,10 @@ class Settings:
     materialize_interval: float = 0.5
     gc_interval: float = 5.0
     gc_log_tail: int = 100_000  # keep this many LSNs of log below SCL for lagging peers
+    # Log a fellow member still lacks stays while that member's SCL moved in this many
+    # seconds (a node back from an outage catches up by gossip; the LSN tail alone is
+    # useless after a new writer's epoch jumps the LSNs by its allocation window).
+    gc_peer_hold: float = 600.0
     materialize_chunk: int = 20_000  # records per materialization step (at most)
     materialize_min_batch: int = 5000  # backlog that triggers materialization before lingering
     gossip_chunk: int = 5000  # records per gossip pull
@@ -62,6 +66,8 @@ class NodeState:
     # the uploader is fenced: a fenced uploader holds nothing back);
     backup_holds: dict[int, int] | None = None
     backup_status: UploaderStatus | None = None  # shown in /v1/status
+    # (pg, member) -> (its SCL as gossip last saw it, monotonic time that SCL last moved)
+    peer_progress: dict[tuple[int, str], tuple[int, float]] = field(default_factory=dict)
     # Reads and background scans run here so the event loop never blocks on RocksDB.
     reader: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="read")

@@ -33,7 +33,7 @@ class Telemetry:
             "tidemark_records_received", description="new log records made durable from the writer"
         )
         self.bytes_received = meter.create_counter(
-            "tidemark_bytes_received", unit="By", description="bytes of WriteBatch frames received"
+            "tidemark_received", unit="By", description="bytes of WriteBatch frames received"
         )
         self.batches = meter.create_counter("tidemark_batches", description="WriteBatch frames accepted")
         self.malformed = meter.create_counter(

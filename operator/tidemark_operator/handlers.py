@@ -123,6 +123,7 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
     fresh = await asyncio.to_thread(ctx.kube.cluster, ns, name)
     if fresh is None or fresh["metadata"].get("uid") != body.metadata.uid \
             or fresh["metadata"].get("deletionTimestamp"):
+        metrics.forget(ns, name)
         return
     started = time.monotonic()
     try:
@@ -132,7 +133,7 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         metrics.record_reconcile(source, "error", time.monotonic() - started)
         raise
     metrics.record_reconcile(source, "ok", time.monotonic() - started)
-    metrics.record_status(ns, name, status)
+    metrics.record_status(ns, name, status, fresh["metadata"].get("creationTimestamp"))
     old = {k: v for k, v in (fresh.get("status") or {}).items() if k != "kopf"}
     if status != old:
         patch.status.update(status)

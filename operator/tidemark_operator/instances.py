@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from . import instance_resources as ir
 from .kube import Kube
 from .model import SQL_ADMIN_PORT, app_secret_name, instance_deployment_name, writer_lease_name
@@ -118,8 +120,17 @@ def evict_from_lost_nodes(kube: Kube, ns: str, pods: Sequence[InstancePod], even
     gone = []
     for p in pods:
         if p.node and p.node in lost:
-            kube.force_delete_pod(p.name, ns)
             what = "writer" if p.role == "writer" else "replica"
+            try:
+                kube.force_delete_pod(p.name, ns)
+            except ApiException as exc:
+                if exc.status != 403:
+                    raise
+                # Not a reason to fail the whole pass (status would stop moving): say it.
+                event("Warning", "PermissionDenied", f"cannot delete {what} pod {p.name} on lost node {p.node}: "
+                                                     "the operator's role lacks pods/delete; the failover waits "
+                                                     "for Kubernetes' own eviction (5 min by default)")
+                continue
             event("Warning", "InstanceNodeLost", f"{what} pod {p.name} on node {p.node} (not Ready) deleted: "
                                                  f"a new {what} starts on a Ready node")
             gone.append(p.name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -19,6 +20,7 @@ from typing import Any
 from tidemark_protocol.quorum import SEGMENTS_PER_PG, WRITE_QUORUM
 
 from . import (
+    backup_health,
     instance_resources,
     instances,
     objects,
@@ -92,7 +94,10 @@ def finish_status(state: ClusterState, body: Mapping[str, Any], status: dict[str
         status["backup"] = {"target": backup.store.url, "state": "WaitingForRestore"}
     elif backup.enabled and backup.store is not None:
         polled = state.backup_block if state.backup_of == (backup.store, backup.retention_days) else None
-        status["backup"] = polled or {"target": backup.store.url, "state": "Active"}
+        status["backup"] = {**(polled or {"target": backup.store.url, "state": "Active"}),
+                            "retentionDays": backup.retention_days}
+    if "backup" in status:
+        backup_health.apply(status, gen, old.get("conditions") or [], now_iso(), time.time())
     if restore is not None:
         rs = restoreflow.restore_status(state.restore, old, restore, event)
         status = apply_restore_status(status, rs, gen, old.get("conditions") or [], now_iso())

@@ -26,7 +26,8 @@ def dev() -> None:
 
 @dev.command("install-bins")
 @click.option("--only", multiple=True,
-              help="Build only these groups (etcd, kubernetes, kwok, minio, mc, helm).")
+              help="Build only these groups (etcd, kubernetes, kwok, minio, mc, helm; "
+                   "optional, built only when named: promtool).")
 @click.option("--force", is_flag=True, help="Rebuild even when cached.")
 @click.option("--print-dir", is_flag=True, help="Only print the directory of stable links.")
 def install_bins_cmd(only: tuple[str, ...], force: bool, print_dir: bool) -> None:

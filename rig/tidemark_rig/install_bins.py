@@ -19,7 +19,7 @@ from pathlib import Path
 from rich.console import Console
 
 from . import versions
-from .versions import PROGRAMS, bin_dir, bin_path, cache_root
+from .versions import PROGRAMS, bin_dir, bin_path, cache_root, program
 
 KUBE_CMDS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Builds that produce more than one binary are grouped so that shared packages compile once.
@@ -31,6 +31,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "mc": ("mc",),
     "helm": ("helm",),
 }
+# Built only when named with --only (versions.OPTIONAL_PROGRAMS).
+OPTIONAL_GROUPS: dict[str, tuple[str, ...]] = {"promtool": ("promtool",)}
 
 
 def kube_ldflags() -> str:
@@ -211,7 +213,7 @@ class Installer:
             self._publish(work / "out" / c, c)
 
     def _go_install(self, name: str, log: Path, ldflags: str = "-s -w") -> None:
-        prog = PROGRAMS[name]
+        prog = program(name)
         work = self.build_root / f"{name}-{prog.version}"
         gobin = work / "gobin"
         gobin.mkdir(parents=True, exist_ok=True)
@@ -236,20 +238,25 @@ class Installer:
             self._go_install(
                 "helm", log, f"-s -w -X helm.sh/helm/v3/internal/version.version={versions.HELM}"
             )
+        elif group == "promtool":
+            self._go_install("promtool", log, "-s -w -X github.com/prometheus/common/version.Version="
+                             f"{versions.PROMETHEUS_RELEASE}")
         else:
             self._go_install(group, log)
 
     # -- entry point -------------------------------------------------------------------------
     def install(self, only: list[str] | None = None, force: bool = False) -> dict[str, Path]:
         groups = [g for g in GROUPS if not only or g in only or any(n in only for n in GROUPS[g])]
+        groups += [g for g in OPTIONAL_GROUPS if only and g in only]
+        members = {**GROUPS, **OPTIONAL_GROUPS}
         bin_dir().mkdir(parents=True, exist_ok=True)
         self.log_root.mkdir(parents=True, exist_ok=True)
         self.build_root.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         with self.lock():
             for i, group in enumerate(groups, 1):
-                names = GROUPS[group]
-                ver = PROGRAMS[names[0]].version
+                names = members[group]
+                ver = program(names[0]).version
                 head = f"[{i}/{len(groups)}] {group} {ver}"
                 if not force and all(os.access(bin_path(n), os.X_OK) for n in names):
                     for n in names:
@@ -268,7 +275,7 @@ class Installer:
             f"all binaries ready in {bin_dir()} (stable links in {bin_dir() / 'current'}); "
             f"{time.monotonic() - t0:.0f}s"
         )
-        return {n: bin_path(n) for g in groups for n in GROUPS[g]}
+        return {n: bin_path(n) for g in groups for n in members[g]}
 
 
 def install(only: list[str] | None = None, force: bool = False,

@@ -21,6 +21,10 @@ KUBERNETES_STAGING = "v0." + KUBERNETES.removeprefix("v1.")
 ETCD = "v3.5.35"
 KWOK = "v0.8.0"
 HELM = "v3.22.0"
+# Prometheus' Go module carries v0.3XX.Y for Prometheus v3.XX.Y (3.16.0); only promtool
+# is built, and only on request (OPTIONAL_PROGRAMS).
+PROMETHEUS = "v0.316.0"
+PROMETHEUS_RELEASE = "3.16.0"
 # MinIO and mc publish RELEASE.* tags that are not semver, so Go sees pseudo-versions.
 MINIO = "v0.0.0-20260212201848-7aac2a2c5b7c"
 MC = "v0.0.0-20250313080218-cf909e1063a9"
@@ -58,6 +62,22 @@ PROGRAMS: dict[str, Program] = {
 }
 
 
+# Built only when named (`tidemark dev install-bins --only promtool`); tests that use one
+# skip without it, and missing_binaries() never lists them.
+OPTIONAL_PROGRAMS: dict[str, Program] = {
+    p.name: p
+    for p in (
+        Program("promtool", PROMETHEUS, "github.com/prometheus/prometheus",
+                "github.com/prometheus/prometheus/cmd/promtool"),
+    )
+}
+
+
+def program(name: str) -> Program:
+    """A pinned program of the rig, required or optional."""
+    return PROGRAMS[name] if name in PROGRAMS else OPTIONAL_PROGRAMS[name]
+
+
 def cache_root() -> Path:
     if env := os.environ.get("TIDEMARK_CACHE"):
         return Path(env)
@@ -71,7 +91,7 @@ def bin_dir() -> Path:
 
 def bin_path(name: str) -> Path:
     """Path of the pinned binary NAME (it may not be built yet)."""
-    prog = PROGRAMS[name]
+    prog = program(name)
     return bin_dir() / f"{prog.name}-{prog.version}"
 
 

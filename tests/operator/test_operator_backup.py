@@ -186,7 +186,9 @@ def test_backed_up_cluster_reports_recoverability(env: dict[str, Any]) -> None:
     assert cond(get_ac(env, SRC), "Ready")["status"] == "True"
     with urllib.request.urlopen(f"http://127.0.0.1:{env['op'].metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    assert 'what="VolumeBytesUsed"' in text and 'what="TotalBackupStorageBilled"' in text
+    assert "tidemark_cluster_volume_used_bytes{" in text and "tidemark_cluster_backup_billed_bytes{" in text
+    assert "tidemark_cluster_backup_restorable_window_seconds{" in text
+    assert cond(get_ac(env, SRC), "BackupHealthy")["status"] == "True"
 
 
 def test_snapshot_becomes_ready_and_is_deleted_with_its_resource(env: dict[str, Any]) -> None:

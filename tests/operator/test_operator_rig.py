@@ -157,7 +157,8 @@ def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> N
     with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as r:
         text = r.read().decode()
     assert "tidemark_operator_reconciles_total" in text
-    assert 'what="writable_pgs"' in text
+    assert "tidemark_cluster_writable_pgs{" in text and "tidemark_cluster_pg_healthy_segments{" in text
+    assert 'what="' not in text  # one gauge per quantity, named by its unit
 
 
 def test_deleted_zone_statefulset_is_recreated_and_writes_never_stop(env: dict[str, Any]) -> None:
@@ -509,7 +510,9 @@ def test_operator_killed_mid_repair_resumes_and_finishes_it(env: dict[str, Any])
     assert out["failed"] == 0 and out["result"].ok
 
 
-def test_deleting_the_cluster_removes_everything_it_owns(env: dict[str, Any]) -> None:
+def test_deleting_the_cluster_removes_everything_it_owns_and_retains_the_volume(env: dict[str, Any]) -> None:
+    """deletionPolicy Retain (the default here): the PVCs and the placement that says
+    which segment each holds stay; everything else goes."""
     env["co"].delete_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, NAME, _request_timeout=10)
 
     def gone() -> bool:
@@ -520,8 +523,10 @@ def test_deleting_the_cluster_removes_everything_it_owns(env: dict[str, Any]) ->
             return exc.status == 404
 
     wait_for(gone, 30, "AuroraCluster deleted")
-    empty = {"sts": [], "svc": [], "pdb": [], "cm": []}
+    empty = {"sts": [], "svc": [], "pdb": [], "cm": [f"{NAME}-placement"]}
     wait_for(lambda: owned(env, NAME) == empty, 60, "owned objects garbage-collected", interval=0.5)
+    placement = env["core"].read_namespaced_config_map(f"{NAME}-placement", env["ns"], _request_timeout=5)
+    assert not placement.metadata.owner_references  # kept with the PVCs
     wait_for(lambda: not env["core"].list_namespaced_pod(
         env["ns"], label_selector=f"tidemark.dev/cluster={NAME}", _request_timeout=5).items,
         60, "storage pods gone")

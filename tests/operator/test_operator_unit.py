@@ -744,3 +744,24 @@ def test_instances_status_counts_the_lease_holder_and_lag() -> None:
     assert st["readyInstances"] == "2/3" and st["currentPrimary"] == "w-1"
     assert [i["serving"] for i in st["instances"]] == [True, True, False]
     assert instances_status(s, pods, seen, "someone-else", None)["readyInstances"] == "1/3"
+
+
+def test_a_forbidden_eviction_is_an_event_not_a_failed_pass() -> None:
+    """Found on kind: the chart's role lacked pods/delete, the 403 failed every observe
+    pass (status stopped moving) and the writer's failover waited 5 min for the taint
+    eviction. The chart grants it now; without it the pass goes on and says why."""
+    from kubernetes.client.exceptions import ApiException
+
+    from tidemark_operator.instances import InstancePod, evict_from_lost_nodes
+
+    class Forbidding:
+        def lost_nodes(self) -> set[str]:
+            return {"w6"}
+
+        def force_delete_pod(self, name: str, ns: str) -> None:
+            raise ApiException(status=403, reason="Forbidden")
+
+    events: list[tuple[str, str, str]] = []
+    pods = [InstancePod("db-writer-x", "writer", "10.0.0.1", True, node="w6")]
+    gone = evict_from_lost_nodes(Forbidding(), "ns", pods, lambda t, r, m: events.append((t, r, m)))  # type: ignore[arg-type]
+    assert gone == [] and events and events[0][1] == "PermissionDenied" and "pods/delete" in events[0][2]

@@ -55,3 +55,16 @@ def test_fault_windows_pair_each_fault_with_its_recovery() -> None:
 def test_experiments_are_refused_where_they_do_not_run(args: list[str], message: str) -> None:
     done = CliRunner().invoke(chaos, args)
     assert done.exit_code == 2 and message in done.output, done.output
+
+
+def test_the_commit_rate_during_a_fault_counts_only_the_fault_window() -> None:
+    from types import SimpleNamespace
+
+    from tidemark_cli.cluster_chaos import fault_commit_rate
+
+    run = SimpleNamespace(t0=1000.0, events=[(0.0, "info", ""), (10.0, "fault", "kill"), (20.0, "recover", "start")])
+    progress = [{"t": 1000.0 + i, "window_commits": 0 if 10 <= i <= 20 else 500} for i in range(30)]
+    assert fault_commit_rate(run, progress) == 0  # a stall (what kind showed before the GC hold)
+    progress = [{"t": 1000.0 + i, "window_commits": 300} for i in range(30)]
+    assert fault_commit_rate(run, progress) == 300
+    assert fault_commit_rate(SimpleNamespace(t0=0.0, events=[]), progress) is None

@@ -24,3 +24,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "tidemark.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/* The namespaces the operator watches (a PodMonitor's namespaceSelector). */}}
+{{- define "tidemark.namespaceSelector" -}}
+{{- if .Values.operator.watchAllNamespaces -}}
+any: true
+{{- else -}}
+matchNames:
+{{- range (default (list .Release.Namespace) .Values.operator.watchNamespaces) }}
+- {{ . }}
+{{- end }}
+{{- end -}}
+{{- end -}}
+
+{{/* True when the cluster serves the Prometheus Operator's KIND (monitoring.coreos.com/v1). */}}
+{{- define "tidemark.hasMonitoringAPI" -}}
+{{- if .root.Capabilities.APIVersions.Has (printf "monitoring.coreos.com/v1/%s" .kind) -}}true{{- end -}}
+{{- end -}}

@@ -8,6 +8,7 @@ be for that Python, so the host's interpreter must be 3.11 too.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -41,7 +42,10 @@ def build_wheels(repo: Path, log: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(deps), str(repo)]
         fh.write(f"\n$ {' '.join(cmd)}\n")
         fh.flush()
-        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=1800)
+        # Reproducible wheels: unchanged code gives the same bytes, so the same image ID,
+        # and `kind load` skips nodes that already hold it (a warm `kind up` loads nothing).
+        env = {**os.environ, "SOURCE_DATE_EPOCH": "315532800"}
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=1800, env=env)
     if done.returncode != 0:
         raise RigError(f"pip wheel failed; log: {log}")
     # Tidemark's own wheel apart: the dependency layer stays cached while the code changes.
