@@ -13,6 +13,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -135,6 +136,40 @@ def evict_from_lost_nodes(kube: Kube, ns: str, pods: Sequence[InstancePod], even
                                                  f"a new {what} starts on a Ready node")
             gone.append(p.name)
     return gone
+
+
+LEASE_GRACE_S = 5.0  # beyond the Lease's own duration: a writer that renews late is not cut off
+
+
+def evict_expired_writer(kube: Kube, cluster: str, ns: str, pods: Sequence[InstancePod],
+                         seen: Mapping[str, dict[str, Any] | None], event: Event, now: float) -> list[str]:
+    """The writer pod whose Lease went unrenewed for its duration plus a grace, and whose
+    admin endpoint does not answer, is deleted at once (grace 0): its Deployment starts a
+    new writer. A node that died takes ~40 s to turn NotReady (evict_from_lost_nodes);
+    the Lease says it sooner. Safe for the same reason: a writer process still running
+    there has stopped answering (it does when it cannot renew) and is fenced by the new
+    writer's volume epoch."""
+    lease = kube.read("Lease", writer_lease_name(cluster), ns) or {}
+    spec = lease.get("spec") or {}
+    holder, renewed = spec.get("holderIdentity"), spec.get("renewTime")
+    pod = next((p for p in pods if p.name == holder and p.role == "writer"), None)
+    if pod is None or not renewed or seen.get(pod.name) is not None:
+        return []
+    age = now - datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()
+    if age <= float(spec.get("leaseDurationSeconds") or 10) + LEASE_GRACE_S:
+        return []
+    try:
+        kube.force_delete_pod(pod.name, ns)
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        event("Warning", "PermissionDenied", f"cannot delete writer pod {pod.name}: the operator's role lacks "
+                                             "pods/delete")
+        return []
+    event("Warning", "WriterLeaseExpired", f"writer pod {pod.name} (node {pod.node}) has not renewed "
+                                           f"{writer_lease_name(cluster)} for {age:.0f} s and does not answer: "
+                                           "deleted, a new writer starts")
+    return [pod.name]
 
 
 def note_primary(state: ClusterState, holder: str | None, serving: bool, event: Event) -> None:

@@ -765,3 +765,35 @@ def test_a_forbidden_eviction_is_an_event_not_a_failed_pass() -> None:
     pods = [InstancePod("db-writer-x", "writer", "10.0.0.1", True, node="w6")]
     gone = evict_from_lost_nodes(Forbidding(), "ns", pods, lambda t, r, m: events.append((t, r, m)))  # type: ignore[arg-type]
     assert gone == [] and events and events[0][1] == "PermissionDenied" and "pods/delete" in events[0][2]
+
+
+def test_a_writer_whose_lease_lapsed_and_that_does_not_answer_is_replaced_at_once() -> None:
+    """On kind the writer's worker died and the failover waited ~40 s for NotReady; the
+    Lease (10 s) says it sooner. A writer that still answers, or renewed within the
+    duration plus grace, is left alone."""
+    import datetime as dt
+
+    from tidemark_operator.instances import InstancePod, evict_expired_writer
+
+    renewed = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
+
+    class Leases:
+        deleted: list[str] = []
+
+        def read(self, kind: str, name: str, ns: str) -> dict:
+            assert (kind, name) == ("Lease", "db-writer")
+            return {"spec": {"holderIdentity": "db-writer-1", "leaseDurationSeconds": 10,
+                             "renewTime": renewed.isoformat()}}
+
+        def force_delete_pod(self, name: str, ns: str) -> None:
+            self.deleted.append(name)
+
+    pods = [InstancePod("db-writer-1", "writer", "10.0.0.1", True, node="w6"),
+            InstancePod("db-replica-1", "replica", "10.0.0.2", True, node="w2")]
+    events: list[tuple[str, str, str]] = []
+    kube, t = Leases(), renewed.timestamp()
+    ev = lambda a, b, c: events.append((a, b, c))  # noqa: E731
+    assert evict_expired_writer(kube, "db", "ns", pods, {}, ev, t + 14) == []  # within 10 + 5 s
+    assert evict_expired_writer(kube, "db", "ns", pods, {"db-writer-1": {"serving": False}}, ev, t + 60) == []
+    assert evict_expired_writer(kube, "db", "ns", pods, {"db-writer-1": None}, ev, t + 16) == ["db-writer-1"]
+    assert kube.deleted == ["db-writer-1"] and events[0][1] == "WriterLeaseExpired"
