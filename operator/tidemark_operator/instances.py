@@ -120,22 +120,27 @@ def evict_from_lost_nodes(kube: Kube, ns: str, pods: Sequence[InstancePod], even
     lost = kube.lost_nodes()
     gone = []
     for p in pods:
-        if p.node and p.node in lost:
+        if p.node and p.node in lost and _force_delete(kube, p, ns, event):
             what = "writer" if p.role == "writer" else "replica"
-            try:
-                kube.force_delete_pod(p.name, ns)
-            except ApiException as exc:
-                if exc.status != 403:
-                    raise
-                # Not a reason to fail the whole pass (status would stop moving): say it.
-                event("Warning", "PermissionDenied", f"cannot delete {what} pod {p.name} on lost node {p.node}: "
-                                                     "the operator's role lacks pods/delete; the failover waits "
-                                                     "for Kubernetes' own eviction (5 min by default)")
-                continue
             event("Warning", "InstanceNodeLost", f"{what} pod {p.name} on node {p.node} (not Ready) deleted: "
                                                  f"a new {what} starts on a Ready node")
             gone.append(p.name)
     return gone
+
+
+def _force_delete(kube: Kube, pod: InstancePod, ns: str, event: Event) -> bool:
+    """Delete POD now (grace 0); False, with a PermissionDenied event, when the operator's
+    role may not: not a reason to fail the whole pass (status would stop moving)."""
+    try:
+        kube.force_delete_pod(pod.name, ns)
+    except ApiException as exc:
+        if exc.status != 403:
+            raise
+        event("Warning", "PermissionDenied", f"cannot delete {pod.role} pod {pod.name} on node {pod.node}: the "
+                                             "operator's role lacks pods/delete; the failover waits for "
+                                             "Kubernetes' own eviction (5 min by default)")
+        return False
+    return True
 
 
 LEASE_GRACE_S = 5.0  # beyond the Lease's own duration: a writer that renews late is not cut off
@@ -158,13 +163,7 @@ def evict_expired_writer(kube: Kube, cluster: str, ns: str, pods: Sequence[Insta
     age = now - datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()
     if age <= float(spec.get("leaseDurationSeconds") or 10) + LEASE_GRACE_S:
         return []
-    try:
-        kube.force_delete_pod(pod.name, ns)
-    except ApiException as exc:
-        if exc.status != 403:
-            raise
-        event("Warning", "PermissionDenied", f"cannot delete writer pod {pod.name}: the operator's role lacks "
-                                             "pods/delete")
+    if not _force_delete(kube, pod, ns, event):
         return []
     event("Warning", "WriterLeaseExpired", f"writer pod {pod.name} (node {pod.node}) has not renewed "
                                            f"{writer_lease_name(cluster)} for {age:.0f} s and does not answer: "
