@@ -21,16 +21,18 @@ from tidemark_playground.bench_rebuild import bench_rebuild
 from tidemark_rig.minio import MinioServer
 
 from .bench_sql import bench_sql
+from .bench_write_pg import bench_postgres_writes
 
 console = Console(stderr=True, highlight=False)
 
 
-async def _bench_write(seconds: float, concurrency: int, keep: Path | None) -> dict:
+async def _bench_write(seconds: float, concurrency: int, keep: Path | None, base_ip: str) -> dict:
     directory = keep or Path(tempfile.mkdtemp(prefix="tidemark-bench-"))
     console.print(f"[bold]baseline[/bold]: one process, synced RocksDB batches, {seconds}s")
     baseline = await asyncio.to_thread(bw.baseline_rocksdb, seconds)
     console.print(f"  {baseline}")
-    fleet, topology = await fleet_mod.up(directory / "fleet", 2, 4, 256, 4096, "127.0.0.200")
+    postgres = await asyncio.to_thread(bench_postgres_writes, seconds, concurrency, console.print)
+    fleet, topology = await fleet_mod.up(directory / "fleet", 2, 4, 256, 4096, base_ip)
     try:
         writer = await Writer.open(topology)
         record_volume_epoch(directory / "fleet", topology.volume_epoch)
@@ -43,6 +45,12 @@ async def _bench_write(seconds: float, concurrency: int, keep: Path | None) -> d
             console.print(f"[bold]healthy fleet at half the max rate[/bold]: {half:.0f} commits/s offered")
             at_half = await bw.open_loop(writer, seconds, half)
             console.print(f"  {at_half}")
+            at_pg_half = None
+            if "half_rate" in postgres:
+                rate = postgres["half_rate"]["offered_commits_per_s"]
+                console.print(f"[bold]healthy fleet at half PostgreSQL's max rate[/bold]: {rate:.0f} commits/s offered")
+                at_pg_half = await bw.open_loop(writer, seconds, rate)
+                console.print(f"  {at_pg_half}")
             console.print("[bold]one node SIGSTOPped[/bold] (c2), max rate")
             fleet.pause("c2")
             try:
@@ -78,6 +86,22 @@ async def _bench_write(seconds: float, concurrency: int, keep: Path | None) -> d
         "stopped_p99_ratio": round(stopped["p99_ms"] / max(healthy["p99_ms"], 1e-9), 3),
         "node_rss_mb": rss,
         "node_data_mb": data,
+        "postgres": postgres,
+        "at_postgres_half_rate": at_pg_half,
+        "vs_postgres": _vs_postgres(healthy, at_pg_half, postgres),
+    }
+
+
+def _vs_postgres(healthy: dict, at_pg_half: dict | None, postgres: dict) -> dict | None:
+    """Tidemark ÷ PostgreSQL: commits/s at the same number in flight, and p99 at half
+    PostgreSQL's maximum rate (the issue's targets: ≥ 1.0 and ≤ 1.5)."""
+    if "commits_per_s" not in postgres or not postgres["commits_per_s"]:
+        return None
+    pg_half_p99 = postgres.get("half_rate_p99_ms")
+    return {
+        "throughput_ratio": round(healthy["commits_per_s"] / postgres["commits_per_s"], 3),
+        "half_rate_p99_ratio": (round(at_pg_half["p99_ms"] / pg_half_p99, 3)
+                                if at_pg_half is not None and pg_half_p99 else None),
     }
 
 
@@ -90,10 +114,12 @@ def bench() -> None:
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--concurrency", type=int, default=128, show_default=True)
 @click.option("--keep", type=click.Path(path_type=Path), default=None, help="keep the fleet dir here")
+@click.option("--base-ip", default="127.0.0.200", show_default=True, help="first node address of the bench fleet")
 @click.option("--json", "as_json", is_flag=True)
-def write(seconds: float, concurrency: int, keep: Path | None, as_json: bool) -> None:
-    """6 nodes, 200-byte records: throughput and latency, healthy and with a node stopped."""
-    out = asyncio.run(_bench_write(seconds, concurrency, keep))
+def write(seconds: float, concurrency: int, keep: Path | None, base_ip: str, as_json: bool) -> None:
+    """6 nodes, 200-byte records: throughput and latency, healthy and with a node stopped;
+    the same transactions against PostgreSQL with 5 standbys (ANY 3) in the same run."""
+    out = asyncio.run(_bench_write(seconds, concurrency, keep, base_ip))
     click.echo(json.dumps(out, indent=None if as_json else 2))
 
 

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
@@ -95,7 +95,9 @@ class PgQuorum:
         return ["-h", HOST, "-p", str(port or self.port), "-U", USER]
 
     # -- lifecycle ------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, settings: Sequence[str] = ()) -> None:
+        """Primary and standbys; `settings` are extra postgresql.conf lines of the
+        primary (the standbys copy them with the base backup)."""
         primary = self.dir / "primary"
         self.run("initdb", "-D", str(primary), "-U", USER, "--auth=trust", "-E", "UTF8", "--no-sync")
         names = ",".join(f"s{i}" for i in range(1, self.standbys + 1))
@@ -104,6 +106,7 @@ class PgQuorum:
             f"max_wal_senders = {self.standbys + 4}",
             f"synchronous_standby_names = 'ANY {self.quorum} ({names})'",
             "synchronous_commit = on",
+            *settings,
         ])
         self._pg_ctl_start(primary)
         self.nodes.append(("primary", primary, self.port))

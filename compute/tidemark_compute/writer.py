@@ -174,7 +174,11 @@ class Writer:
         end = self._marks_base + len(self._marks)
         if start >= len(self._marks):
             return [], end
-        return list(itertools.islice(self._marks, start, None)), end
+        # From the right end: islice from the left walks every older mark first (up
+        # to MAX_MARKS, for each of six streams on every frame).
+        fresh = list(itertools.islice(reversed(self._marks), len(self._marks) - start))
+        fresh.reverse()
+        return fresh, end
 
     # -- writes -----------------------------------------------------------------------
     async def commit(self, changes: Iterable[Change]) -> int:

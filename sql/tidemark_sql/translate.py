@@ -3,6 +3,7 @@ and sqlglot (postgres -> sqlite) for what SQLite cannot parse as written."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 
@@ -21,43 +22,42 @@ _NILADIC = re.compile(r"(?<![\w.])(current_user|session_user|current_schema|curr
                       re.IGNORECASE)
 
 
-def _segments(sql: str) -> Iterator[tuple[bool, str]]:
+# Where a piece that is not code may start; everything between two of them is code.
+_NOT_CODE_START = re.compile(r"""['"]|--|/\*|\$(?:[A-Za-z_]\w*)?\$""")
+_QUOTED = {"'": re.compile(r"'(?:''|[^'])*'?"), '"': re.compile(r'"(?:""|[^"])*"?')}
+
+
+@functools.lru_cache(maxsize=512)
+def _segments_of(sql: str) -> tuple[tuple[bool, str], ...]:
     """(is_code, text) pieces: string literals, quoted identifiers, dollar-quoted
-    strings and comments are not code."""
-    i, n, start = 0, len(sql), 0
-    while i < n:
-        c = sql[i]
-        end = -1
-        if c in ("'", '"'):
-            j = i + 1
-            while j < n:
-                if sql[j] == c:
-                    if j + 1 < n and sql[j + 1] == c:
-                        j += 2
-                        continue
-                    break
-                j += 1
-            end = min(j + 1, n)
-        elif sql.startswith("--", i):
+    strings and comments are not code. Cached: a statement is looked at several times
+    on its way to SQLite (split, keywords, placeholders)."""
+    pieces: list[tuple[bool, str]] = []
+    n, start = len(sql), 0
+    while (m := _NOT_CODE_START.search(sql, start)) is not None:
+        i, token = m.start(), m.group(0)
+        if token in _QUOTED:
+            end = _QUOTED[token].match(sql, i).end()  # type: ignore[union-attr]
+        elif token == "--":
             j = sql.find("\n", i)
             end = n if j < 0 else j
-        elif sql.startswith("/*", i):
+        elif token == "/*":
             j = sql.find("*/", i + 2)
             end = n if j < 0 else j + 2
-        elif c == "$":
-            m = re.match(r"\$([A-Za-z_]\w*)?\$", sql[i:])
-            if m:
-                j = sql.find(m.group(0), i + len(m.group(0)))
-                end = n if j < 0 else j + len(m.group(0))
-        if end < 0:
-            i += 1
-            continue
+        else:  # $tag$ … $tag$
+            j = sql.find(token, i + len(token))
+            end = n if j < 0 else j + len(token)
         if start < i:
-            yield True, sql[start:i]
-        yield False, sql[i:end]
-        i = start = end
+            pieces.append((True, sql[start:i]))
+        pieces.append((False, sql[i:end]))
+        start = end
     if start < n:
-        yield True, sql[start:]
+        pieces.append((True, sql[start:]))
+    return tuple(pieces)
+
+
+def _segments(sql: str) -> Iterator[tuple[bool, str]]:
+    return iter(_segments_of(sql))
 
 
 def _split(sql: str, sep: str) -> list[str]:
