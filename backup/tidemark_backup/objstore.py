@@ -22,6 +22,7 @@ import structlog
 from tidemark_protocol.errors import UserError
 
 from . import layout
+from .sealed import NO_KEYS, Keyring
 
 log = structlog.get_logger("tidemark.backup.objstore")
 
@@ -31,13 +32,23 @@ class Exists(Exception):
 
 
 class ObjStore:
+    """put/get seal and open bodies with `keyring` (sealed.py; no keys: stored as given);
+    subclasses move bytes (put_raw/get_raw)."""
+
     url: str
     conditional_puts: bool = True  # False: a put may overwrite an existing object (see S3Store)
+    keyring: Keyring = NO_KEYS
 
     def put(self, key: str, data: bytes) -> None:
-        raise NotImplementedError
+        self.put_raw(key, self.keyring.seal(key, data))
 
     def get(self, key: str) -> bytes:
+        return self.keyring.open(key, self.get_raw(key))
+
+    def put_raw(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def get_raw(self, key: str) -> bytes:
         raise NotImplementedError
 
     def list(self, prefix: str = "") -> list[layout.Obj]:
@@ -58,7 +69,7 @@ class FileStore(ObjStore):
             raise ValueError(f"key {key!r} escapes the store")
         return path
 
-    def put(self, key: str, data: bytes) -> None:
+    def put_raw(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
@@ -70,7 +81,7 @@ class FileStore(ObjStore):
         finally:
             tmp.unlink(missing_ok=True)
 
-    def get(self, key: str) -> bytes:
+    def get_raw(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
         except FileNotFoundError as exc:
@@ -121,7 +132,7 @@ class S3Store(ObjStore):
         )  # fmt: skip
         self.conditional_puts = True
 
-    def put(self, key: str, data: bytes) -> None:
+    def put_raw(self, key: str, data: bytes) -> None:
         from botocore.exceptions import ClientError
 
         kwargs = {"Bucket": self.bucket, "Key": self.base + key, "Body": data}
@@ -148,7 +159,7 @@ class S3Store(ObjStore):
                                 "can overwrite each other's objects (the never-overwritten "
                                 "guarantee is void); use a server with conditional writes")
 
-    def get(self, key: str) -> bytes:
+    def get_raw(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
 
         try:
@@ -184,13 +195,19 @@ def check_url(url: str) -> ParseResult:
     raise StoreError(f"unsupported backup URL {url!r}: use s3://bucket/prefix or file:///path")
 
 
-def open_store(url: str, endpoint: str | None = None, timeout: float = 5.0) -> ObjStore:
+def open_store(url: str, endpoint: str | None = None, timeout: float = 5.0,
+               keyring: Keyring = NO_KEYS) -> ObjStore:
+    """The store at URL; objects sealed/opened with KEYRING (sealed.py)."""
     parsed = check_url(url)
+    store: ObjStore
     if parsed.scheme == "file":
-        return FileStore(url, Path(parsed.path))
-    query = parse_qs(parsed.query)  # s3: the only other scheme check_url admits
-    endpoint = endpoint or (query.get("endpoint") or [None])[0] or os.environ.get(
-        "TIDEMARK_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-    store = S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
-    store.endpoint = endpoint  # lets a worker process reopen the same store
+        store = FileStore(url, Path(parsed.path))
+    else:  # s3: the only other scheme check_url admits
+        query = parse_qs(parsed.query)
+        endpoint = endpoint or (query.get("endpoint") or [None])[0] or os.environ.get(
+            "TIDEMARK_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        s3 = S3Store(url, parsed.netloc, parsed.path, endpoint, timeout=timeout)
+        s3.endpoint = endpoint  # lets a worker process reopen the same store
+        store = s3
+    store.keyring = keyring
     return store

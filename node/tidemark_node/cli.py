@@ -9,6 +9,8 @@ import click
 import structlog
 from aiohttp import web
 
+from tidemark_backup.sealed import Keyring
+
 from .app import make_app
 from .state import Settings
 
@@ -62,6 +64,9 @@ def node() -> None:
 @click.option("--backup-snapshot-interval", type=float, default=60.0, show_default=True,
               help="seconds between automated snapshots of a PG")
 @click.option("--backup-retention-days", type=click.FloatRange(1, 35), default=1.0, show_default=True)
+@click.option("--backup-key-file", "backup_key_files", multiple=True, type=click.Path(dir_okay=False),
+              help="encrypt backup objects with this key (repeatable: the first encrypts, all "
+                   "decrypt; 32 bytes as hex or base64)")
 @click.option("--enable-fault-injection", is_flag=True, default=False,
               help="serve the fake disk corruption endpoints (tests and `tidemark chaos` only)")
 @click.option("--trace-console", is_flag=True, default=False,
@@ -84,11 +89,13 @@ def run(
     backup_interval: float,
     backup_snapshot_interval: float,
     backup_retention_days: float,
+    backup_key_files: tuple[str, ...],
     enable_fault_injection: bool,
     trace_console: bool,
 ) -> None:
     """Run a storage node until SIGTERM/SIGINT."""
     setup_logging(name, zone, log_level)
+    keyring = Keyring.from_files(backup_key_files)  # a bad key file stops the start: one line
     settings = Settings(
         name=name,
         zone=zone,
@@ -102,7 +109,7 @@ def run(
         scrub_interval=scrub_interval,
         backup=backup_url,
         backup_options={"interval": backup_interval, "snapshot_interval": backup_snapshot_interval,
-                        "retention_days": backup_retention_days},
+                        "retention_days": backup_retention_days, "keyring": keyring},
         fault_injection=enable_fault_injection,
         trace_console=trace_console,
     )

@@ -15,7 +15,8 @@ S3 calls in a thread):
   the store is unreachable (backups lag, then catch up with no gap);
 - applies retention (designated uploader only, unfenced only).
 A failed upload is retried on the next round (tenacity inside a round); it never stops
-later ones. The bucket's format (keys, objects, catalog, retention) is tidemark_backup.
+later ones. The bucket's format (keys, objects, catalog, retention) is tidemark_backup;
+with --backup-key-file every object is sealed (AES-256-GCM) by the store (sealed.py).
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class Uploader:
     def __init__(self, state: NodeState, settings: BackupSettings, store: ObjStore | None = None) -> None:
         self.state = state
         self.settings = settings
-        self.store = store or open_store(settings.url)
+        self.store = store or open_store(settings.url, keyring=settings.keyring)
         self.status = UploaderStatus()
+        self.status.key_id = settings.keyring.current.id if settings.keyring.current else None
         self.progress: dict[int, PgProgress] = {}
         self.marks: deque[tuple[int, int]] = deque(maxlen=MARKS_MAX)
         self.marks_seq = 0

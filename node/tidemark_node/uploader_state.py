@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tidemark_backup.sealed import NO_KEYS, Keyring
 from tidemark_protocol.quorum import Membership, has_read_quorum
 
 
@@ -18,6 +19,8 @@ class BackupSettings:
     snapshot_log_bytes: int = 64 << 20  # or after this much log since the last one
     retention_days: float = 1.0
     retention_interval: float = 30.0
+    # --backup-key-file: objects sealed with the first key; retention opens old ones with any
+    keyring: Keyring = NO_KEYS
 
 
 @dataclass
@@ -42,6 +45,7 @@ class UploaderStatus:
     vdl_seen: int = 0
     pgs: dict = field(default_factory=dict)
     conditional_puts: bool = True  # False: the S3 server lacks If-None-Match; puts may overwrite
+    key_id: str | None = None  # the key new objects are sealed with (None: unencrypted)
 
     def to_json(self) -> dict:
         return {
@@ -55,6 +59,7 @@ class UploaderStatus:
             "vdlSeen": self.vdl_seen,
             "pgs": self.pgs,
             "conditionalPuts": self.conditional_puts,
+            "encryptionKeyId": self.key_id,
         }
 
 

@@ -14,6 +14,8 @@ SNAPSHOT_PLURAL = "aurorasnapshots"
 SNAPSHOT_KIND = "AuroraSnapshot"
 ACCESS_KEY = "AWS_ACCESS_KEY_ID"
 SECRET_KEY = "AWS_SECRET_ACCESS_KEY"
+KEY_ITEM = "key"  # the entry of an encryption key Secret
+KEY_DIR = "/etc/tidemark/backup-keys"  # pod i-th key file: KEY_DIR/{i}/key
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class StoreRef:
     url: str
     endpoint: str | None = None
     credentials_secret: str | None = None
+    key_secrets: tuple[str, ...] = ()  # encryption key Secrets, the current one first
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.url, "endpoint": self.endpoint, "credentialsSecret": self.credentials_secret}
@@ -58,7 +61,8 @@ class BackupSpec:
         if not b.enabled or not b.target:
             return cls(False, None, b.retention_days)
         url, endpoint = split_target(b.target, b.endpoint)
-        return cls(True, StoreRef(url, endpoint, b.credentials_secret), b.retention_days)
+        keys = b.encryption.secrets() if b.encryption else ()
+        return cls(True, StoreRef(url, endpoint, b.credentials_secret, keys), b.retention_days)
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> BackupSpec:
@@ -83,7 +87,8 @@ class RestoreSpec:
         store = None
         if src.target:
             url, endpoint = split_target(src.target, src.endpoint)
-            store = StoreRef(url, endpoint, src.credentials_secret)
+            store = StoreRef(url, endpoint, src.credentials_secret,
+                             src.encryption.secrets() if src.encryption else ())
         return cls(src.cluster or None, store, restore.point_in_time or None)
 
     @classmethod
@@ -109,7 +114,22 @@ def backup_env(backup: BackupSpec) -> list[dict[str, Any]]:
 def backup_args(backup: BackupSpec) -> list[str]:
     if not backup.enabled or backup.store is None:
         return []
-    return ["--backup", backup.store.url, "--backup-retention-days", str(backup.retention_days)]
+    keys = [a for i in range(len(backup.store.key_secrets))
+            for a in ("--backup-key-file", f"{KEY_DIR}/{i}/{KEY_ITEM}")]
+    return ["--backup", backup.store.url, "--backup-retention-days", str(backup.retention_days), *keys]
+
+
+def backup_key_volumes(backup: BackupSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod volumes, container mounts) of the encryption key Secrets: files only, read-only,
+    group-readable for the pod's fsGroup; the key never enters the pod spec or the env."""
+    if not backup.enabled or backup.store is None:
+        return [], []
+    volumes, mounts = [], []
+    for i, secret in enumerate(backup.store.key_secrets):
+        volumes.append({"name": f"backup-key-{i}", "secret": {
+            "secretName": secret, "items": [{"key": KEY_ITEM, "path": KEY_ITEM}], "defaultMode": 0o440}})
+        mounts.append({"name": f"backup-key-{i}", "mountPath": f"{KEY_DIR}/{i}", "readOnly": True})
+    return volumes, mounts
 
 
 def same_store(a: StoreRef | None, b: StoreRef | None) -> bool:

@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from .backupspec import BackupSpec, backup_args, backup_env
+from .backupspec import BackupSpec, backup_args, backup_env, backup_key_volumes
 from .model import (
     NODE_PORT,
     RUN_LOCAL_LABEL,
@@ -83,6 +83,7 @@ def statefulset(
     ]
     probe = {"httpGet": {"path": "/readyz", "port": NODE_PORT}, "periodSeconds": 5,
              "failureThreshold": 3}
+    key_volumes, key_mounts = backup_key_volumes(backup) if backup else ([], [])
     container: dict[str, Any] = {
         "name": "node",
         "image": spec.image,
@@ -95,7 +96,8 @@ def statefulset(
         "readinessProbe": probe,
         "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10,
                           "failureThreshold": 6, "initialDelaySeconds": 10},
-        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"},
+                         *key_mounts],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -118,7 +120,7 @@ def statefulset(
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}],  # the root filesystem is read-only
+        "volumes": [{"name": "tmp", "emptyDir": {}}, *key_volumes],  # the root filesystem is read-only
     }
     sts_spec: dict[str, Any] = {
         "replicas": spec.nodes_per_zone,

@@ -51,12 +51,24 @@ class Repair(_Spec):
     rebuild_bandwidth: Quantity = "50Mi"
 
 
+class Encryption(_Spec):
+    """Backup objects sealed with AES-256-GCM (tidemark_backup.sealed): each Secret's `key`
+    entry is one key, mounted into the pods as a file; the first encrypts."""
+
+    key_secret: str | None = None
+    previous_key_secrets: tuple[str, ...] = ()  # still decrypt (rotation)
+
+    def secrets(self) -> tuple[str, ...]:
+        return ((self.key_secret,) if self.key_secret else ()) + self.previous_key_secrets
+
+
 class Backup(_Spec):
     enabled: bool = False
     target: str | None = None
     endpoint: str | None = None
     credentials_secret: str | None = None
     retention_days: int = Field(7, ge=1, le=35)
+    encryption: Encryption | None = None
 
 
 class RestoreSource(_Spec):
@@ -64,6 +76,7 @@ class RestoreSource(_Spec):
     target: str | None = None
     endpoint: str | None = None
     credentials_secret: str | None = None
+    encryption: Encryption | None = None
 
 
 class Restore(_Spec):

@@ -16,6 +16,7 @@ from tidemark_protocol.repair import RepairLimits
 from tidemark_restore.cli import one_line_errors
 
 from . import fleet as fleet_mod
+from .backup_keys import key_options
 from .demo import run_demo
 from .status import fleet_status, problems
 from .supervisor import Supervisor, read_repairs
@@ -50,6 +51,13 @@ def playground() -> None:
 @click.option("--base-ip", default="127.0.0.10", show_default=True, help="first node address")
 @click.option("--backup", default=None,
               help="continuous backup target for every node: s3://bucket/prefix or file:///path")
+@click.option("--backup-key-file", "backup_key_files", multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="encrypt the backup with this key (repeatable: the first encrypts, all decrypt); "
+                   "default: a key generated into DIR/backup.key")
+@click.option("--backup-encryption/--no-backup-encryption", default=True, show_default=True,
+              help="with --backup and no --backup-key-file: generate DIR/backup.key (on) or upload "
+                   "unencrypted objects (off)")
 @click.option("--repair/--no-repair", default=True, show_default=True, help="rebuild lost segments automatically")
 @click.option("--node-loss-timeout", type=float, default=30.0, show_default=True, help="seconds a node may be down before its segments are rebuilt")
 @click.option("--max-concurrent-rebuilds", type=int, default=4, show_default=True)
@@ -67,6 +75,7 @@ def up(
     directory: Path, nodes_per_zone: int, pgs: int, pages_per_pg: int, page_size: int, base_ip: str,
     repair: bool, node_loss_timeout: float, max_concurrent_rebuilds: int, rebuild_bandwidth: int, as_json: bool,
     backup: str | None = None, instances: int | None = None, password_file: Path | None = None,
+    backup_key_files: tuple[Path, ...] = (), backup_encryption: bool = True,
 ) -> None:  # fmt: skip
     """Start a fleet; returns when every node is ready, segments exist and the database
     instance answers. Every option is checked before anything starts; if starting fails,
@@ -78,9 +87,15 @@ def up(
         if repair
         else None
     )
+    backup_options = None
+    if backup and not (directory / fleet_mod.FLEET_FILE).exists():
+        fleet_mod.check_options(nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, instances,
+                                password_file, repair_options, backup)  # before a key file is made
+        backup_options = key_options(directory, backup_key_files, backup_encryption)
     fleet, topology = asyncio.run(
         fleet_mod.up(directory, nodes_per_zone, pgs, pages_per_pg, page_size, base_ip, repair=repair_options,
-                     backup=backup, instances=instances, password_file=password_file)
+                     backup=backup, backup_options=backup_options, instances=instances,
+                     password_file=password_file)
     )
     status = asyncio.run(fleet_status(fleet, topology))
     _print_status(status, as_json)

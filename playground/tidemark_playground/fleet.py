@@ -228,6 +228,8 @@ class Fleet:
                           ("--materialize-interval", "materialize_interval")):
             if key in self.options:
                 cmd += [flag, str(self.options[key])]
+        for path in self.options.get("backup_key_files", []):  # paths only: keys stay in files
+            cmd += ["--backup-key-file", str(path)]
         if self.options.get("fault_injection"):  # `tidemark chaos corrupt` only
             cmd.append("--enable-fault-injection")
         with self.log_file(node.name).open("ab") as out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -53,22 +54,28 @@ async def check_empty_fleet(topology: Topology, lay: VolumeLayout, target: int |
                                        "restore needs an empty fleet")
 
 
-def install_file(pg: int, lsn: int, pages: dict[int, bytes]) -> bytes:
-    """The install endpoint's body (docs/wire.md): an SST file of the PG's page versions
-    at `lsn` in the node's key format (V pg page lsn -> crc32c + image). Built once per
-    PG, sent to every member. Empty when the PG has no page."""
+def write_install_file(path: str, pg: int, lsn: int, pages: dict[int, bytes]) -> None:
+    """The install endpoint's body (docs/wire.md) at `path`: an SST file of the PG's page
+    versions at `lsn` in the node's key format (V pg page lsn -> crc32c + image). Built
+    once per PG, sent to every member. Empty when the PG has no page."""
     if not pages:
-        return b""
+        with open(path, "wb"):
+            return
     opts = Options(raw_mode=True)
     opts.set_compression_type(DBCompressionType.none())  # page images: CPU for ~nothing
+    w = SstFileWriter(opts)
+    w.open(path)
+    for page, img in sorted(pages.items()):
+        w[keys.version_key(pg, page, lsn)] = keys.encode_version(img)
+    w.finish()
+
+
+def install_file(pg: int, lsn: int, pages: dict[int, bytes]) -> bytes:
+    """The install body in memory (tests, small volumes)."""
     fd, path = tempfile.mkstemp(suffix=".sst", prefix=f"tidemark-restore-pg{pg}-")
     os.close(fd)
     try:
-        w = SstFileWriter(opts)
-        w.open(path)
-        for page, img in sorted(pages.items()):
-            w[keys.version_key(pg, page, lsn)] = keys.encode_version(img)
-        w.finish()
+        write_install_file(path, pg, lsn, pages)
         with open(path, "rb") as f:
             return f.read()
     finally:
@@ -77,9 +84,12 @@ def install_file(pg: int, lsn: int, pages: dict[int, bytes]) -> bytes:
 
 async def _install_all(store: ObjStore, inv: Inventory, target: int, topology: Topology,
                        report: Callable[[str, int, int], None], workers: int = 4) -> int:
-    """Rebuild PGs in threads and stream each one, as soon as it is rebuilt, into every
-    member's segment (POST /v1/segments/{pg}/install); at most `workers` PGs in flight.
-    Returns the number of pages installed."""
+    """Rebuild every PG (threads, `workers` at a time), THEN stream each PG's file into
+    every member's segment (POST /v1/segments/{pg}/install), `workers` PGs in flight.
+    All PGs are rebuilt before the first install, so an object that fails its checks
+    (a tampered or undecryptable one raises) stops the restore with nothing installed;
+    the price is one staged copy of the volume on local disk (a temp dir, removed after)
+    and no overlap of rebuild and install. Returns the number of pages installed."""
     lay = inv.layout
     assert lay is not None
     loop = asyncio.get_running_loop()
@@ -87,17 +97,19 @@ async def _install_all(store: ObjStore, inv: Inventory, target: int, topology: T
     sem = asyncio.Semaphore(workers)
     done = [0, 0]  # PGs, pages
 
-    async def one(http: aiohttp.ClientSession, pg: int) -> None:
+    staging = tempfile.mkdtemp(prefix="tidemark-restore-")
+
+    def build(pg: int) -> tuple[int, int, str, int]:
+        cat = inv.cats.get(pg) or PgCatalog(pg)
+        pages = rebuild_pg(store, cat, target, lay.page_size, inv.problems)
+        path = os.path.join(staging, f"pg{pg}.sst")
+        write_install_file(path, pg, target, pages)
+        return pg, len(pages), path, _file_crc(path)
+
+    async def install(http: aiohttp.ClientSession, pg: int, count: int, path: str, crc: int) -> None:
         async with sem:
-            cat = inv.cats.get(pg) or PgCatalog(pg)
-
-            def build() -> tuple[int, bytes, int]:
-                pages = rebuild_pg(store, cat, target, lay.page_size, inv.problems)
-                body = install_file(pg, target, pages)
-                return len(pages), body, google_crc32c.value(body)
-
-            count, body, crc = await loop.run_in_executor(pool, build)
             members = sorted(topology.memberships[pg].all_members)
+            body = await loop.run_in_executor(pool, _read, path)  # one PG's file in memory at a time
 
             async def push(name: str) -> None:
                 url = f"{topology.nodes[name]}/v1/segments/{pg}/install"
@@ -121,12 +133,27 @@ async def _install_all(store: ObjStore, inv: Inventory, target: int, topology: T
 
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
     try:
+        built = await asyncio.gather(*(loop.run_in_executor(pool, build, pg) for pg in range(lay.pg_count)))
         async with aiohttp.ClientSession(timeout=timeout,
                                          connector=aiohttp.TCPConnector(limit=64)) as http:
-            await asyncio.gather(*(one(http, pg) for pg in range(lay.pg_count)))
+            await asyncio.gather(*(install(http, *b) for b in built))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+        shutil.rmtree(staging, ignore_errors=True)
     return done[1]
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _file_crc(path: str) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            crc = google_crc32c.extend(crc, chunk)
+    return crc
 
 
 async def _pieces(body: bytes, size: int = 1 << 20):

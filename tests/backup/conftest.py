@@ -54,10 +54,13 @@ def s3_url(minio, monkeypatch) -> str:
 
 @contextlib.asynccontextmanager
 async def backup_fleet(directory: Path, url: str, pgs: int = 4, pages_per_pg: int = 16,
-                       interval: float = 0.5, snapshot_interval: float = 3.0):
+                       interval: float = 0.5, snapshot_interval: float = 3.0, ip: str | None = None,
+                       key_files: list[Path] | None = None):
+    """KEY_FILES: the nodes encrypt with the first (`--backup-key-file`)."""
+    keys = {"backup_key_files": [str(k) for k in key_files]} if key_files else {}
     fleet, topology = await fleet_mod.up(
-        directory, 2, pgs, pages_per_pg, 4096, base_ip(), backup=url,
-        backup_options={"backup_interval": interval, "backup_snapshot_interval": snapshot_interval})
+        directory, 2, pgs, pages_per_pg, 4096, ip or base_ip(), backup=url,
+        backup_options={"backup_interval": interval, "backup_snapshot_interval": snapshot_interval, **keys})
     bf = BackupFleet(directory, url, fleet, topology)
     try:
         bf.writer = await Writer.open(topology)
