@@ -6,7 +6,7 @@ The conventions are documented in docs/cli.md."""
 from __future__ import annotations
 
 import json
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
@@ -36,3 +36,25 @@ def report_click_error(exc: click.ClickException, as_json: bool) -> None:
     with --json its message goes to stdout as a JSON error object first."""
     if as_json:
         click.echo(json.dumps({"error": " ".join(exc.format_message().split())}))
+
+
+ARGS = "tidemark.args"  # ctx.meta key: the command line below the top-level group
+
+
+class ReportingGroup(click.Group):
+    """A top-level group (`tidemark`, `kubectl-tidemark`) that reports every subcommand's
+    user errors the one way above (one line, JSON with --json, exit 1)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGS] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        as_json = "--json" in ctx.meta.get(ARGS, [])
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            fail(one_line(exc), as_json)
+        except click.ClickException as exc:
+            report_click_error(exc, as_json)
+            raise

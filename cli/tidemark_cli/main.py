@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 import click
 
-from .errors import USER_ERRORS, fail, one_line, report_click_error
+from .errors import ReportingGroup
 from .logging_setup import configure_logging
 
 # (subcommand name, "module:attribute") — imported lazily so that `tidemark --help`
@@ -27,26 +26,9 @@ SUBCOMMANDS: dict[str, str] = {
 }
 
 
-ARGS = "tidemark.args"  # ctx.meta key: the command line below `tidemark`
-
-
-class LazyGroup(click.Group):
+class LazyGroup(ReportingGroup):
     """Subcommands imported on first use; every subcommand's user errors reported the one
     way of tidemark_cli.errors (one line, JSON with --json, exit 1)."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta[ARGS] = list(args)
-        return super().parse_args(ctx, args)
-
-    def invoke(self, ctx: click.Context) -> Any:
-        as_json = "--json" in ctx.meta.get(ARGS, [])
-        try:
-            return super().invoke(ctx)
-        except USER_ERRORS as exc:
-            fail(one_line(exc), as_json)
-        except click.ClickException as exc:
-            report_click_error(exc, as_json)
-            raise
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(SUBCOMMANDS))

@@ -21,6 +21,8 @@ INSTANCE_COMPONENT = "instance"
 ROLE_LABEL = "tidemark.dev/role"  # writer | replica (instance pods)
 SPEC_HASH = "tidemark.dev/spec-hash"
 TEMPLATE_HASH = "tidemark.dev/template-hash"
+# "true": no new segment rebuilds start (maintenance.py; `kubectl tidemark maintenance on`)
+MAINTENANCE_ANNOTATION = "tidemark.dev/maintenance"
 NODE_PORT = 7000
 SQL_PORT = 5432
 SQL_ADMIN_PORT = 5433

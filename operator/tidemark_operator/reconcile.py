@@ -23,6 +23,7 @@ from . import (
     backup_health,
     instance_resources,
     instances,
+    maintenance,
     objects,
     placement_store,
     repair_executor,
@@ -101,6 +102,7 @@ def finish_status(state: ClusterState, body: Mapping[str, Any], status: dict[str
     if restore is not None:
         rs = restoreflow.restore_status(state.restore, old, restore, event)
         status = apply_restore_status(status, rs, gen, old.get("conditions") or [], now_iso())
+    maintenance.apply(status, maintenance.active(body), gen, old.get("conditions") or [], now_iso(), event)
     return status
 
 

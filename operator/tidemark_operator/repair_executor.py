@@ -10,8 +10,8 @@ from typing import Any
 
 from tidemark_protocol.hydration import HydrationState
 
+from . import maintenance, placement_store
 from . import placement as pl
-from . import placement_store
 from . import repair_resume as resume
 from .kube import Kube
 from .nodeclient import NodeClient, NodeError
@@ -39,13 +39,14 @@ def run_repairs(kube: Kube, state: ClusterState, body: Mapping[str, Any], spec: 
         else:
             since.pop(p, None)
     limits = repair_limits(spec.repair)
+    paused = maintenance.active(body)  # planned node work: no new rebuilds (maintenance.py)
     made: list[Change] = []
     waits: list[str] = []
 
     def update(cur: dict[str, Any] | None) -> dict[str, Any] | None:
         if cur is None:
             return None
-        new, changes, w = plan_changes(cur, zone_of, statuses, since, now, limits)
+        new, changes, w = plan_changes(cur, zone_of, statuses, since, now, limits, paused)
         made[:] = changes
         waits[:] = w
         return new if changes else None

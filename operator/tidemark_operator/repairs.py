@@ -20,6 +20,8 @@ from tidemark_protocol.repair import NodeHealth, RepairLimits, plan_repairs
 from .placement import memberships
 from .spec import Repair
 
+PAUSED = "new segment rebuilds paused (maintenance)"
+
 _DUR = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
@@ -78,8 +80,10 @@ def plan_changes(
     unhealthy_since: Mapping[str, float],
     now: float,
     limits: RepairLimits,
+    paused: bool = False,
 ) -> tuple[dict[str, Any], list[Change], list[str]]:
-    """(new placement document, changes made, reasons repairs wait)."""
+    """(new placement document, changes made, reasons repairs wait). PAUSED (maintenance):
+    no replacement begins; running ones still finish or step back."""
     ms = memberships(doc)
     pgs = {k: dict(v) for k, v in doc["pgs"].items()}
     changes: list[Change] = []
@@ -104,8 +108,9 @@ def plan_changes(
              for p, z in zone_of.items()}
     current = {pg: Membership.from_json(pgs[str(pg)]) for pg in ms}
     plan = plan_repairs(current, nodes, now, limits)
-    for a in plan.start:
+    for a in [] if paused else plan.start:
         pgs[str(a.pg)] = current[a.pg].begin_replace(a.lost, a.target).to_json()
         changes.append(Change(a.pg, "begin", a.lost, a.target, a.sources))
-    waits = [f"pg {w.pg} ({w.lost}): {w.reason}" for w in plan.waiting]
+    waits = ([f"pg {w.pg} ({w.lost}): {PAUSED}" for w in [*plan.start, *plan.waiting]] if paused
+             else [f"pg {w.pg} ({w.lost}): {w.reason}" for w in plan.waiting])
     return {**doc, "pgs": pgs}, changes, waits

@@ -65,6 +65,25 @@ def caught_up_segments(doc: Mapping[str, Any], node_status: Mapping[str, Mapping
     return out
 
 
+def repairs_in_flight(doc: Mapping[str, Any],
+                      node_status: Mapping[str, Mapping[str, Any] | None]) -> list[dict[str, Any]]:
+    """status.repairs: each PG mid-replacement (dual membership), with the new member's
+    rebuild progress as its node reports it (`kubectl tidemark status` shows them)."""
+    out = []
+    for pg, ms in sorted(memberships(doc).items()):
+        if ms.next_members is None:
+            continue
+        for new in sorted(set(ms.next_members) - set(ms.members)):
+            seg = next((s for s in (node_status.get(new) or {}).get("segments", [])
+                        if int(s["pg"]) == pg), None)
+            h = (seg or {}).get("hydration") or {}
+            out.append({"pg": pg, "from": "+".join(sorted(set(ms.members) - set(ms.next_members))),
+                        "to": new, "epoch": ms.epoch, "state": str(h.get("state", "pending")),
+                        "pct": float(h.get("pct") or 0.0), "bytes": int(h.get("bytes") or 0),
+                        "totalBytes": int(h.get("total_bytes") or 0)})
+    return out
+
+
 def compute_status(
     generation: int,
     zones: Sequence[str] | None,
@@ -109,6 +128,11 @@ def compute_status(
         "segments": {str(pg): n for pg, n in sorted(healthy.items())},
         "vdl": vdl,
     })
+    if doc and (repairs := repairs_in_flight(doc, node_status)):
+        st["repairs"] = repairs
+    if doc and (down := sorted(p for ps in doc.get("zones", {}).values() for p in ps
+                               if node_status.get(p) is None)):
+        st["nodesDown"] = down  # the placement's pods not answering /v1/status this pass
     # Ready = every PG writable. While first being built (not Ready yet) any progress
     # keeps it False; once Ready, repairs, rollouts and spec changes do not flip it.
     was_ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in old_conds)

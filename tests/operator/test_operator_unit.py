@@ -797,3 +797,101 @@ def test_a_writer_whose_lease_lapsed_and_that_does_not_answer_is_replaced_at_onc
     assert evict_expired_writer(kube, "db", "ns", pods, {"db-writer-1": {"serving": False}}, ev, t + 60) == []
     assert evict_expired_writer(kube, "db", "ns", pods, {"db-writer-1": None}, ev, t + 16) == ["db-writer-1"]
     assert kube.deleted == ["db-writer-1"] and events[0][1] == "WriterLeaseExpired"
+
+
+# -- maintenance mode (issue #15: `kubectl tidemark maintenance on|off`) --------------------------
+
+def test_maintenance_pauses_new_rebuilds_but_lets_running_ones_finish() -> None:
+    from tidemark_operator.repairs import PAUSED, plan_changes
+    from tidemark_protocol.repair import RepairLimits
+
+    doc = pl.desired_placement("demo", ZONES, spec(nodesPerZone=3, volume={"pgCount": 6}), None)
+    zone_of = {p: z for z, ps in doc["zones"].items() for p in ps}
+    lost = "demo-zone-a-0"
+    up = set(zone_of) - {lost}
+    limits = RepairLimits(node_loss_timeout=10, max_concurrent=2)
+    same, changes, waits = plan_changes(doc, zone_of, _statuses(doc, up), {lost: 0.0}, 100.0, limits, True)
+    assert changes == [] and same["pgs"] == doc["pgs"]
+    assert waits and all(PAUSED in w for w in waits)
+    # the same plan without maintenance begins, and a begun one finishes under maintenance
+    begun, changes, _ = plan_changes(doc, zone_of, _statuses(doc, up), {lost: 0.0}, 100.0, limits)
+    c = changes[0]
+    st = _statuses(begun, up)
+    st[c.target]["segments"].append({"pg": c.pg, "hydration": {"state": "done"}})
+    _, fin, _ = plan_changes(begun, zone_of, st, {lost: 0.0}, 100.0, limits, True)
+    assert [(x.kind, x.pg) for x in fin] == [("finish", c.pg)]
+
+
+def test_repair_executor_starts_nothing_while_the_maintenance_annotation_is_set() -> None:
+    from tidemark_operator.model import MAINTENANCE_ANNOTATION
+    from tidemark_operator.repair_executor import run_repairs
+    from tidemark_operator.state import ClusterState
+
+    s = spec(nodesPerZone=3, repair={"nodeLossTimeout": "10s"})
+    doc = pl.desired_placement("demo", ZONES, s, None)
+    kube = _FakeKube(pl.configmap("demo", "ns", doc, resource_version="1"))
+    body = {"apiVersion": "tidemark.dev/v1alpha1", "kind": "AuroraCluster",
+            "metadata": {"name": "demo", "namespace": "ns", "uid": "u-1",
+                         "annotations": {MAINTENANCE_ANNOTATION: "true"}}, "spec": {}}
+    lost = "demo-zone-a-0"
+    statuses = _statuses(doc, set(pl.pods_of(doc)) - {lost})
+    state = ClusterState(unhealthy_since={lost: time.monotonic() - 60})
+    events: list[str] = []
+    new, progress = run_repairs(kube, state, body, s, doc, statuses, lambda t, r, m: events.append(r))
+    assert kube.writes == 0 and new["pgs"] == doc["pgs"] and events == []
+    assert progress and all("maintenance" in p for p in progress)
+
+
+def test_maintenance_condition_and_events_on_each_flip() -> None:
+    from tidemark_operator import maintenance
+    from tidemark_operator.model import MAINTENANCE_ANNOTATION
+
+    assert maintenance.active({"metadata": {"annotations": {MAINTENANCE_ANNOTATION: "True"}}})
+    assert not maintenance.active({"metadata": {"annotations": {MAINTENANCE_ANNOTATION: "false"}}})
+    assert not maintenance.active({"metadata": {}})
+    events: list[tuple[str, str]] = []
+
+    def step(on: bool, old: list) -> list:
+        st: dict = {"conditions": [{"type": "Ready", "status": "True"}]}
+        maintenance.apply(st, on, 1, old, "T", lambda t, r, m: events.append((t, r)))
+        return st["conditions"]
+
+    off = step(False, [])
+    assert events == []  # a cluster never in maintenance says nothing
+    assert next(c for c in off if c["type"] == "Maintenance")["status"] == "False"
+    on = step(True, off)
+    assert events == [("Warning", "MaintenanceOn")]
+    c = next(c for c in on if c["type"] == "Maintenance")
+    assert c["status"] == "True" and c["reason"] == "MaintenanceOn" and c["lastTransitionTime"] == "T"
+    step(True, on)
+    assert len(events) == 1  # no event while it stays on
+    step(False, on)
+    assert events[-1] == ("Normal", "MaintenanceOff")
+
+
+def test_status_lists_repairs_in_flight_with_the_targets_progress() -> None:
+    from tidemark_operator.status import repairs_in_flight
+
+    doc = pl.desired_placement("demo", ZONES, spec(nodesPerZone=3), None)
+    pods = set(pl.pods_of(doc))
+    assert repairs_in_flight(doc, _statuses(doc, pods)) == []
+    m = pl.memberships(doc)[0]
+    lost = m.members[0]
+    target = next(p for p in sorted(pods) if p.rsplit("-", 1)[0] == lost.rsplit("-", 1)[0] and p not in m.members)
+    doc["pgs"]["0"] = m.begin_replace(lost, target).to_json()
+    st = _statuses(doc, pods - {lost})
+    st[target]["segments"].append({"pg": 0, "hydration": {"state": "snapshot", "pct": 42.5, "bytes": 85,
+                                                          "total_bytes": 200}})
+    (r,) = repairs_in_flight(doc, st)
+    assert r == {"pg": 0, "from": lost, "to": target, "epoch": m.epoch + 1, "state": "snapshot",
+                 "pct": 42.5, "bytes": 85, "totalBytes": 200}
+    full = compute_status(1, ZONES, doc, _pods(doc), st, None, "T")
+    assert full["repairs"] == [r]
+
+
+def test_status_names_the_pods_that_do_not_answer() -> None:
+    doc = pl.desired_placement("demo", ZONES, spec(), None)
+    pods = set(pl.pods_of(doc))
+    assert "nodesDown" not in compute_status(1, ZONES, doc, _pods(doc), _statuses(doc, pods), None, "T")
+    st = compute_status(1, ZONES, doc, _pods(doc), _statuses(doc, pods - {"demo-zone-b-1"}), None, "T")
+    assert st["nodesDown"] == ["demo-zone-b-1"] and st["phase"] == "Degraded"

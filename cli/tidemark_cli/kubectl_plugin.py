@@ -1,0 +1,210 @@
+"""`kubectl tidemark …` (the `kubectl-tidemark` executable): the cluster-side CLI for an
+AuroraCluster, as `kubectl cnpg` is for CloudNativePG. Every command takes kubectl's
+--kubeconfig, --context and --namespace/-n, and --json; user errors are reported the one
+way of tidemark_cli.errors (one line, `{"error": …}` with --json, exit 1)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+
+from . import cluster_backup as cb
+from .cluster_view import EVENTS, gather
+from .errors import ReportingGroup
+from .kube_target import Target, target_options
+from .logging_setup import configure_logging
+from .maintenance_mode import set_maintenance
+from .status_render import render_status
+from .support_report import build_report, default_output, write_report
+
+WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
+                    help="Wait for the operator to act on the change.")
+TIMEOUT = click.option("--timeout", type=click.FloatRange(min=1), default=120.0, show_default=True,
+                       help="Seconds to wait at most (with --wait).")
+CLUSTER = click.argument("name", metavar="NAME")
+
+
+def stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(highlight=False, soft_wrap=True, stderr=True)
+
+
+def emit(doc: Any, as_json: bool, text: str) -> None:
+    click.echo(json.dumps(doc) if as_json else text)
+
+
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tidemark")
+def plugin() -> None:
+    """kubectl tidemark: inspect and operate Tidemark AuroraClusters (status, support
+    report, backups and snapshots, maintenance mode)."""
+    configure_logging()
+
+
+@plugin.command("status")
+@CLUSTER
+@click.option("--events", "event_limit", type=click.IntRange(min=0), default=EVENTS, show_default=True,
+              help="How many of the most recent events to show.")
+@target_options
+def status(target: Target, name: str, event_limit: int, as_json: bool) -> None:
+    """Phase and conditions, storage nodes (pod, node, zone, PGs), PG health, repairs in
+    flight, backup window, instances and the primary, recent events of AuroraCluster NAME.
+    Exit status 1 when it is not healthy (not Ready, degraded, backup or an instance not
+    healthy); the status is printed all the same."""
+    summary = gather(target, name, event_limit)
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        render_status(stdout(), summary)
+    raise SystemExit(0 if summary["healthy"] else 1)
+
+
+@plugin.command("report")
+@CLUSTER
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The tarball to write (default: ./tidemark-report-NAME-<UTC time>.tar.gz).")
+@click.option("--tail", type=click.IntRange(min=1, max=100000), default=2000, show_default=True,
+              help="Lines of each pod's log to include (the last ones).")
+@click.option("--node-timeout", type=click.FloatRange(min=0.1, max=60), default=3.0, show_default=True,
+              help="Seconds to wait for each storage node's /v1/status.")
+@click.option("--operator-namespace", default=None,
+              help="Namespace of the operator's pods (default: found by label in any namespace we may list).")
+@target_options
+def report(target: Target, name: str, output: Path | None, tail: int, node_timeout: float,
+           operator_namespace: str | None, as_json: bool) -> None:
+    """Write a support bundle of AuroraCluster NAME: its spec and status, owned objects
+    (Secret names only, never their data), events, operator and pod logs (bounded tail),
+    and each storage node's /v1/status; manifest.json inside lists what could not be
+    collected. Progress on stderr."""
+    err = stderr()
+    now = time.time()
+    out = output or default_output(name, now)
+    data, manifest = build_report(target, name, tail, node_timeout, operator_namespace,
+                                  lambda what: err.print(f"[dim]collecting {what}…[/]"), now)
+    write_report(data, out)
+    doc = {"output": str(out), "bytes": len(data), "files": len(manifest["files"]) + 1,
+           "unreachable_nodes": manifest["unreachable_nodes"], "missing": len(manifest["missing"])}
+    emit(doc, as_json, f"wrote {out} ({len(data)} bytes, {doc['files']} files; "
+                       f"{doc['missing']} item(s) not collected, see manifest.json)")
+
+
+@plugin.group("backup")
+def backup() -> None:
+    """The cluster's continuous backup, as its operator reports it."""
+
+
+@backup.command("status")
+@CLUSTER
+@target_options
+def backup_status(target: Target, name: str, as_json: bool) -> None:
+    """Recoverable window, last upload, last error and storage metrics of NAME's backup
+    (status.backup, camelCase as `tidemark backup status`). Exit status 1 when backup is
+    not enabled or not healthy."""
+    doc = cb.backup_status(target.cluster(name))
+    if as_json:
+        click.echo(json.dumps(doc))
+    else:
+        for key, value in doc.items():
+            if key != "restorableLsnIntervals":
+                click.echo(f"{key:36} {value}")
+    raise SystemExit(0 if doc["healthy"] else 1)
+
+
+@plugin.group("snapshot")
+def snapshot() -> None:
+    """Manual snapshots of a cluster's backup (AuroraSnapshot resources): kept until deleted."""
+
+
+@snapshot.command("create")
+@CLUSTER
+@click.option("--name", "snap", default=None, help="The AuroraSnapshot's name (default: NAME-<UTC time>).")
+@click.option("--at", "at_time", default=None, help="RFC 3339 time inside the backup's window (default: latest).")
+@WAIT
+@TIMEOUT
+@target_options
+def snapshot_create(target: Target, name: str, snap: str | None, at_time: str | None, wait: bool,
+                    timeout: float, as_json: bool) -> None:
+    """Create an AuroraSnapshot of cluster NAME (its spec.backup must be enabled) and, with
+    --wait, wait until the operator has written it (Ready) or it failed."""
+    row = cb.create_snapshot(target, name, snap or cb.default_snapshot_name(name, time.time()), at_time,
+                             timeout if wait else None)
+    emit(row, as_json, f"snapshot {row['name']}: {row['phase']}"
+         + (f", {row['pages']} pages at LSN {row['lsn']} ({row['snapshot_time']})" if row["phase"] == "Ready" else ""))
+
+
+@snapshot.command("list")
+@CLUSTER
+@target_options
+def snapshot_list(target: Target, name: str, as_json: bool) -> None:
+    """List the AuroraSnapshots of cluster NAME, oldest first."""
+    target.cluster(name)
+    rows = [cb.snapshot_row(s) for s in target.snapshots(name)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['name']}\t{r['phase']}\t{r['snapshot_time'] or '-'}\tlsn={r['lsn']}\t"
+                   f"{r['size_bytes'] if r['size_bytes'] is not None else '-'} bytes")
+
+
+@snapshot.command("delete")
+@CLUSTER
+@click.argument("snap", metavar="SNAPSHOT")
+@WAIT
+@TIMEOUT
+@target_options
+def snapshot_delete(target: Target, name: str, snap: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Delete AuroraSnapshot SNAPSHOT of cluster NAME (the operator deletes its objects in
+    the bucket); with --wait, until it is gone."""
+    cb.delete_snapshot(target, name, snap, timeout if wait else None)
+    emit({"deleted": snap}, as_json, f"deleted {snap}")
+
+
+@plugin.group("maintenance")
+def maintenance() -> None:
+    """Maintenance mode: no new segment rebuilds while nodes are down on purpose (as Ceph's noout)."""
+
+
+def _maintenance(target: Target, name: str, on: bool, wait: bool, timeout: float, as_json: bool) -> None:
+    doc = set_maintenance(target, name, on, timeout if wait else None)
+    emit(doc, as_json, f"maintenance {'on' if on else 'off'} for {name}"
+         + (" (acknowledged by the operator)" if doc["acknowledged"] else ""))
+
+
+@maintenance.command("on")
+@CLUSTER
+@WAIT
+@TIMEOUT
+@target_options
+def maintenance_on(target: Target, name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Pause new segment rebuilds of NAME (annotation tidemark.dev/maintenance=true); running
+    ones finish. With --wait, until the operator shows the Maintenance condition True."""
+    _maintenance(target, name, True, wait, timeout, as_json)
+
+
+@maintenance.command("off")
+@CLUSTER
+@WAIT
+@TIMEOUT
+@target_options
+def maintenance_off(target: Target, name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Resume segment repairs of NAME: a pod still lost for nodeLossTimeout is rebuilt
+    elsewhere on the operator's next pass."""
+    _maintenance(target, name, False, wait, timeout, as_json)
+
+
+def main() -> None:
+    plugin(prog_name="kubectl tidemark", args=sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""`kubectl tidemark`: the status summary and its rendering, the snapshot and backup
+documents, the report's tarball, the command surface (help, --json, one-line errors)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+from rich.console import Console
+
+from tidemark_cli import cluster_backup as cb
+from tidemark_cli.cluster_view import summarize
+from tidemark_cli.kubectl_plugin import plugin
+from tidemark_cli.status_render import render_status
+from tidemark_cli.support_report import Bundle
+from tidemark_operator import placement as pl
+from tidemark_operator.spec import parse_spec
+from tidemark_protocol.errors import UserError
+
+pytestmark = pytest.mark.unit
+
+ZONES = ["zone-a", "zone-b", "zone-c"]
+
+
+def _doc() -> dict[str, Any]:
+    return pl.desired_placement("demo", ZONES, parse_spec({"nodesPerZone": 2}), None)
+
+
+def _pod(name: str, zone: str, running: bool = True) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"tidemark.dev/zone": zone}},
+            "spec": {"nodeName": f"kwok-{zone}-0"},
+            "status": {"phase": "Running" if running else "Pending", "podIP": "127.0.167.9",
+                       "conditions": [{"type": "Ready", "status": "True" if running else "False"}],
+                       "containerStatuses": [{"restartCount": 2}]}}
+
+
+def _cond(type_: str, status: bool, reason: str = "R", message: str = "m") -> dict[str, Any]:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message,
+            "lastTransitionTime": "2026-12-01T19:00:00Z"}
+
+
+def _ac(**status: Any) -> dict[str, Any]:
+    base = {"phase": "Ready", "zones": ZONES, "readyNodes": "6/6", "healthyPGs": "4/4", "writablePGs": 4,
+            "segments": {str(pg): 6 for pg in range(4)}, "vdl": 1234,
+            "conditions": [_cond("Ready", True, "QuorumAvailable"), _cond("Progressing", False, "Reconciled"),
+                           _cond("Degraded", False, "AllSegmentsHealthy"), _cond("Maintenance", False, "MaintenanceOff")],
+            "readyInstances": "2/2", "currentPrimary": "demo-writer-1",
+            "instances": [{"name": "demo-writer-1", "role": "writer", "serving": True, "volumeEpoch": 3, "node": "n1"},
+                          {"name": "demo-replica-1", "role": "replica", "serving": True, "lagMs": 4, "node": "n2"}]}
+    base.update(status)
+    return {"metadata": {"name": "demo", "namespace": "ns"}, "spec": {}, "status": base}
+
+
+def _pods(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [_pod(p, z) for z, ps in sorted(doc["zones"].items()) for p in ps]
+
+
+EVENTS = [{"type": "Normal", "reason": "Created", "object": "AuroraCluster/demo", "message": "created  x",
+           "count": 1, "last_seen": "2026-12-01T19:00:00Z"},
+          {"type": "Warning", "reason": "RepairStarted", "object": "AuroraCluster/demo",
+           "message": "pg 0: replacing", "count": 2, "last_seen": "2026-12-01T19:01:00Z"}]
+
+
+def _text(summary: dict[str, Any]) -> str:
+    console = Console(file=io.StringIO(), width=200, record=True, color_system=None)
+    render_status(console, summary)
+    return console.export_text()
+
+
+def test_a_healthy_cluster_summarized_and_rendered() -> None:
+    doc = _doc()
+    s = summarize(_ac(), _pods(doc), doc, EVENTS)
+    assert s["healthy"] is True and s["problems"] == [] and s["phase"] == "Ready"
+    assert (s["ready_nodes"], s["healthy_pgs"], s["writable_pgs"], s["vdl"]) == ("6/6", "4/4", 4, 1234)
+    nodes = {n["name"]: n for n in s["storage_nodes"]}
+    assert len(nodes) == 6 and all(n["answering"] and n["ready"] and n["restarts"] == 2 for n in nodes.values())
+    # each pod's PGs are the placement's
+    for pg, m in pl.memberships(doc).items():
+        assert all(pg in nodes[x]["pgs"] for x in m.members)
+    assert [p["healthy_segments"] for p in s["pgs"]] == [6, 6, 6, 6]
+    assert s["current_primary"] == "demo-writer-1" and s["instances"][1]["lag_ms"] == 4
+    assert s["events"][0]["message"] == "created x" and s["maintenance"] is False
+    assert s["backup"] is None and s["backup_healthy"] is None
+    json.dumps(s)  # the --json document
+    text = _text(s)
+    for needle in ("AuroraCluster ns/demo", "healthy", "Conditions", "QuorumAvailable", "Storage nodes",
+                   "demo-zone-a-0", "kwok-zone-a-0", "Protection groups", "6/6", "Repairs  none in flight",
+                   "Backup  not enabled", "demo-writer-1", "writer (primary)", "4 ms", "RepairStarted"):
+        assert needle in text, needle
+    assert "not healthy" not in text
+
+
+def test_a_degraded_cluster_in_maintenance_with_a_repair_in_flight() -> None:
+    doc = _doc()
+    down = doc["zones"]["zone-b"][0]
+    st = _ac(phase="Degraded", readyNodes="5/6", healthyPGs="2/4", nodesDown=[down],
+             segments={"0": 5, "1": 6, "2": 5, "3": 6},
+             repairs=[{"pg": 0, "from": down, "to": "demo-zone-b-2", "state": "snapshot", "pct": 42.0,
+                       "bytes": 84, "totalBytes": 200}],
+             conditions=[_cond("Ready", True, "QuorumAvailable"),
+                         _cond("Progressing", True, "Repairing", "pg 0: demo-zone-b-2 replacing " + down),
+                         _cond("Degraded", True, "SegmentsMissing", "2 PG(s) below 6 healthy segments"),
+                         _cond("Maintenance", True, "MaintenanceOn")])
+    st["status"]["instances"][1]["serving"] = False
+    s = summarize(st, _pods(doc), doc, [])
+    assert s["healthy"] is False and s["maintenance"] is True
+    assert any("Degraded" in p for p in s["problems"]) and any("demo-replica-1" in p for p in s["problems"])
+    assert [n["name"] for n in s["storage_nodes"] if not n["answering"]] == [down]
+    assert s["repairs"] == [{"pg": 0, "from": down, "to": "demo-zone-b-2", "state": "snapshot", "pct": 42.0,
+                             "bytes": 84, "total_bytes": 200}]
+    assert s["repairing"].startswith("pg 0")
+    text = _text(s)
+    for needle in ("not healthy", "MAINTENANCE", "5/6", "42% (84/200 bytes)", "SegmentsMissing",
+                   f"{down}", "demo-zone-b-2"):
+        assert needle in text, needle
+
+
+def test_a_cluster_with_no_status_yet() -> None:
+    s = summarize({"metadata": {"name": "new", "namespace": "ns"}}, [], None, [])
+    assert s["healthy"] is False and s["phase"] == "Unknown" and s["pgs"] == []
+    assert "not Ready: no status yet" in s["problems"][0]
+    _text(s)  # renders without a placement, pods or status
+
+
+def test_backup_status_document() -> None:
+    with pytest.raises(UserError, match="no spec.backup enabled"):
+        cb.backup_status(_ac())
+    ac = _ac(backup={"target": "s3://b/p", "lastSuccessfulUpload": "2026-12-01T19:00:00Z", "retentionDays": 7})
+    ac["spec"]["backup"] = {"enabled": True}
+    ac["status"]["conditions"].append(_cond("BackupHealthy", True, "UploadsCurrent", "newest upload at …"))
+    doc = cb.backup_status(ac)
+    assert doc["healthy"] is True and doc["reason"] == "UploadsCurrent" and doc["cluster"] == "demo"
+    assert doc["target"] == "s3://b/p" and doc["lastSuccessfulUpload"] and doc["retentionDays"] == 7
+    s = summarize(ac, [], None, [])
+    assert s["backup_healthy"] is True and "window" in _text(s)
+
+
+def test_snapshot_objects() -> None:
+    body = cb.snapshot_body("demo", "before-upgrade", "2026-12-01T19:00:00Z")
+    assert body["kind"] == "AuroraSnapshot" and body["apiVersion"] == "tidemark.dev/v1alpha1"
+    assert body["spec"] == {"cluster": "demo", "pointInTime": "2026-12-01T19:00:00Z"}
+    assert "pointInTime" not in cb.snapshot_body("demo", "x", None)["spec"]
+    assert cb.default_snapshot_name("demo", 0) == "demo-19700101-000000"
+    row = cb.snapshot_row({**body, "status": {"phase": "Ready", "lsn": 7, "pages": 3, "sizeBytes": 10,
+                                             "snapshotTime": "T", "snapshotName": "ns-before-upgrade-1234abcd"}})
+    assert (row["name"], row["phase"], row["lsn"], row["size_bytes"], row["snapshot_time"]) == (
+        "before-upgrade", "Ready", 7, 10, "T")
+    assert cb.snapshot_row({"metadata": {"name": "x"}})["phase"] == "Pending"
+
+
+def test_wait_until_gives_up_with_one_line() -> None:
+    with pytest.raises(UserError, match="timed out after 0 s waiting for nothing"):
+        cb.wait_until(lambda: None, 0.01, "nothing", interval=0.01)
+    assert cb.wait_until(lambda: 5, 1, "five") == 5
+
+
+def test_report_tarball_opens_with_its_manifest() -> None:
+    b = Bundle("tidemark-report-demo-T")
+    b.add("cluster.yaml", "a: 1\n")
+    b.add_yaml("objects/pods.yaml", [{"metadata": {"name": "p"}}])
+    b.miss("nodes/p.json", "unreachable:   timed out")
+    data = b.tarball({"files": sorted(b.files), "missing": b.missing})
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        names = tar.getnames()
+        assert sorted(names) == ["tidemark-report-demo-T/cluster.yaml", "tidemark-report-demo-T/manifest.json",
+                                 "tidemark-report-demo-T/objects/pods.yaml"]
+        manifest = json.load(tar.extractfile("tidemark-report-demo-T/manifest.json"))  # type: ignore[arg-type]
+        pods = yaml.safe_load(tar.extractfile("tidemark-report-demo-T/objects/pods.yaml"))  # type: ignore[arg-type]
+    assert manifest["missing"] == [{"what": "nodes/p.json", "why": "unreachable: timed out"}]
+    assert pods == [{"metadata": {"name": "p"}}]
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    out = []
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out += _commands(cmd, (*prefix, name))
+        else:
+            out.append(((*prefix, name), cmd))
+    return out
+
+
+def test_every_command_has_help_json_and_kubectl_options() -> None:
+    cmds = _commands(plugin)
+    assert {" ".join(p) for p, _ in cmds} == {
+        "status", "report", "backup status", "snapshot create", "snapshot list", "snapshot delete",
+        "maintenance on", "maintenance off"}
+    for path, cmd in cmds:
+        assert cmd.help, path
+        opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
+        assert {"--json", "--namespace", "-n", "--kubeconfig", "--context"} <= opts, path
+        assert all(p.help for p in cmd.params if isinstance(p, click.Option)), path
+
+
+def _kubeconfig(tmp_path: Path) -> Path:
+    """A kubeconfig naming an API server nobody listens on (127.0.167.0/24: ours)."""
+    cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+           "clusters": [{"name": "k", "cluster": {"server": "http://127.0.167.1:9"}}],
+           "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "from-context"}}],
+           "users": [{"name": "u", "user": {"token": "t"}}]}
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize("args", [["status", "demo"], ["maintenance", "on", "demo"], ["snapshot", "list", "demo"],
+                                  ["backup", "status", "demo"], ["report", "demo"]])
+def test_an_unreachable_cluster_is_one_line_and_a_json_error(tmp_path: Path, args: list[str]) -> None:
+    res = CliRunner().invoke(plugin, [*args, "--kubeconfig", str(_kubeconfig(tmp_path)), "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout.strip().splitlines()[0])
+    assert set(doc) == {"error"} and "127.0.167.1" in doc["error"]
+    err = [line for line in res.stderr.strip().splitlines() if not line.startswith("collecting ")]
+    assert len(err) == 1 and err[0].startswith("Error: cannot reach the API server http://127.0.167.1:9: "
+                                               "[Errno 111] Connection refused"), res.stderr
+
+
+def test_a_missing_context_is_one_line(tmp_path: Path) -> None:
+    res = CliRunner().invoke(plugin, ["status", "demo", "--kubeconfig", str(_kubeconfig(tmp_path)),
+                                      "--context", "nope"], catch_exceptions=False)
+    assert res.exit_code == 1 and res.stderr.startswith("Error: ") and "nope" in res.stderr
+
+
+def test_namespace_comes_from_the_flag_else_the_context(tmp_path: Path) -> None:
+    from tidemark_cli.kube_target import connect
+
+    path = str(_kubeconfig(tmp_path))
+    assert connect(path, None, None).namespace == "from-context"
+    assert connect(path, "c", "mine").namespace == "mine"
+
+
+def test_the_krew_manifest_names_the_installed_executable() -> None:
+    root = Path(__file__).resolve().parents[2]
+    manifest = yaml.safe_load((root / "plugins" / "krew" / "tidemark.yaml").read_text())
+    assert manifest["kind"] == "Plugin" and manifest["metadata"]["name"] == "tidemark"
+    assert 'kubectl-tidemark = "tidemark_cli.kubectl_plugin:main"' in (root / "pyproject.toml").read_text()
+    for p in manifest["spec"]["platforms"]:
+        assert p["bin"] == "kubectl-tidemark" and len(p["sha256"]) == 64
+
+
+def test_the_report_lists_the_secrets_the_spec_names() -> None:
+    from tidemark_cli.support_report import referenced_secrets
+
+    ac = {"spec": {"backup": {"credentialsSecret": "b"}, "instance": {"credentialsSecret": "i"},
+                   "restore": {"source": {"credentialsSecret": "r"}}}}
+    assert referenced_secrets(ac) == {"b", "i", "r"}
+    assert referenced_secrets({"spec": {}}) == set()
