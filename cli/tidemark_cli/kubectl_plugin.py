@@ -22,6 +22,7 @@ from .logging_setup import configure_logging
 from .maintenance_mode import set_maintenance
 from .status_render import render_status
 from .support_report import build_report, default_output, write_report
+from .switchover_request import request_switchover
 
 WAIT = click.option("--wait/--no-wait", default=True, show_default=True,
                     help="Wait for the operator to act on the change.")
@@ -46,7 +47,7 @@ def emit(doc: Any, as_json: bool, text: str) -> None:
 @click.version_option(package_name="tidemark")
 def plugin() -> None:
     """kubectl tidemark: inspect and operate Tidemark AuroraClusters (status, support
-    report, backups and snapshots, maintenance mode)."""
+    report, backups and snapshots, maintenance mode, writer switchover)."""
     configure_logging()
 
 
@@ -200,6 +201,35 @@ def maintenance_off(target: Target, name: str, wait: bool, timeout: float, as_js
     """Resume segment repairs of NAME: a pod still lost for nodeLossTimeout is rebuilt
     elsewhere on the operator's next pass."""
     _maintenance(target, name, False, wait, timeout, as_json)
+
+
+def _switchover(target: Target, name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    doc = request_switchover(target, name, timeout if wait else None)
+    done = f": {doc['to']} serves after {doc['durationSeconds']} s" if doc.get("to") else " (requested)"
+    emit(doc, as_json, f"switchover of {name} from {doc['from']}{done}")
+
+
+@plugin.command("switchover")
+@CLUSTER
+@WAIT
+@TIMEOUT
+@target_options
+def switchover(target: Target, name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """Planned writer switchover of NAME: the writer pod is stopped (SIGTERM; every commit
+    it answered is durable) and a new writer pod recovers the volume and takes the
+    writer Lease. Replicas keep serving reads. With --wait, until the new writer serves."""
+    _switchover(target, name, wait, timeout, as_json)
+
+
+@plugin.command("promote")
+@CLUSTER
+@WAIT
+@TIMEOUT
+@target_options
+def promote(target: Target, name: str, wait: bool, timeout: float, as_json: bool) -> None:
+    """The same as `switchover` (CloudNativePG's name for it). Tidemark's replicas never
+    open the volume, so the new writer is always a new writer pod, not a chosen replica."""
+    _switchover(target, name, wait, timeout, as_json)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from .model import (
     RUN_LOCAL_LABEL,
     SQL_ADMIN_PORT,
     SQL_PORT,
+    TEMPLATE_HASH,
     ZONE_LABEL,
     app_secret_name,
     cluster_labels,
@@ -28,7 +29,7 @@ from .model import (
     instance_selector,
     writer_lease_name,
 )
-from .resources import _meta, _stamp
+from .resources import _meta, _stamp, spec_hash
 from .spec import ClusterSpec
 
 APP_USER = "tidemark"
@@ -144,12 +145,40 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
     }
     strategy = {"type": "Recreate"} if role == "writer" else {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0 if replicas > 1 else 1}}
+    template = {"metadata": {"labels": labels}, "spec": pod_spec}
+    meta = _meta(instance_deployment_name(cluster, role), namespace, cluster, sel)
+    meta["annotations"] = {TEMPLATE_HASH: spec_hash(template)}  # what rolled_out() compares
     return _stamp({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _meta(instance_deployment_name(cluster, role), namespace, cluster, sel),
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
         "spec": {"replicas": replicas, "selector": {"matchLabels": sel}, "strategy": strategy,
-                 "template": {"metadata": {"labels": labels}, "spec": pod_spec}},
+                 "template": template},
     }, owner)
+
+
+def _template_hash(deployment: Mapping[str, Any] | None) -> str | None:
+    return ((deployment or {}).get("metadata", {}).get("annotations") or {}).get(TEMPLATE_HASH)
+
+
+def rolled_out(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """CURRENT (the Deployment as read) runs DESIRED's pod template on every replica, all
+    available, and no pod of an older template is left."""
+    if current is None or _template_hash(current) != _template_hash(desired):
+        return False
+    want = int(desired["spec"]["replicas"])
+    st = current.get("status") or {}
+    return (int(st.get("observedGeneration") or 0) >= int(current["metadata"].get("generation") or 0)
+            and int(st.get("updatedReplicas") or 0) >= want and int(st.get("availableReplicas") or 0) >= want
+            and int(st.get("replicas") or 0) <= want)
+
+
+def hold_writer(current_writer: Mapping[str, Any] | None, desired_writer: Mapping[str, Any],
+                current_replica: Mapping[str, Any] | None, desired_replica: Mapping[str, Any]) -> bool:
+    """A new pod template reaches the writer only after every replica runs it: replicas
+    first, then the writer's Recreate (a new writer pod: a switchover), so reads go on
+    through -ro during the update and the writer moves once."""
+    if current_writer is None or _template_hash(current_writer) == _template_hash(desired_writer):
+        return False
+    return int(desired_replica["spec"]["replicas"]) > 0 and not rolled_out(current_replica, desired_replica)
 
 
 def endpoint_services(cluster: str, namespace: str, owner: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -104,7 +104,7 @@ def instances_status(spec: ClusterSpec, pods: Sequence[InstancePod], seen: Mappi
         listed.append(item)
     out: dict[str, Any] = {"readyInstances": f"{serving}/{spec.instances}", "instances": listed}
     if holder:
-        out["currentPrimary"] = holder
+        out["currentPrimary"] = out["targetPrimary"] = holder
     if blocked:
         out["instancesBlocked"] = blocked
     return out
@@ -171,12 +171,14 @@ def evict_expired_writer(kube: Kube, cluster: str, ns: str, pods: Sequence[Insta
     return [pod.name]
 
 
-def note_primary(state: ClusterState, holder: str | None, serving: bool, event: Event) -> None:
+def note_primary(state: ClusterState, holder: str | None, serving: bool, event: Event,
+                 planned: Set[str] = frozenset()) -> None:
     """Emit `Failover` (with the time from the old writer's loss to the new one serving,
-    as seen by the passes) when the Lease's holder changes."""
+    as seen by the passes) when the Lease's holder changes, unless the old writer is one
+    a requested switchover stopped (PLANNED; switchover.py reports those)."""
     now = time.monotonic()
     if holder is not None and serving:
-        if state.primary is not None and holder != state.primary:
+        if state.primary is not None and holder != state.primary and state.primary not in planned:
             lost = state.primary_lost_at or now
             event("Normal", "Failover", f"writer moved from {state.primary} to {holder}: serving again "
                                         f"{now - lost:.1f} s after the old writer was lost")

@@ -87,6 +87,14 @@ class Kube:
             if exc.status != 404:
                 raise
 
+    def delete_pod(self, name: str, ns: str) -> None:
+        """Delete with the pod's own grace period: its processes get SIGTERM first."""
+        try:
+            self.core.delete_namespaced_pod(name, ns, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
     def cluster(self, ns: str, name: str) -> dict[str, Any] | None:
         """An AuroraCluster as a plain dict (None: it does not exist)."""
         try:

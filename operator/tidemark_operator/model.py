@@ -23,6 +23,7 @@ SPEC_HASH = "tidemark.dev/spec-hash"
 TEMPLATE_HASH = "tidemark.dev/template-hash"
 # "true": no new segment rebuilds start (maintenance.py; `kubectl tidemark maintenance on`)
 MAINTENANCE_ANNOTATION = "tidemark.dev/maintenance"
+SWITCHOVER_ANNOTATION = "tidemark.dev/switchover"  # its value names one request
 NODE_PORT = 7000
 SQL_PORT = 5432
 SQL_ADMIN_PORT = 5433

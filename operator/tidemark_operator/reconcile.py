@@ -29,11 +29,12 @@ from . import (
     repair_executor,
     restoreflow,
     segments,
+    switchover,
 )
 from . import placement as pl
 from .backupspec import BackupSpec, RestoreSpec
 from .kube import Kube
-from .model import resolve_zones
+from .model import ROLE_LABEL, resolve_zones
 from .nodeclient import NodeClient
 from .repairs import parse_quantity
 from .resources import desired_objects
@@ -128,6 +129,7 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     blocked = await asyncio.to_thread(instances.ensure_credentials, kube, name, ns, spec, owner, event)
     if blocked is None:
         objs = instance_resources.instance_objects(name, ns, spec, owner, ctx.settings.node_command)
+        objs = await asyncio.to_thread(_hold_writer_template, kube, ns, objs, state, event)
         await asyncio.to_thread(objects.converge, kube, objs, True, event)
     elif (body.get("status") or {}).get("instancesBlocked") != blocked:
         event("Warning", "CredentialsMissing", blocked)
@@ -138,9 +140,34 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     expired = await asyncio.to_thread(instances.evict_expired_writer, kube, name, ns, pods, seen, event, time.time())
     pods = [p for p in pods if p.name not in expired]
     holder = await asyncio.to_thread(instances.lease_holder, kube, name, ns)
-    instances.note_primary(state, holder, any(p.name == holder and (seen.get(p.name) or {}).get("serving")
-                                              for p in pods), event)
-    return instances.instances_status(spec, pods, seen, holder, blocked)
+    holder_serving = any(p.name == holder and (seen.get(p.name) or {}).get("serving") for p in pods)
+    out = instances.instances_status(spec, pods, seen, holder, blocked)
+    moved = await asyncio.to_thread(switchover.step, kube, ns, body, pods, holder, holder_serving, event,
+                                    now_iso(), time.time())
+    if moved is not None:
+        out["switchover"] = moved
+        if moved.get("phase") == "Switching":
+            out["targetPrimary"] = "(a new writer pod)"
+            state.switched_from = moved.get("from")  # this process's memory: a body may lag
+    planned = {state.switched_from, switchover.stopped_writer(moved)} - {None}
+    instances.note_primary(state, holder, holder_serving, event, planned=planned)
+    return out
+
+
+def _hold_writer_template(kube: Kube, ns: str, objs: list[dict[str, Any]], state: ClusterState,
+                          event: Event) -> list[dict[str, Any]]:
+    """Leave the writer Deployment as it is while the replicas roll to a new template."""
+    by_role = {o["metadata"]["labels"].get(ROLE_LABEL): o for o in objs if o["kind"] == "Deployment"}
+    writer, replica = by_role["writer"], by_role["replica"]
+    current = {role: kube.read("Deployment", o["metadata"]["name"], ns) for role, o in by_role.items()}
+    if not instance_resources.hold_writer(current["writer"], writer, current["replica"], replica):
+        state.writer_held = False
+        return objs
+    if not state.writer_held:
+        event("Normal", "RollingUpdate", "new instance template: replicas first; the writer is replaced "
+                                         "(a new writer pod) once every replica runs it")
+        state.writer_held = True
+    return [o for o in objs if o is not writer]
 
 
 async def _converge(ctx: Context, state: ClusterState, body: Mapping[str, Any], spec: ClusterSpec,

@@ -33,6 +33,10 @@ class ClusterState:
     # not serving or deleted: the Failover event's duration (lost on restart: no event then)
     primary: str | None = None
     primary_lost_at: float | None = None
+    # the writer pod the last switchover started here stopped (no Failover event for it)
+    switched_from: str | None = None
+    # the writer Deployment's new template waits for the replicas (RollingUpdate event once)
+    writer_held: bool = False
     # one pass at a time (the change handlers and the timer may fire together)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -180,33 +181,36 @@ def _alive(pid: int) -> bool:
     return False
 
 
-def test_writer_pod_deleted_writes_resume_and_no_acknowledged_write_is_lost(env: dict[str, Any]) -> None:
-    """A client keeps inserting through -rw (reconnecting to whatever -rw lists) while the
-    writer pod is deleted: the Deployment's new pod opens the volume (recovery + seal),
-    claims the Lease, -rw moves; every acknowledged row is there afterwards."""
-    with connect(env, f"{DB}-rw") as w:
-        w.execute("CREATE TABLE acked (k INT PRIMARY KEY)")
-    acked: list[int] = []
-    acked_on: list[tuple[float, str]] = []  # (when, which endpoint address) per acknowledged row
-    unknown: set[int] = set()
-    stop = threading.Event()
-    errors: list[str] = []
+class Inserter:
+    """A client inserting through -rw (reconnecting to whatever -rw lists), keeping what
+    was acknowledged, and when, and what had an unknown outcome."""
 
-    def writer_loop() -> None:
+    def __init__(self, e: dict[str, Any], table: str) -> None:
+        self.e, self.table = e, table
+        self.acked: list[int] = []
+        self.acked_on: list[tuple[float, str]] = []  # (when, which endpoint address) per acknowledged row
+        self.unknown: set[int] = set()
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        with connect(e, f"{DB}-rw") as w:
+            w.execute(f"CREATE TABLE {table} (k INT PRIMARY KEY)")
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
         k = 0
         conn = None
-        while not stop.is_set():
+        while not self.stop.is_set():
             try:
                 if conn is None:
-                    conn = connect(env, f"{DB}-rw", timeout=2)
+                    conn = connect(self.e, f"{DB}-rw", timeout=2)
                 k += 1
-                conn.execute("INSERT INTO acked VALUES (%s)", (k,))
-                acked.append(k)
-                acked_on.append((time.monotonic(), conn.info.host))
+                conn.execute(f"INSERT INTO {self.table} VALUES (%s)", (k,))
+                self.acked.append(k)
+                self.acked_on.append((time.monotonic(), conn.info.host))
             except (psycopg.Error, OSError, ApiException) as exc:
-                if k and (not acked or acked[-1] != k):
-                    unknown.add(k)  # outcome unknown: the connection broke mid-statement
-                errors.append(type(exc).__name__)
+                if k and (not self.acked or self.acked[-1] != k):
+                    self.unknown.add(k)  # outcome unknown: the connection broke mid-statement
+                self.errors.append(type(exc).__name__)
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -214,10 +218,40 @@ def test_writer_pod_deleted_writes_resume_and_no_acknowledged_write_is_lost(env:
         if conn is not None:
             conn.close()
 
-    thread = threading.Thread(target=writer_loop, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: len(acked) >= 20, 30, "inserts before the kill", interval=0.1)
+    def __enter__(self) -> Inserter:
+        self.thread.start()
+        wait_for(lambda: len(self.acked) >= 20, 30, "inserts before the fault", interval=0.1)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=30)
+
+    def first_after(self, t: float, timeout: float, what: str) -> float:
+        return wait_for(lambda: next((at for at, _host in self.acked_on if at > t), None), timeout, what,
+                        interval=0.05)
+
+    def check_nothing_lost(self) -> None:
+        """Every acknowledged row is there (read through the new -rw), nothing else but
+        unknown outcomes, and the replica follows."""
+        with connect(self.e, f"{DB}-rw") as w:
+            got = {k for (k,) in w.execute(f"SELECT k FROM {self.table}").fetchall()}
+        missing = set(self.acked) - got
+        assert not missing, f"acknowledged rows lost: {sorted(missing)[:20]}"
+        assert got <= set(self.acked) | self.unknown
+        with connect(self.e, f"{DB}-ro") as r:
+            wait_for(lambda: r.execute(f"SELECT count(*) FROM {self.table}").fetchone()[0] >= len(self.acked), 30,
+                     "replica caught up with the new writer", interval=0.2)
+
+    def summary(self) -> str:
+        return f"{len(self.acked)} acked, {len(self.unknown)} unknown outcome, errors {sorted(set(self.errors))}"
+
+
+def test_writer_pod_deleted_writes_resume_and_no_acknowledged_write_is_lost(env: dict[str, Any]) -> None:
+    """A client keeps inserting through -rw while the writer pod is deleted: the
+    Deployment's new pod opens the volume (recovery + seal), claims the Lease, -rw moves;
+    every acknowledged row is there afterwards."""
+    with Inserter(env, "acked") as ins:
         (old,) = pods(env, "writer")
         old_pid = read_state(env["rig"].dir)[old.metadata.uid]["pid"]
         t0 = time.monotonic()
@@ -227,30 +261,85 @@ def test_writer_pod_deleted_writes_resume_and_no_acknowledged_write_is_lost(env:
         t_dead = time.monotonic()
         # the first insert acknowledged after the old process died: by the new writer
         # (a new pod on the same kwok node may well get the same address)
-        first = wait_for(lambda: next((t for t, _host in acked_on if t > t_dead), None),
-                         60, "inserts acknowledged again through -rw, by a new writer", interval=0.05)
+        first = ins.first_after(t_dead, 60, "inserts acknowledged again through -rw, by a new writer")
         failover_s = first - t0
-        wait_for(lambda: sum(1 for t, _h in acked_on if t > first) >= 5, 30, "more inserts on the new writer")
-    finally:
-        stop.set()
-        thread.join(timeout=30)
+        wait_for(lambda: sum(1 for t, _h in ins.acked_on if t > first) >= 5, 30, "more inserts on the new writer")
     print(f"\nfailover: writer pod deleted -> inserts acknowledged through -rw again in {failover_s:.2f} s "
-          f"(old process dead after {t_dead - t0:.2f} s) "
-          f"({len(acked)} acked, {len(unknown)} unknown outcome, errors {sorted(set(errors))})")
+          f"(old process dead after {t_dead - t0:.2f} s) ({ins.summary()})")
     (new,) = pods(env, "writer")
     assert new.metadata.name != old.metadata.name
     wait_for(lambda: (get_ac(env, DB).get("status") or {}).get("currentPrimary") == new.metadata.name, 30,
              "status.currentPrimary follows")
-    with connect(env, f"{DB}-rw") as w:
-        got = {k for (k,) in w.execute("SELECT k FROM acked").fetchall()}
-    missing = set(acked) - got
-    assert not missing, f"acknowledged rows lost: {sorted(missing)[:20]}"
-    assert got <= set(acked) | unknown
-    # the replica follows the new writer
-    with connect(env, f"{DB}-ro") as r:
-        wait_for(lambda: r.execute("SELECT count(*) FROM acked").fetchone()[0] >= len(acked), 30,
-                 "replica caught up with the new writer", interval=0.2)
+    ins.check_nothing_lost()
     assert failover_s < 30
+
+
+PLUGIN = str(Path(sys.executable).with_name("kubectl-tidemark"))
+
+
+def test_switchover_on_demand_moves_the_writer_and_loses_nothing(env: dict[str, Any]) -> None:
+    """`kubectl tidemark switchover db` while a client inserts through -rw: the operator
+    stops the writer pod (graceful), a new writer pod serves, status.switchover says Done
+    with its duration, a Switchover event (not a Failover one), every acknowledged row is
+    there; a request repeated with the same id does nothing more."""
+    (old,) = pods(env, "writer")
+    with Inserter(env, "switched") as ins:
+        t0 = time.monotonic()
+        res = subprocess.run([PLUGIN, "switchover", DB, "--json", "--timeout", "120", "--kubeconfig",
+                              str(env["rig"].kubeconfig), "-n", env["ns"]], capture_output=True, text=True, timeout=150)
+        assert res.returncode == 0, res.stderr[-2000:]
+        doc = json.loads(res.stdout)
+        first = ins.first_after(t0, 60, "inserts acknowledged through -rw after the switchover")
+        wait_for(lambda: sum(1 for t, _h in ins.acked_on if t > first) >= 5, 30, "more inserts on the new writer")
+    print(f"\nswitchover: {doc} ({ins.summary()})")
+    (new,) = pods(env, "writer")
+    assert doc["from"] == old.metadata.name and doc["to"] == new.metadata.name != old.metadata.name, doc
+    assert doc["durationSeconds"] < 60, doc
+    st = get_ac(env, DB)["status"]
+    assert st["switchover"]["phase"] == "Done" and st["currentPrimary"] == st["targetPrimary"] == new.metadata.name
+    def reasons() -> list[str]:
+        events = env["core"].list_namespaced_event(env["ns"], _request_timeout=5).items
+        return [ev.reason for ev in events if ev.involved_object.name == DB and ev.reason in
+                ("Switchover", "SwitchoverStarted", "Failover") and old.metadata.name in (ev.message or "")]
+
+    wait_for(lambda: {"Switchover", "SwitchoverStarted"} <= set(reasons()), 20, "the Switchover events")
+    assert "Failover" not in reasons(), reasons()
+    ins.check_nothing_lost()
+    time.sleep(4)  # a few operator passes: the same request id is not acted on again
+    assert [p.metadata.name for p in pods(env, "writer")] == [new.metadata.name]
+
+
+def test_a_new_instance_template_rolls_the_replicas_first_then_the_writer(env: dict[str, Any]) -> None:
+    """An instance-only template change (spec.instance.maxLagMs is on the command line):
+    the replica pods are replaced first; the writer pod only once every replica runs the
+    new template (a RollingUpdate event); writes go on, nothing acknowledged is lost."""
+    (old_writer,) = pods(env, "writer")
+    old_replicas = {p.metadata.name for p in pods(env, "replica")}
+    assert old_replicas
+    replicas_at_writer_change: set[str] = set()
+    with Inserter(env, "rolled") as ins:
+        env["co"].patch_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, DB,
+                                                 {"spec": {"instance": {"maxLagMs": 6000}}}, _request_timeout=5)
+
+        def writer_changed() -> bool:
+            replicas = {p.metadata.name for p in pods(env, "replica")}
+            writers = [p.metadata.name for p in pods(env, "writer")]
+            if writers and writers != [old_writer.metadata.name]:
+                replicas_at_writer_change.update(replicas)
+                return True
+            return False
+
+        wait_for(writer_changed, 180, "the writer pod replaced", interval=0.2)
+        t = time.monotonic()
+        ins.first_after(t, 60, "inserts acknowledged through -rw by the new writer")
+    print(f"\nrolling update: replicas {sorted(old_replicas)} -> {sorted(replicas_at_writer_change)} before "
+          f"the writer moved ({ins.summary()})")
+    assert replicas_at_writer_change and not replicas_at_writer_change & old_replicas, \
+        f"the writer was replaced while old replicas ran: {replicas_at_writer_change & old_replicas}"
+    events = env["core"].list_namespaced_event(env["ns"], _request_timeout=5).items
+    assert any(ev.reason == "RollingUpdate" and ev.involved_object.name == DB for ev in events)
+    wait_for(lambda: instances_up(env, 2), 120, "2/2 instances serving after the update")
+    ins.check_nothing_lost()
 
 
 def _readyz(ip: str) -> int:
