@@ -66,6 +66,27 @@ def build_chunk(store: Store, pg: int, page_size: int, after: int, upto: int, li
     return Chunk(puts, count, last_lsn)
 
 
+def _write_versions(store: Store, seg: Segment, puts: list[tuple[bytes, bytes]], meta: bytes) -> None:
+    """Committer thread: a chunk's page versions and the segment's meta, NOT synced.
+
+    Versions are derivable from the log, so they need no fsync of their own, and a 4 MB
+    chunk in the synced group commit made every foreground record queued behind it wait
+    (open loop at 2,600 commits/s: p99 141–323 ms with materialization, 37–49 ms
+    without). Safe because of the WAL's order: this runs on the committer's one thread,
+    so the next synced group commit (the only other writer, e.g. GC's deletes of the log
+    records this chunk covers) makes this batch durable too; a crash before that loses
+    both, and the node materializes again from the older boundary. A segment deleted
+    meanwhile is not written again: DELETE sets `deleted` before it queues its range
+    delete, which this thread then runs after us."""
+    if seg.deleted:
+        return
+    batch = store.batch()
+    for key, value in puts:
+        batch.put(key, value)
+    batch.put(keys.meta_key(seg.pg), meta)
+    store.write(batch, sync=False)
+
+
 async def materialize_segment(state: NodeState, seg: Segment) -> int:
     """One chunk for one segment; returns how many records were coalesced."""
     target = seg.materialize_target()
@@ -90,7 +111,7 @@ async def materialize_segment(state: NodeState, seg: Segment) -> int:
     seg.boundaries.append(boundary)
     if len(seg.boundaries) > MAX_BOUNDARIES:
         del seg.boundaries[: len(seg.boundaries) - MAX_BOUNDARIES]
-    await state.committer.submit([seg], puts=chunk.puts)
+    await state.committer.run_ordered(_write_versions, state.store, seg, chunk.puts, seg.meta_bytes())
     state.telemetry.materialized.add(chunk.count)
     return max(chunk.count, 1)
 
