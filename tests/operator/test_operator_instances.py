@@ -298,9 +298,12 @@ def test_switchover_on_demand_moves_the_writer_and_loses_nothing(env: dict[str, 
     st = get_ac(env, DB)["status"]
     assert st["switchover"]["phase"] == "Done" and st["currentPrimary"] == st["targetPrimary"] == new.metadata.name
     def reasons() -> list[str]:
+        """Events about the old writer going: "writer moved from OLD …", "writer pod OLD
+        stopped" (an earlier test's Failover *to* OLD names it too, after "to")."""
         events = env["core"].list_namespaced_event(env["ns"], _request_timeout=5).items
+        gone = (f"from {old.metadata.name} ", f"writer pod {old.metadata.name} ")
         return [ev.reason for ev in events if ev.involved_object.name == DB and ev.reason in
-                ("Switchover", "SwitchoverStarted", "Failover") and old.metadata.name in (ev.message or "")]
+                ("Switchover", "SwitchoverStarted", "Failover") and any(g in (ev.message or "") for g in gone)]
 
     wait_for(lambda: {"Switchover", "SwitchoverStarted"} <= set(reasons()), 20, "the Switchover events")
     assert "Failover" not in reasons(), reasons()

@@ -191,7 +191,7 @@ def test_every_command_has_help_json_and_kubectl_options() -> None:
     cmds = _commands(plugin)
     assert {" ".join(p) for p, _ in cmds} == {
         "status", "report", "backup status", "snapshot create", "snapshot list", "snapshot delete",
-        "maintenance on", "maintenance off"}
+        "maintenance on", "maintenance off", "switchover", "promote"}
     for path, cmd in cmds:
         assert cmd.help, path
         opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
@@ -211,7 +211,7 @@ def _kubeconfig(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("args", [["status", "demo"], ["maintenance", "on", "demo"], ["snapshot", "list", "demo"],
-                                  ["backup", "status", "demo"], ["report", "demo"]])
+                                  ["backup", "status", "demo"], ["report", "demo"], ["switchover", "demo"]])
 def test_an_unreachable_cluster_is_one_line_and_a_json_error(tmp_path: Path, args: list[str]) -> None:
     res = CliRunner().invoke(plugin, [*args, "--kubeconfig", str(_kubeconfig(tmp_path)), "--json"],
                              catch_exceptions=False)
