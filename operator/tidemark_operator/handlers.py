@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import backup_poll, metrics, restoreflow, snapshots
+from . import backup_poll, metrics, restoreflow, snapshots, writer_watch
 from .backupspec import SNAPSHOT_PLURAL, BackupSpec
 from .instances import InstancePod
 from .kube import Kube, connection_info, load_config
@@ -180,6 +180,26 @@ async def backup_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf
         await stopped.wait(backup_poll.POLL_INTERVAL)
 
 
+def has_instances(spec: kopf.Spec, **_: Any) -> bool:
+    return int(spec.get("instances") or 0) > 0
+
+
+async def writer_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo,
+                        instance_pods: kopf.Index[tuple[str, str], InstancePod], **_: Any) -> None:
+    """The writer Lease, every writer_watch.WATCH_EVERY seconds: a writer that stopped
+    renewing it and does not answer is replaced at once (writer_watch.py), not at the
+    next status pass. Runs while spec.instances > 0."""
+    ctx, state = context(memo), cluster_state(memo)
+    ns, name = body.metadata.namespace, body.metadata.name
+    while not stopped:
+        try:
+            await writer_watch.check(ctx.kube, ctx.nodes, state, name, ns, instances_of(instance_pods, ns, name)(),
+                                     events(body))
+        except Exception as exc:  # noqa: BLE001 - an apiserver blip: the next look retries
+            log.warning("%s/%s writer lease check failed: %s", ns, name, exc)
+        await stopped.wait(writer_watch.WATCH_EVERY)
+
+
 # -- AuroraSnapshot (sync handlers: blocking store I/O in kopf's threads) ----------------------
 
 def snapshot_create(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
@@ -233,6 +253,7 @@ def build_registry(interval: float = 3.0) -> kopf.OperatorRegistry:
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=reg)(on_change)
     kopf.timer(GROUP, VERSION, PLURAL, interval=interval, initial_delay=1.0, registry=reg)(observe)
     kopf.daemon(GROUP, VERSION, PLURAL, when=backup_enabled, registry=reg)(backup_daemon)
+    kopf.daemon(GROUP, VERSION, PLURAL, id="writer_watch", when=has_instances, registry=reg)(writer_daemon)
     kopf.on.create(GROUP, VERSION, SNAPSHOT_PLURAL, retries=20, backoff=10, registry=reg)(snapshot_create)
     kopf.on.resume(GROUP, VERSION, SNAPSHOT_PLURAL, registry=reg)(snapshot_create)
     kopf.on.delete(GROUP, VERSION, SNAPSHOT_PLURAL, retries=12, backoff=5, registry=reg)(snapshot_delete)

@@ -143,6 +143,13 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if role == "writer":
+        # Never next to a writer pod, terminating ones included (the scheduler's filter
+        # counts them): a writer whose worker died is deleted with its grace period
+        # first (writer_watch.py), so its replacement is not placed back on the dead
+        # worker, which still looks Ready for ~40 s.
+        pod_spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] = [{
+            "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": sel}}]
     strategy = {"type": "Recreate"} if role == "writer" else {
         "type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0 if replicas > 1 else 1}}
     template = {"metadata": {"labels": labels}, "spec": pod_spec}

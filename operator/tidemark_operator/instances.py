@@ -120,7 +120,7 @@ def evict_from_lost_nodes(kube: Kube, ns: str, pods: Sequence[InstancePod], even
     lost = kube.lost_nodes()
     gone = []
     for p in pods:
-        if p.node and p.node in lost and _force_delete(kube, p, ns, event):
+        if p.node and p.node in lost and force_delete(kube, p, ns, event):
             what = "writer" if p.role == "writer" else "replica"
             event("Warning", "InstanceNodeLost", f"{what} pod {p.name} on node {p.node} (not Ready) deleted: "
                                                  f"a new {what} starts on a Ready node")
@@ -128,11 +128,12 @@ def evict_from_lost_nodes(kube: Kube, ns: str, pods: Sequence[InstancePod], even
     return gone
 
 
-def _force_delete(kube: Kube, pod: InstancePod, ns: str, event: Event) -> bool:
-    """Delete POD now (grace 0); False, with a PermissionDenied event, when the operator's
-    role may not: not a reason to fail the whole pass (status would stop moving)."""
+def force_delete(kube: Kube, pod: InstancePod, ns: str, event: Event, now: bool = True) -> bool:
+    """Delete POD now (grace 0; NOW False: with the pod's own grace period); False, with a
+    PermissionDenied event, when the operator's role may not: not a reason to fail the
+    whole pass (status would stop moving)."""
     try:
-        kube.force_delete_pod(pod.name, ns)
+        (kube.force_delete_pod if now else kube.delete_pod)(pod.name, ns)
     except ApiException as exc:
         if exc.status != 403:
             raise
@@ -163,7 +164,7 @@ def evict_expired_writer(kube: Kube, cluster: str, ns: str, pods: Sequence[Insta
     age = now - datetime.fromisoformat(str(renewed).replace("Z", "+00:00")).timestamp()
     if age <= float(spec.get("leaseDurationSeconds") or 10) + LEASE_GRACE_S:
         return []
-    if not _force_delete(kube, pod, ns, event):
+    if not force_delete(kube, pod, ns, event):
         return []
     event("Warning", "WriterLeaseExpired", f"writer pod {pod.name} (node {pod.node}) has not renewed "
                                            f"{writer_lease_name(cluster)} for {age:.0f} s and does not answer: "

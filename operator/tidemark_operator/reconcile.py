@@ -137,7 +137,8 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     gone = await asyncio.to_thread(instances.evict_from_lost_nodes, kube, ns, pods, event)
     pods = [p for p in pods if p.name not in gone]
     seen = await instances.observe(ctx.nodes, pods)
-    expired = await asyncio.to_thread(instances.evict_expired_writer, kube, name, ns, pods, seen, event, time.time())
+    fresh = [p for p in pods if p.name not in state.evicted_writers]  # writer_watch.py deletes those
+    expired = await asyncio.to_thread(instances.evict_expired_writer, kube, name, ns, fresh, seen, event, time.time())
     pods = [p for p in pods if p.name not in expired]
     holder = await asyncio.to_thread(instances.lease_holder, kube, name, ns)
     holder_serving = any(p.name == holder and (seen.get(p.name) or {}).get("serving") for p in pods)

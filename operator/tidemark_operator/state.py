@@ -14,6 +14,17 @@ from .restorejobs import RestoreJob
 MEMO_KEY = "tidemark_cluster"
 
 
+@dataclass(frozen=True)
+class LeaseSeen:
+    """The writer Lease as the writer_watch daemon last read it: who holds it, its
+    version, and when (monotonic) this process first saw that version."""
+
+    holder: str | None
+    version: str | None
+    since: float
+    duration: float
+
+
 @dataclass
 class ClusterState:
     # (pod, pg) -> "<node generation>:<membership+peers>" already PUT: lost on restart,
@@ -37,6 +48,16 @@ class ClusterState:
     switched_from: str | None = None
     # the writer Deployment's new template waits for the replicas (RollingUpdate event once)
     writer_held: bool = False
+    # the writer Lease as the writer_watch daemon last read it (lost on restart: its
+    # clock starts again, a full lease duration)
+    lease_seen: LeaseSeen | None = None
+    # writer pods deleted for an unrenewed Lease (one event, one delete each)
+    evicted_writers: set[str] = field(default_factory=set)
+    # of those, the ones deleted with their grace period, not yet at grace 0, and
+    # (monotonic) since when (lost on restart: the status pass deletes them at grace 0
+    # once their node is NotReady)
+    # (instances.InstancePod, since): typed loosely, as instances imports this module
+    replacing: dict[str, tuple[Any, float]] = field(default_factory=dict)
     # one pass at a time (the change handlers and the timer may fire together)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -78,8 +78,10 @@ class Kind:
             sys.stderr.write(f"\n$ kubectl {' '.join(args)}\n{out[-6000:]}\n")
 
     @contextlib.contextmanager
-    def port_forward(self, target: str) -> Iterator[int]:
-        """`kubectl port-forward TARGET LOCAL:5432`, as a user runs it; yields the local port."""
+    def port_forward(self, target: str, listen_timeout: float = 30) -> Iterator[int]:
+        """`kubectl port-forward TARGET LOCAL:5432`, as a user runs it; yields the local port.
+        kubectl listens only once its stream to the pod's kubelet is up: a pod on a dead
+        node keeps it waiting (LISTEN_TIMEOUT, then AssertionError)."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -87,7 +89,7 @@ class Kind:
                                  f"{port}:5432"], env=self.env(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + listen_timeout
             while True:
                 with socket.socket() as s:
                     if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -132,11 +134,11 @@ def segments_full(ac: dict[str, Any]) -> bool:
     return bool(segs) and all(int(n) == 6 for n in segs.values())
 
 
-def psql(port: int, password: str, sql: str, timeout: float = 30) -> str:
+def psql(port: int, password: str, sql: str, timeout: float = 30, connect_timeout: int = 10) -> str:
     """One psql command as a user types it: the app user, ON_ERROR_STOP, unaligned output."""
     done = subprocess.run(["psql", f"postgresql://tidemark@127.0.0.1:{port}/tidemark", "-v", "ON_ERROR_STOP=1",
                            "-tAc", sql], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"})
+                          env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": str(connect_timeout)})
     if done.returncode != 0:
         raise AssertionError(f"psql {sql!r}: {done.stderr.strip()}")
     return done.stdout.strip()

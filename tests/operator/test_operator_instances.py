@@ -507,6 +507,42 @@ def test_writer_node_lost_the_operator_moves_the_writer_within_30s(env: dict[str
         env["ns"], field_selector=f"involvedObject.name={DB}", _request_timeout=5).items), 30, "a Failover event")
 
 
+def test_a_writer_that_stops_renewing_its_lease_is_replaced_before_its_node_is_lost(env: dict[str, Any]) -> None:
+    """The writer's process freezes (SIGSTOP: its ports stay bound, it renews and answers
+    nothing) on a node that stays Ready, as a killed kind worker looks for ~40 s: the
+    operator's Lease watch deletes the pod once the Lease has not moved for its 10 s + 2 s
+    (`WriterLeaseExpired`), writes through -rw resume within 30 s, none acknowledged is
+    lost; the writer template never shares a node with another writer pod."""
+    rig = env["rig"]
+    dep = env["apps"].read_namespaced_deployment(f"{DB}-writer", env["ns"], _request_timeout=5)
+    (term,) = dep.spec.template.spec.affinity.pod_anti_affinity.required_during_scheduling_ignored_during_execution
+    assert term.topology_key == "kubernetes.io/hostname"
+    assert term.label_selector.match_labels["tidemark.dev/role"] == "writer"
+    (old,) = pods(env, "writer")
+    pid = read_state(rig.dir)[old.metadata.uid]["pid"]
+    try:
+        with Inserter(env, "frozen") as ins:
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
+            first = wait_for(lambda: next((t for t, _ in ins.acked_on if t > t0 + 1), None), 60,
+                             "inserts acknowledged again through -rw after the freeze", interval=0.1)
+            failover_s = first - t0
+            wait_for(lambda: sum(1 for t, _ in ins.acked_on if t > first) >= 5, 30, "more inserts on the new writer")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # the pod runner kills it with its pod; never leave it behind
+    print(f"\nwriter frozen -> inserts acknowledged through -rw again in {failover_s:.2f} s ({len(ins.acked)} acked)")
+    assert failover_s < 30
+    (new,) = pods(env, "writer")
+    assert new.metadata.name != old.metadata.name
+    with connect(env, f"{DB}-rw") as w:
+        got = {k for (k,) in w.execute("SELECT k FROM frozen").fetchall()}
+    assert not set(ins.acked) - got, f"acknowledged rows lost: {sorted(set(ins.acked) - got)[:20]}"
+    events = env["core"].list_namespaced_event(env["ns"], field_selector=f"involvedObject.name={DB}",
+                                               _request_timeout=5).items
+    assert any(e.reason == "WriterLeaseExpired" and old.metadata.name in e.message for e in events)
+
+
 def test_scale_replicas_up_and_down_with_spec_instances(env: dict[str, Any]) -> None:
     def scale(n: int) -> None:
         env["co"].patch_namespaced_custom_object(GROUP, VERSION, env["ns"], PLURAL, DB, {"spec": {"instances": n}},
@@ -528,3 +564,60 @@ def test_scale_replicas_up_and_down_with_spec_instances(env: dict[str, Any]) -> 
     with connect(env, f"{DB}-rw") as w:
         w.execute("INSERT INTO t VALUES (11, 'eleven')")
         assert w.execute("SELECT count(*) FROM t").fetchone() == (4,)
+
+
+async def test_the_lease_watch_times_the_lease_on_its_own_clock_and_deletes_in_two_steps() -> None:
+    """No rig: a Lease unchanged for 10 + 2 s on the watcher's clock (whatever its
+    renewTime says) and a writer that does not answer → deleted with its grace period,
+    then at grace 0 once a successor is placed; a writer that answers is left alone."""
+    from tidemark_operator import writer_watch
+    from tidemark_operator.instances import InstancePod
+    from tidemark_operator.state import ClusterState, LeaseSeen
+
+    lease = {"metadata": {"resourceVersion": "7"},
+             "spec": {"holderIdentity": "db-writer-1", "leaseDurationSeconds": 10, "renewTime": "2020-01-01T00:00:00Z"}}
+    seen = writer_watch.seen_now(None, lease, 100.0)
+    assert writer_watch.stale_holder(seen, 111.9) is None  # an old renewTime alone is no evidence
+    assert writer_watch.stale_holder(writer_watch.seen_now(seen, lease, 112.5), 112.5) == "db-writer-1"
+    moved = writer_watch.seen_now(seen, {**lease, "metadata": {"resourceVersion": "8"}}, 112.5)
+    assert moved is not None and moved.since == 112.5 and writer_watch.stale_holder(moved, 113) is None
+
+    class Kube:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, str]] = []
+
+        def read(self, kind: str, name: str, ns: str) -> dict[str, Any]:
+            return lease
+
+        def delete_pod(self, name: str, ns: str) -> None:
+            self.calls.append(("grace", name))
+
+        def force_delete_pod(self, name: str, ns: str) -> None:
+            self.calls.append(("now", name))
+
+    class Nodes:
+        status_timeout = 0.1
+
+        def __init__(self, answer: dict[str, Any] | None) -> None:
+            self.answer = answer
+
+        async def call(self, *args: Any, **kw: Any) -> dict[str, Any] | None:
+            from tidemark_operator.nodeclient import NodeError
+            if self.answer is None:
+                raise NodeError("timed out")
+            return self.answer
+
+    old = InstancePod("db-writer-1", "writer", "10.0.0.1", True, node="w4")
+    events: list[tuple[str, str, str]] = []
+    for answer, deleted in (({"serving": False}, None), (None, "db-writer-1")):
+        kube, state = Kube(), ClusterState()
+        state.lease_seen = LeaseSeen("db-writer-1", "7", time.monotonic() - 13, 10.0)
+        got = await writer_watch.check(kube, Nodes(answer), state, "db", "ns", [old],  # type: ignore[arg-type]
+                                       lambda *e: events.append(e))
+        assert got == deleted
+    assert kube.calls == [("grace", "db-writer-1")] and events[-1][1] == "WriterLeaseExpired"
+    new = InstancePod("db-writer-2", "writer", None, False, node="w7")
+    await writer_watch.check(kube, Nodes(None), state, "db", "ns", [old, new],  # type: ignore[arg-type]
+                             lambda *e: events.append(e))
+    assert kube.calls == [("grace", "db-writer-1"), ("now", "db-writer-1")] and not state.replacing
+    assert sum(e[1] == "WriterLeaseExpired" for e in events) == 1
