@@ -69,6 +69,9 @@ async def _bench_write(seconds: float, concurrency: int, keep: Path | None, base
             await writer.close()
     finally:
         fleet.down()
+    try:
+        plain = await _plain_fleet_max_rate(directory / "plain", seconds, concurrency, base_ip)
+    finally:
         if keep is None:
             shutil.rmtree(directory, ignore_errors=True)
     return {
@@ -94,7 +97,26 @@ async def _bench_write(seconds: float, concurrency: int, keep: Path | None, base
         "postgres": postgres,
         "at_postgres_half_rate": at_pg_half,
         "vs_postgres": _vs_postgres(healthy, at_pg_half, postgres),
+        "tls_off": plain,
+        "tls_throughput_ratio": round(healthy["commits_per_s"] / plain["commits_per_s"], 3),
     }
+
+
+async def _plain_fleet_max_rate(directory: Path, seconds: float, concurrency: int, base_ip: str) -> dict:
+    """The same max-rate run on a fleet without TLS (tokens still on): what TLS costs."""
+    console.print(f"[bold]fleet without TLS, max rate[/bold]: {concurrency} commits in flight, {seconds}s")
+    fleet, topology = await fleet_mod.up(directory, 2, 4, 256, 4096, base_ip, tls=False)
+    try:
+        writer = await Writer.open(topology)
+        try:
+            await bw.closed_loop(writer, min(2.0, seconds), concurrency)  # warm-up
+            plain = await bw.closed_loop(writer, seconds, concurrency)
+        finally:
+            await writer.close()
+    finally:
+        fleet.down()
+    console.print(f"  {plain}")
+    return plain
 
 
 SETTLE_BACKLOG = 5_000  # records: a node's default materialize-min-batch (it lingers below)

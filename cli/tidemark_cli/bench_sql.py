@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tidemark_compute.topology import load_fleet_tls
 from tidemark_playground import fleet as fleet_mod
 
 from .pg_quorum import PG_BIN, PgQuorum, available
@@ -118,8 +119,9 @@ def _tpcb_args(clients: int, seconds: float, log_prefix: Path, select_only: bool
 
 def _bytes_received(fleet: fleet_mod.Fleet) -> int:
     total = 0.0
+    trust = load_fleet_tls(fleet.dir)
     for node in fleet.nodes.values():
-        with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as resp:
+        with urllib.request.urlopen(f"{node.url}/metrics", timeout=10, context=trust) as resp:
             text = resp.read().decode()
         total += sum(float(v) for v in _BYTES_RECEIVED.findall(text))
     return int(total)

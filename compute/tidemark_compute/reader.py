@@ -24,6 +24,7 @@ import structlog
 from opentelemetry import metrics
 
 from tidemark_protocol.feed import AUTH_SCHEME, UNCHAINED, VdlUpdate, decode, encode_read_point
+from tidemark_protocol.node_auth import Role
 
 from .hedged import ReadFailed, hedged_read
 from .topology import Topology
@@ -79,7 +80,7 @@ class Reader:
     async def start(self, timeout: float = 60.0) -> None:
         """Follow the feed; returns once the first update arrived."""
         self._loop = asyncio.get_running_loop()
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self.session = self.topology.session(Role.READER, timeout=aiohttp.ClientTimeout(total=10))
         self._task = asyncio.create_task(self._follow())
         self._idle_task = asyncio.create_task(self._report_idle())
         await asyncio.wait_for(self._first.wait(), timeout)

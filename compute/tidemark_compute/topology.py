@@ -5,12 +5,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 from tidemark_protocol.layout import VolumeLayout
+from tidemark_protocol.node_auth import NodeCredentials, Role, headers_for, parse_keys
 from tidemark_protocol.quorum import Membership
 
 
@@ -20,6 +26,22 @@ class Topology:
     nodes: dict[str, str]  # node name -> base URL
     memberships: dict[int, Membership]
     volume_epoch: int = 0  # the last epoch a writer sealed the volume with
+    # The node tokens this process presents (never saved with the topology; None: the
+    # nodes run with --insecure-no-auth).
+    credentials: NodeCredentials | None = field(default=None, repr=False, compare=False)
+    # Trust for the nodes' https URLs (the fleet's CA; None: the system's, or plain http).
+    tls: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+
+    def headers(self, role: Role) -> dict[str, str]:
+        """Headers for node calls in `role`."""
+        return headers_for(self.credentials, role)
+
+    def session(self, role: Role | None, limit: int = 100, **kwargs: Any) -> aiohttp.ClientSession:
+        """An HTTP session for node calls in `role` (None: no token on every request):
+        its token, the fleet's CA. Call it on the event loop."""
+        connector = aiohttp.TCPConnector(ssl=self.tls if self.tls is not None else True, limit=limit)
+        headers = self.headers(role) if role is not None else {}
+        return aiohttp.ClientSession(headers=headers, connector=connector, **kwargs)
 
     def pgs_of(self, node: str) -> list[int]:
         return [pg for pg, m in self.memberships.items() if node in m.all_members]
@@ -43,13 +65,47 @@ class Topology:
 
 
 TOPOLOGY_FILE = "topology.json"
+NODE_KEY_FILE = "node-auth.key"  # the fleet's node key (node_auth), mode 0600
+TLS_DIR = "tls"  # the fleet's CA and node certificates (playground/tls.py)
+TLS_CA_FILE = "ca.crt"
+
+
+def client_tls(ca_file: Path | str) -> ssl.SSLContext:
+    """Verify servers against this CA only (hostname/IP checked)."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+
+
+def load_fleet_tls(directory: Path) -> ssl.SSLContext | None:
+    ca = directory / TLS_DIR / TLS_CA_FILE
+    return client_tls(ca) if ca.exists() else None
+
+
+def write_node_key(directory: Path) -> Path:
+    """A new fleet's node key (kept if one is there: a fleet keeps its key)."""
+    path = directory / NODE_KEY_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path
+
+
+def load_node_credentials(directory: Path) -> NodeCredentials | None:
+    """Every role's token, from the fleet's key in `directory` (None: the fleet has none)."""
+    path = directory / NODE_KEY_FILE
+    if not path.exists():
+        return None
+    return NodeCredentials.from_keys(parse_keys(path.read_text()))
 
 
 def load_topology(directory: Path) -> Topology:
     path = directory / TOPOLOGY_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: start a fleet with `tidemark playground up`")
-    return Topology.from_json(json.loads(path.read_text()))
+    topology = Topology.from_json(json.loads(path.read_text()))
+    topology.credentials = load_node_credentials(directory)
+    topology.tls = load_fleet_tls(directory)
+    return topology
 
 
 @contextmanager

@@ -20,6 +20,7 @@ import structlog
 from opentelemetry import metrics
 
 from tidemark_protocol.errors import BackPressure, StaleEpoch
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.records import Record
 from tidemark_protocol.recovery import RecoveryPlan
 from tidemark_protocol.writer_core import DEFAULT_LAL, Change, WriterCore
@@ -109,7 +110,7 @@ class Writer:
         """Recover the volume and open it for writes. `membership_source` returns the
         current topology (placement) when a segment says our membership is stale."""
         own_session = session is None
-        session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        session = session or topology.session(Role.WRITER, timeout=aiohttp.ClientTimeout(total=10))
         try:
             plan, sealed, rereplicate = await recover(session, topology, lal, timeout)
         except BaseException:

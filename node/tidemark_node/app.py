@@ -24,6 +24,7 @@ from tidemark_protocol.quorum import Membership
 from tidemark_protocol.records import peek_header
 
 from . import reads, state_gauges
+from .auth import authorize
 from .commit import Committer
 from .faults import add_fault_routes
 from .gc import gc_loop
@@ -343,6 +344,8 @@ async def start(state: NodeState, app: web.Application) -> None:
         loop.create_task(gc_loop(state), name="gc"),
     ]
     app[TASKS].append(loop.create_task(scrub_loop(state), name="scrub"))
+    if state.settings.server_tls is not None:  # certificate rotation without a restart
+        app[TASKS].append(loop.create_task(state.settings.server_tls.reload_loop(), name="tls-reload"))
     if state.settings.backup:  # continuous backup (uploader.py)
         app[TASKS].append(start_uploader(state))
     state.ready = True
@@ -370,7 +373,7 @@ async def on_cleanup(app: web.Application) -> None:
 
 
 def make_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[protocol_errors], client_max_size=8 << 20)
+    app = web.Application(middlewares=[authorize, protocol_errors], client_max_size=8 << 20)
     state = open_state(settings)
     app[STATE] = state
     app[TASKS] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import sys
 
 import click
@@ -10,9 +11,11 @@ import structlog
 from aiohttp import web
 
 from tidemark_backup.sealed import Keyring
+from tidemark_protocol.node_auth import BadKey, NodeCredentials, Role, Verifier, parse_keys
 
 from .app import make_app
 from .state import Settings
+from .tls import ServerTLS, peer_trust
 
 
 def setup_logging(node: str, zone: str, level: str = "INFO") -> None:
@@ -32,6 +35,23 @@ def setup_logging(node: str, zone: str, level: str = "INFO") -> None:
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(node=node, zone=zone)
+
+
+def node_auth(key_file: str | None, insecure: bool) -> tuple[Verifier | None, dict[str, str]]:
+    """The node's token check and the header it presents to its peers."""
+    if key_file is None:
+        if not insecure:
+            raise click.UsageError("the node API needs --auth-key-file F (the fleet's node key), "
+                                   "or --insecure-no-auth for a throwaway node")
+        return None, {}
+    if insecure:
+        raise click.UsageError("--auth-key-file and --insecure-no-auth exclude each other")
+    try:
+        with open(key_file, encoding="utf-8") as f:
+            keys = parse_keys(f.read())
+    except (OSError, UnicodeDecodeError, BadKey) as exc:
+        raise click.UsageError(f"--auth-key-file {key_file}: {exc}") from exc
+    return Verifier(keys), NodeCredentials.from_keys(keys, (Role.PEER,)).headers(Role.PEER)
 
 
 @click.group()
@@ -67,6 +87,17 @@ def node() -> None:
 @click.option("--backup-key-file", "backup_key_files", multiple=True, type=click.Path(dir_okay=False),
               help="encrypt backup objects with this key (repeatable: the first encrypts, all "
                    "decrypt; 32 bytes as hex or base64)")
+@click.option("--auth-key-file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="the fleet's node key file: every route but /livez, /readyz and /metrics needs a "
+                   "token derived from it (one key per line: the first is current, all are accepted)")
+@click.option("--insecure-no-auth", is_flag=True, default=False,
+              help="serve the node API to ANY client without a token (a throwaway node only)")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="serve https with this certificate (PEM; reloaded when the file changes)")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="the certificate's private key (PEM)")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="verify https peers against this CA (PEM) instead of the system's")
 @click.option("--enable-fault-injection", is_flag=True, default=False,
               help="serve the fake disk corruption endpoints (tests and `tidemark chaos` only)")
 @click.option("--trace-console", is_flag=True, default=False,
@@ -90,12 +121,28 @@ def run(
     backup_snapshot_interval: float,
     backup_retention_days: float,
     backup_key_files: tuple[str, ...],
+    auth_key_file: str | None,
+    insecure_no_auth: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
     enable_fault_injection: bool,
     trace_console: bool,
 ) -> None:
     """Run a storage node until SIGTERM/SIGINT."""
     setup_logging(name, zone, log_level)
     keyring = Keyring.from_files(backup_key_files)  # a bad key file stops the start: one line
+    verifier, peer_headers = node_auth(auth_key_file, insecure_no_auth)
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        server_tls = ServerTLS(tls_cert, tls_key) if tls_cert and tls_key else None
+        peer_tls = peer_trust(tls_ca) if tls_ca else None
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"TLS files: {exc}") from exc
+    if verifier is None:
+        structlog.get_logger("tidemark.node").warning(
+            "node_api_unauthenticated", detail="--insecure-no-auth: ANY client may call every route")
     settings = Settings(
         name=name,
         zone=zone,
@@ -112,10 +159,15 @@ def run(
                         "retention_days": backup_retention_days, "keyring": keyring},
         fault_injection=enable_fault_injection,
         trace_console=trace_console,
+        auth=verifier,
+        peer_headers=peer_headers,
+        peer_tls=peer_tls,
+        server_tls=server_tls,
     )
     app = make_app(settings)
     # aiohttp turns SIGTERM/SIGINT into a graceful exit: on_shutdown/on_cleanup run.
     web.run_app(
         app, host=host, port=port, print=None, access_log=None, handle_signals=True,
+        ssl_context=server_tls.context if server_tls is not None else None,
         shutdown_timeout=5.0,
     )

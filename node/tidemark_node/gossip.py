@@ -20,6 +20,7 @@ from tidemark_protocol.records import split_records
 from .intake import ingest
 from .segments import Segment
 from .state import NodeState
+from .tls import peer_session
 
 log = structlog.get_logger("tidemark.node.gossip")
 
@@ -117,7 +118,7 @@ async def gossip_round(state: NodeState, session: aiohttp.ClientSession) -> int:
 
 
 async def gossip_loop(state: NodeState) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with peer_session(state.settings) as session:
         while True:
             await asyncio.sleep(state.settings.gossip_interval)
             try:

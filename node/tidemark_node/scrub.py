@@ -36,6 +36,7 @@ from .reads import latest_version, page_records, parse_stored, read_record
 from .segments import Segment
 from .state import NodeState
 from .store import Store
+from .tls import peer_session
 
 log = structlog.get_logger("tidemark.node.scrub")
 
@@ -251,7 +252,7 @@ async def scrub_loop(state: NodeState) -> None:
     interval = state.settings.scrub_interval
     if interval <= 0:
         return
-    async with aiohttp.ClientSession() as session:
+    async with peer_session(state.settings) as session:
         while True:
             try:
                 await asyncio.wait_for(sc.wake.wait(), interval)

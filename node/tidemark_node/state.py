@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
 from tidemark_protocol.keys import node_key
+from tidemark_protocol.node_auth import Verifier
 
 from .commit import Committer
 from .scrubber import Scrubber
@@ -44,6 +47,12 @@ class Settings:
     # turns this on (tests and `tidemark chaos corrupt`), never the environment.
     fault_injection: bool = False
     trace_console: bool = False  # export trace spans to stderr (`--trace-console`)
+    # Tokens this node checks (None: `--insecure-no-auth`), and the header it presents
+    # to its peers (gossip, scrub, hydration, the uploader's status round).
+    auth: Verifier | None = None
+    peer_headers: dict[str, str] = field(default_factory=dict)
+    peer_tls: ssl.SSLContext | None = None  # trust for https peers (`--tls-ca`)
+    server_tls: Any = None  # tls.ServerTLS (`--tls-cert/--tls-key`), reloaded as the files change
 
 
 @dataclass(slots=True)

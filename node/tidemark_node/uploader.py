@@ -39,6 +39,7 @@ from tidemark_protocol.records import iter_encoded
 from . import reads
 from .segments import Segment
 from .state import NodeState
+from .tls import peer_session
 from .uploader_state import (
     BackupSettings,
     PgProgress,
@@ -118,7 +119,7 @@ class Uploader:
 
     # -- the loop ------------------------------------------------------------------------
     async def run(self) -> None:
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5))
+        session = peer_session(self.state.settings, timeout=aiohttp.ClientTimeout(total=1.5))
         try:
             while True:
                 try:

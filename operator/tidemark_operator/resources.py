@@ -90,6 +90,8 @@ def statefulset(
         "imagePullPolicy": spec.image_pull_policy,
         "command": [*node_command, "node", "run", "--name", "$(POD_NAME)", "--zone", "$(ZONE)",
                     "--host", "$(POD_IP)", "--port", str(NODE_PORT), "--data", "/data",
+                    # Not yet: per-cluster node keys in a Secret (docs/wire.md, "Authentication and roles").
+                    "--insecure-no-auth",
                     *(backup_args(backup) if backup else [])],
         "env": env,
         "ports": [{"name": "node", "containerPort": NODE_PORT}],

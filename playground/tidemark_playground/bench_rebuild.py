@@ -18,8 +18,14 @@ from pathlib import Path
 import aiohttp
 
 from tidemark_compute.bench_write import RECORDS_PER_MTR, changes_for_bench, closed_loop
-from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
+from tidemark_compute.topology import (
+    Topology,
+    load_topology,
+    membership_source,
+    record_volume_epoch,
+)
 from tidemark_compute.writer import Writer
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.writer_core import Change
 
 from . import fleet as fleet_mod
@@ -115,8 +121,9 @@ async def _fill(writer: Writer, say: Say) -> int:
     return written
 
 
-async def _hydrations(url: str) -> dict[int, dict]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+async def _hydrations(topology: Topology, node: str) -> dict[int, dict]:
+    url = topology.nodes[node]
+    async with topology.session(Role.ADMIN, timeout=aiohttp.ClientTimeout(total=5)) as session:
         async with session.get(f"{url}/v1/status") as resp:
             data = await resp.json()
     return {s["pg"]: s.get("hydration") or {} for s in data["segments"]}
@@ -192,7 +199,7 @@ async def bench_rebuild(volume_mb: int, say: Say, keep: Path | None = None) -> d
             node_side: list[dict] = []
             for pg in lost_pgs:
                 (target,) = set(topo.memberships[pg].members) - set(before_kill[pg].members)
-                h = (await _hydrations(topo.nodes[target])).get(pg, {})
+                h = (await _hydrations(topo, target)).get(pg, {})
                 rebuilt += h.get("bytes", 0)
                 node_side.append({"pg": pg, "node": target, "bytes": h.get("bytes", 0),
                                   "seconds": h.get("seconds"), "phase_seconds": h.get("phase_seconds"),

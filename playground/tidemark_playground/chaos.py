@@ -25,6 +25,7 @@ from tidemark_compute.topology import load_topology, membership_source, record_v
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import read_all_pages, run_workload, verify
 from tidemark_compute.writer import Writer
+from tidemark_protocol.node_auth import Role
 
 from . import fleet as fleet_mod
 from .status import converged, fleet_status
@@ -139,7 +140,7 @@ async def corrupt(run: Run) -> None:
     topology = load_topology(run.fleet.dir)
     url = topology.nodes["c1"]
     damaged = 0
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    async with topology.session(Role.ADMIN, timeout=aiohttp.ClientTimeout(total=5)) as session:
         for pg in topology.pgs_of("c1"):
             async with session.get(f"{url}/v1/segments/{pg}/report") as resp:
                 lsns = [r[0] for r in (await resp.json())["records"]]
@@ -152,7 +153,7 @@ async def corrupt(run: Run) -> None:
     await run.watch(3)
     deadline = time.monotonic() + 60
     counters: dict = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+    async with topology.session(Role.ADMIN, timeout=aiohttp.ClientTimeout(total=5)) as session:
         while time.monotonic() < deadline:
             async with session.get(f"{url}/v1/status") as resp:
                 counters = await resp.json()

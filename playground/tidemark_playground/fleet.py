@@ -24,9 +24,21 @@ import aiohttp
 import psutil
 
 from tidemark_backup.objstore import check_url
-from tidemark_compute.topology import TOPOLOGY_FILE, Topology, load_topology, save_topology
+from tidemark_compute.topology import (
+    NODE_KEY_FILE,
+    TLS_CA_FILE,
+    TLS_DIR,
+    TOPOLOGY_FILE,
+    Topology,
+    load_fleet_tls,
+    load_node_credentials,
+    load_topology,
+    save_topology,
+    write_node_key,
+)
 from tidemark_protocol.errors import UserError
 from tidemark_protocol.layout import VolumeLayout
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.placement import NodeInfo, place
 from tidemark_protocol.quorum import Membership
 
@@ -42,6 +54,7 @@ from .instances import (
     serve_command,
     wait_instance_ready,
 )
+from .tls import certificate_for
 
 FLEET_FILE = "fleet.json"
 ZONES = ("a", "b", "c")
@@ -63,10 +76,11 @@ class NodeProc:
     port: int
     pid: int = 0
     start_time: float | None = None  # psutil create_time of `pid`; None in fleet.json of older versions
+    tls: bool = False  # serves https with a certificate of the fleet's CA (every new fleet)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
 
 def free_port(host: str) -> int:
@@ -220,7 +234,12 @@ class Fleet:
             "--name", node.name, "--zone", node.zone,
             "--host", node.host, "--port", str(node.port),
             "--data", str(self.data_dir(node.name)),
+            "--auth-key-file", str(write_node_key(self.dir)),
         ]  # fmt: skip
+        if node.tls:  # the fleet's own CA (tls.py); certificates re-issued as they near expiry
+            cert, key = certificate_for(self.dir, node.name, node.host)
+            cmd += ["--tls-cert", str(cert), "--tls-key", str(key),
+                    "--tls-ca", str(self.dir / TLS_DIR / TLS_CA_FILE)]
         for flag, key in (("--gossip-interval", "gossip_interval"), ("--backup", "backup"),
                           ("--backup-interval", "backup_interval"),
                           ("--backup-snapshot-interval", "backup_snapshot_interval"),
@@ -427,7 +446,7 @@ def check_base_ip(base_ip: str, needed: int) -> None:
 # --purge` may delete; anything else in DIR is the user's and stays).
 FLEET_ENTRIES = ("data", "logs", FLEET_FILE, FLEET_FILE + ".lock", FLEET_FILE + ".tmp", TOPOLOGY_FILE,
                  TOPOLOGY_FILE + ".lock", "topology.tmp", CREDENTIALS_FILE, "repairs.json", "repairs.tmp",
-                 "writer.json", "writer.tmp")
+                 "writer.json", "writer.tmp", NODE_KEY_FILE, TLS_DIR)
 
 
 def purge(directory: Path) -> list[str]:
@@ -445,8 +464,9 @@ def purge(directory: Path) -> list[str]:
     return left
 
 
-def build_fleet(directory: Path, nodes_per_zone: int, base_ip: str) -> Fleet:
-    """A fresh fleet layout: zones a/b/c, one 127.0.0.x address per node (options checked)."""
+def build_fleet(directory: Path, nodes_per_zone: int, base_ip: str, tls: bool = True) -> Fleet:
+    """A fresh fleet layout: zones a/b/c, one 127.0.0.x address per node (options checked);
+    TLS off only for the benchmark that measures what it costs."""
     prefix, last = base_ip.rsplit(".", 1)
     fleet = Fleet(directory)
     index = int(last)
@@ -455,13 +475,16 @@ def build_fleet(directory: Path, nodes_per_zone: int, base_ip: str) -> Fleet:
             host = f"{prefix}.{index}"
             index += 1
             name = f"{zone}{i}"
-            fleet.nodes[name] = NodeProc(name, zone, host, free_port(host))
+            fleet.nodes[name] = NodeProc(name, zone, host, free_port(host), tls=tls)
     return fleet
 
 
 async def wait_ready(nodes: list[NodeProc], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+    # /readyz carries no secret and the node is ours (a pid we started): its certificate
+    # is checked by every call that matters, not by this probe.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2),
+                                     connector=aiohttp.TCPConnector(ssl=False)) as session:
         for node in nodes:
             while True:
                 try:
@@ -478,7 +501,7 @@ async def wait_ready(nodes: list[NodeProc], timeout: float = 30.0) -> None:
 
 
 async def create_segments(fleet: Fleet, topology: Topology) -> None:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+    async with topology.session(Role.ADMIN, timeout=aiohttp.ClientTimeout(total=10)) as session:
         for pg, membership in topology.memberships.items():
             peers = {m: topology.nodes[m] for m in membership.all_members}
             body = {
@@ -500,6 +523,8 @@ def initial_topology(fleet: Fleet, pgs: int, pages_per_pg: int, page_size: int) 
         layout=VolumeLayout(pgs, pages_per_pg, page_size),
         nodes={n.name: n.url for n in fleet.nodes.values()},
         memberships={pg: Membership(1, members) for pg, members in placement.items()},
+        credentials=load_node_credentials(fleet.dir),
+        tls=load_fleet_tls(fleet.dir),
     )
 
 
@@ -518,6 +543,7 @@ async def up(
     fault_injection: bool = False,
     instances: int | None = 0,
     password_file: Path | None = None,
+    tls: bool = True,
 ) -> tuple[Fleet, Topology]:
     """Start a fleet in `directory` (or restart the stopped nodes and instances of an
     existing one).
@@ -534,7 +560,7 @@ async def up(
     if (directory / FLEET_FILE).exists():
         return await _start_existing(directory, instances, password_file)
     directory.mkdir(parents=True, exist_ok=True)
-    fleet = build_fleet(directory, nodes_per_zone, base_ip)
+    fleet = build_fleet(directory, nodes_per_zone, base_ip, tls)
     if gossip_interval is not None:
         fleet.options["gossip_interval"] = gossip_interval
     if scrub_interval is not None:

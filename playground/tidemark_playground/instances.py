@@ -22,6 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .tls import certificate_for
+
 CREDENTIALS_FILE = "instance-credentials"
 DEFAULT_PORT = 5432
 DATABASE = "tidemark"  # the server accepts any database name; this is the one we advertise
@@ -111,11 +113,14 @@ def read_password(path: Path) -> str:
 
 
 def serve_command(directory: Path, inst: InstanceProc) -> list[str]:
+    cert, key = certificate_for(directory, inst.name, inst.host)
     return [
         sys.executable, "-m", "tidemark_cli.main", "sql", "serve",
         "--dir", str(directory), "--role", inst.role,
         "--listen", f"{inst.host}:{inst.port}", "--password-file", inst.password_file,
         "--admin-listen", f"{inst.host}:{inst.admin_port}",
+        # TLS offered (sslmode=require/verify-full with DIR/tls/ca.crt); plain still accepted.
+        "--tls-cert", str(cert), "--tls-key", str(key),
     ]  # fmt: skip
 
 

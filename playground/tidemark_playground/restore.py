@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tidemark_backup.objstore import ObjStore, check_url
-from tidemark_compute.topology import save_topology
+from tidemark_compute.topology import Topology, save_topology
 from tidemark_restore.cli import ENDPOINT, FROM, KEYS, open_from, user_errors
 from tidemark_restore.install import restore_inventory_into
-from tidemark_restore.inventory import RestoreError, load_inventory, parse_time
+from tidemark_restore.inventory import Inventory, RestoreError, load_inventory, parse_time
 
 from . import fleet as fleet_mod
 from .backup_keys import key_options
@@ -40,10 +40,26 @@ def restore_new_fleet(url_store: ObjStore, t_us: int, directory: Path, backup: s
         raise RestoreError("no PG manifest in the backup: nothing to restore")
     target = inv.lsn_for(t_us)  # refuse a bad T before starting anything
     lay = inv.layout
+    made = not directory.exists() or not any(directory.iterdir())
     kwargs = {"backup": backup, "backup_options": key_options(directory, [Path(k) for k in key_files], True)} \
         if backup else {}
-    _fleet, topology = asyncio.run(fleet_mod.up(directory, nodes_per_zone, lay.pg_count, lay.pages_per_pg,
-                                                lay.page_size, base_ip or random_base_ip(), **kwargs))
+    fleet, topology = asyncio.run(fleet_mod.up(directory, nodes_per_zone, lay.pg_count, lay.pages_per_pg,
+                                               lay.page_size, base_ip or random_base_ip(), **kwargs))
+    try:
+        return _restore_started(url_store, inv, t_us, directory, topology, target, backup, t0, progress)
+    except BaseException:
+        # A restore that failed (a tampered object, the bucket gone) leaves no half-made
+        # fleet behind: stop what it started and delete what it wrote (only that; a
+        # backup key it generated stays, as a key may never be thrown away unseen).
+        fleet.down()
+        if made:
+            fleet_mod.purge(directory)
+        raise
+
+
+def _restore_started(url_store: ObjStore, inv: Inventory, t_us: int, directory: Path, topology: Topology,
+                     target: int,
+                     backup: str | None, t0: float, progress: bool) -> dict:
     save_topology(directory, topology)
     t_fleet = time.monotonic() - t0
     console = Console(stderr=True)

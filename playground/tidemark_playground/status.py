@@ -8,15 +8,16 @@ import asyncio
 import aiohttp
 
 from tidemark_compute.topology import Topology
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.quorum import SEGMENTS_PER_PG
 
 from .fleet import Fleet
 from .instances import probe
 
 
-async def _node_status(session: aiohttp.ClientSession, url: str) -> dict | None:
+async def _node_status(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> dict | None:
     try:
-        async with session.get(f"{url}/v1/status") as resp:
+        async with session.get(f"{url}/v1/status", headers=headers) as resp:
             return await resp.json() if resp.status == 200 else None
     except (TimeoutError, aiohttp.ClientError, OSError):
         return None
@@ -24,13 +25,14 @@ async def _node_status(session: aiohttp.ClientSession, url: str) -> dict | None:
 
 async def _admin_status(session: aiohttp.ClientSession, url: str | None) -> dict | None:
     """An instance's admin /v1/status (lag_ms, read point), None if it does not answer."""
-    return None if url is None else await _node_status(session, url)
+    return None if url is None else await _node_status(session, url, {})
 
 
 async def fleet_status(fleet: Fleet, topology: Topology, timeout: float = 1.0) -> dict:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+    async with topology.session(None, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
         names = list(fleet.nodes)
-        answers = await asyncio.gather(*(_node_status(session, fleet.nodes[n].url) for n in names))
+        admin = topology.headers(Role.ADMIN)
+        answers = await asyncio.gather(*(_node_status(session, fleet.nodes[n].url, admin) for n in names))
         endpoints = await asyncio.gather(*(asyncio.to_thread(probe, i.host, i.port, i.user, timeout)
                                            for i in fleet.instances.values()))
         admins = await asyncio.gather(*(_admin_status(session, i.admin_url) for i in fleet.instances.values()))

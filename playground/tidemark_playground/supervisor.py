@@ -27,6 +27,7 @@ import aiohttp
 import structlog
 
 from tidemark_compute.topology import Topology, load_topology, save_topology, topology_lock
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.quorum import Membership
 from tidemark_protocol.repair import NodeHealth, RepairLimits, plan_repairs
 
@@ -243,7 +244,8 @@ class Supervisor:
         os.replace(tmp, path)
 
     async def run_forever(self, stop: asyncio.Event | None = None) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        topology = load_topology(self.directory)  # its token and CA, for every node call
+        async with topology.session(Role.ADMIN, timeout=aiohttp.ClientTimeout(total=2)) as session:
             while not (stop and stop.is_set()):
                 try:
                     await self.step(session)

@@ -22,6 +22,7 @@ from tidemark_compute.topology import Topology
 from tidemark_compute.writer import Writer
 from tidemark_protocol import keys
 from tidemark_protocol.layout import VolumeLayout
+from tidemark_protocol.node_auth import Role
 
 from .inventory import Inventory, RestoreError, iso, load_inventory, rebuild_pg
 
@@ -36,7 +37,7 @@ async def check_empty_fleet(topology: Topology, lay: VolumeLayout, target: int |
     if sorted(topology.memberships) != list(range(lay.pg_count)):
         raise RestoreError("the target fleet's topology does not place every PG of the backup")
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with topology.session(Role.ADMIN, timeout=timeout) as http:
         for name, url in topology.nodes.items():
             try:
                 async with http.get(f"{url}/v1/status") as resp:
@@ -134,8 +135,7 @@ async def _install_all(store: ObjStore, inv: Inventory, target: int, topology: T
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
     try:
         built = await asyncio.gather(*(loop.run_in_executor(pool, build, pg) for pg in range(lay.pg_count)))
-        async with aiohttp.ClientSession(timeout=timeout,
-                                         connector=aiohttp.TCPConnector(limit=64)) as http:
+        async with topology.session(Role.ADMIN, limit=64, timeout=timeout) as http:
             await asyncio.gather(*(install(http, *b) for b in built))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)

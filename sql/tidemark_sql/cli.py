@@ -13,6 +13,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -113,13 +114,14 @@ async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | No
 
 
 async def _serve(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
-                 cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int) -> None:
+                 cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int,
+                 tls: ssl.SSLContext | None = None, require_tls: bool = False) -> None:
     telemetry.setup("writer")
     topology = load_topology(directory)
     writer = await Writer.open(topology, membership_source=membership_source(directory))
     record_volume_epoch(directory, topology.volume_epoch)
     instance = await Instance.start(writer, host, port, credentials, insecure, cache_size, multi_range,
-                                    max_connections, admin_port=admin_port)
+                                    max_connections, admin_port=admin_port, tls=tls, require_tls=require_tls)
     lease = WriterLease(directory, topology.volume_epoch)
     lease.claim(f"ws{instance.admin.url[4:]}/v1/feed")
     instance.pipeline.lease = lease.holds
@@ -128,7 +130,8 @@ async def _serve(directory: Path, host: str, port: int, credentials: dict, insec
 
 async def _serve_replica(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
                          cache_size: int | None, max_connections: int, admin_port: int,
-                         writer_feed: str | None) -> None:
+                         writer_feed: str | None, tls: ssl.SSLContext | None = None,
+                         require_tls: bool = False) -> None:
     """Never Writer.open(): that would seal the volume and fence the real writer."""
     reader = Reader(load_topology(directory), (lambda: writer_feed) if writer_feed else (lambda: feed_url(directory)),
                     membership_source(directory))
@@ -191,6 +194,22 @@ async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, cr
         await feed.close()
 
 
+def _tls(cert: Path | None, key: Path | None, required: bool) -> ssl.SSLContext | None:
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if required and cert is None:
+        raise click.UsageError("--require-tls needs --tls-cert and --tls-key")
+    if cert is None or key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise click.UsageError(f"--tls-cert/--tls-key: {exc}") from exc
+    return context
+
+
 def make_group(binding: ClusterBinding | None = None) -> click.Group:
     """The `sql` command group; BINDING enables `serve --from-cluster`."""
 
@@ -233,14 +252,21 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                   help="--from-cluster: the holder name in the writer Lease (default: $POD_NAME, else the host name).")
     @click.option("--credentials-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
                   help="A mounted basic-auth Secret: files username and password.")
+    @click.option("--tls-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help="Offer TLS (sslmode=require/verify-full) with this certificate (PEM).")
+    @click.option("--tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help="The certificate's private key (PEM).")
+    @click.option("--require-tls", is_flag=True, help="Refuse clients that do not ask for TLS (SQLSTATE 28000).")
     @click.option("--max-lag-ms", type=click.FloatRange(min=0), default=None,
                   help="/readyz of a replica fails beyond this feed lag (the -ro Service drops it).")
     def serve(directory: Path, listen: str, role: str, admin_listen: str | None, writer_feed: str | None,
               password_file: Path | None, insecure_no_auth: bool, cache_size: int | None, multi_range_redo: bool,
               max_connections: int, from_cluster: str | None, namespace: str | None, identity: str | None,
-              credentials_dir: Path | None, max_lag_ms: float | None) -> None:
+              credentials_dir: Path | None, max_lag_ms: float | None, tls_cert: Path | None,
+              tls_key: Path | None, require_tls: bool) -> None:
         """Serve the database of the fleet in DIR (or of an AuroraCluster) on the PostgreSQL wire protocol."""
         host, port = _listen(listen)
+        tls = _tls(tls_cert, tls_key, require_tls)
         credentials = credentials_from_dir(credentials_dir) if credentials_dir else load_credentials(password_file)
         if from_cluster:
             if binding is None:
@@ -278,10 +304,10 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
             raise click.UsageError("--admin-listen: the admin endpoint (replica feed) binds loopback addresses only")
         if role == "replica":
             asyncio.run(_serve_replica(directory, host, port, credentials, insecure_no_auth, cache_size,
-                                       max_connections, admin_port, writer_feed))
+                                       max_connections, admin_port, writer_feed, tls, require_tls))
         else:
             asyncio.run(_serve(directory, host, port, credentials, insecure_no_auth, cache_size, multi_range_redo,
-                               max_connections, admin_port))
+                               max_connections, admin_port, tls, require_tls))
 
     return serve
 

@@ -8,6 +8,7 @@ from then on and closes it.
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import structlog
 
@@ -50,6 +51,8 @@ class Instance(Endpoint):
         admin_port: int | None = None,
         admin_host: str | None = None,
         feed_token: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        require_tls: bool = False,
     ) -> Instance:
         """`admin_port` None: no admin endpoint (no replicas can follow). `feed_token`
         None: the feed serves loopback replicas only; else any replica with the token."""
@@ -57,7 +60,7 @@ class Instance(Endpoint):
         store = PageStore(writer, asyncio.get_running_loop(), pipeline, multi_range=multi_range)
         engine = Engine(store, cache_size)
         server = Server(engine, pipeline, credentials or {}, insecure_no_auth, max_connections, max_message,
-                        lock_timeout, idle_in_transaction_timeout)
+                        lock_timeout, idle_in_transaction_timeout, tls=tls, require_tls=require_tls)
         instance = cls(writer, engine, pipeline, server, feed_token)
         await instance.serve(host, port, admin_port, admin_host)
         instance._watch = asyncio.create_task(instance._watch_fence())

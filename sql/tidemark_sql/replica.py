@@ -5,6 +5,7 @@ write is refused with 25006 (read_only_sql_transaction)."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import structlog
 
@@ -38,11 +39,14 @@ class ReplicaInstance(Endpoint):
         max_connections: int = 64,
         admin_port: int | None = None,
         admin_host: str | None = None,
+        tls: ssl.SSLContext | None = None,
+        require_tls: bool = False,
     ) -> ReplicaInstance:
         """The reader must be following its writer's feed (Reader.start) already."""
         store = ReplicaPageStore(reader, asyncio.get_running_loop())
         engine = Engine(store, cache_size)
-        server = Server(engine, Pipeline(), credentials or {}, insecure_no_auth, max_connections)
+        server = Server(engine, Pipeline(), credentials or {}, insecure_no_auth, max_connections,
+                        tls=tls, require_tls=require_tls)
         instance = cls(reader, store, engine, server)
         await instance.serve(host, port, admin_port, admin_host)
         log.info("sql_replica_up", address=instance.address, read_point=store.read_point, admin=instance.admin.url)

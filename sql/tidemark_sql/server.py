@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import ssl
 import struct
 from collections.abc import Callable
 
@@ -45,6 +46,7 @@ from .session import Session
 from .sqlstate import (
     ADMIN_SHUTDOWN,
     IDLE_IN_TRANSACTION_TIMEOUT,
+    INVALID_AUTHORIZATION,
     INVALID_PASSWORD,
     PROGRAM_LIMIT_EXCEEDED,
     PROTOCOL_VIOLATION,
@@ -70,6 +72,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         self.max_message = max_message
+        self.encrypted = False
         self._out: list[bytes] = []
         self._in = bytearray()  # received, not yet read: what batch_continues() looks at
 
@@ -97,6 +100,10 @@ class Connection:
         out = bytes(self._in[:n])
         del self._in[:n]
         return out
+
+    def pending(self) -> bool:
+        """Received bytes not read yet (in our buffer or the stream's)."""
+        return bool(self._in) or bool(getattr(self.reader, "_buffer", b""))
 
     def batch_continues(self) -> bool:
         """Whether more statements may run before the next Sync: False only if the bytes
@@ -169,6 +176,8 @@ class Server:
         max_message: int = 1 << 20,
         lock_timeout: float = 30.0,
         idle_in_transaction_timeout: float = 60.0,
+        tls: ssl.SSLContext | None = None,
+        require_tls: bool = False,
     ) -> None:
         if not credentials and not insecure_no_auth:
             raise ValueError("no credentials: give a password file or $TIDEMARK_SQL_PASSWORD "
@@ -177,6 +186,10 @@ class Server:
         self.pipeline = pipeline
         self.credentials = credentials
         self.insecure = insecure_no_auth
+        if require_tls and tls is None:
+            raise ValueError("require_tls needs a certificate (--tls-cert/--tls-key)")
+        self.tls = tls  # answers SSLRequest with S and upgrades (sslmode=require/verify-full)
+        self.require_tls = require_tls
         self.max_connections = max_connections
         self.max_message = max_message
         self.gate = Gate(lock_timeout)
@@ -271,22 +284,41 @@ class Server:
             try:
                 await conn.flush()
                 writer.close()
-            except (ConnectionError, RuntimeError):
+            except (OSError, RuntimeError):  # ssl.SSLError of a failed handshake included
                 pass
 
     async def _startup(self, conn: Connection) -> dict[str, str] | None:
         while True:
             msg = await conn.read_startup()
+            if isinstance(msg, SSLRequest) and self.tls is not None and not conn.encrypted:
+                await self._start_tls(conn)
+                continue
             if isinstance(msg, SSLRequest | GSSEncRequest):
-                conn.writer.write(b"N")  # no TLS yet: the client goes on in plain text or gives up
+                conn.writer.write(b"N")  # no (more) encryption: the client goes on or gives up
                 continue
             if isinstance(msg, CancelRequest):
                 return None  # cancellation is not supported; PostgreSQL just closes too
             if isinstance(msg, StartupMessage):
+                if self.require_tls and not conn.encrypted:
+                    raise SqlError(INVALID_AUTHORIZATION, "this server accepts TLS connections only "
+                                   "(connect with sslmode=require or verify-full)", fatal=True)
                 if msg.protocol_version >> 16 != 3:
                     raise SqlError(PROTOCOL_VIOLATION, "unsupported frontend protocol", fatal=True)
                 return dict(msg.params)
             raise SqlError(PROTOCOL_VIOLATION, "expected a startup message", fatal=True)
+
+    async def _start_tls(self, conn: Connection) -> None:
+        if conn.pending():  # bytes sent after SSLRequest before the handshake: injected plaintext
+            raise SqlError(PROTOCOL_VIOLATION, "received unencrypted data after SSL request", fatal=True)
+        conn.writer.write(b"S")
+        await conn.writer.drain()
+        assert self.tls is not None
+        try:
+            await conn.writer.start_tls(self.tls, ssl_handshake_timeout=STARTUP_TIMEOUT)
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            log.warning("tls_handshake_failed", error=str(exc))
+            raise Closed from exc
+        conn.encrypted = True
 
     async def _authenticate(self, conn: Connection, user: str) -> None:
         if self.insecure:

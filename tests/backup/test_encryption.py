@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,6 +144,14 @@ async def test_tampered_object_is_detected_and_nothing_is_installed(tmp_path, s3
         await check_empty_fleet(topology, inv.layout)  # every segment still empty: nothing installed
     finally:
         fleet.down()
+    # `tidemark restore` into a new fleet: one line, exit 1, and the fleet it made is gone.
+    new = tmp_path / "new"
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "tidemark_cli.main", "restore", "--from", s3_url,
+                         "--backup-key-file", str(key), "--to-time", iso(end_us), "--dir", str(new),
+                         "--base-ip", f"{NET}.110"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 1 and victim in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not new.exists(), sorted(p.name for p in new.iterdir())
 
 
 async def test_key_rotation_keyring_restores_both_eras(tmp_path, s3_url):

@@ -13,6 +13,8 @@ import pytest
 
 from tidemark_backup import layout
 from tidemark_backup.objstore import open_store
+from tidemark_compute.topology import Topology
+from tidemark_protocol.node_auth import Role
 from tidemark_restore.inventory import iso, load_inventory, rebuild_volume
 from tidemark_restore.status import status_of
 
@@ -21,8 +23,9 @@ from .conftest import backup_fleet, check_pages, wait_until
 pytestmark = [pytest.mark.backup, pytest.mark.process, pytest.mark.timeout(240)]
 
 
-def node_status(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/v1/status", timeout=3) as resp:
+def node_status(url: str, topology: Topology) -> dict:
+    request = urllib.request.Request(f"{url}/v1/status", headers=topology.headers(Role.ADMIN))
+    with urllib.request.urlopen(request, timeout=3, context=topology.tls) as resp:
         return json.loads(resp.read())
 
 
@@ -32,10 +35,10 @@ async def test_fencing_failover_and_garbage(tmp_path, s3_url):
         work = asyncio.create_task(bf.workload(12, concurrency=8, seed=31))
         await asyncio.sleep(2)
         a1 = bf.fleet.nodes["a1"]
-        gen = node_status(a1.url)["generation"]
+        gen = node_status(a1.url, bf.topology)["generation"]
         # A newer generation of a1 registers (a replacement pod): the old one is fenced.
         store.put(layout.node_key("a1", gen + 1), b'{"node": "a1"}')
-        await wait_until(lambda: node_status(a1.url)["backup"]["fenced"], 10, "a1 fenced")
+        await wait_until(lambda: node_status(a1.url, bf.topology)["backup"]["fenced"], 10, "a1 fenced")
         await asyncio.sleep(1.5)  # an upload in flight when the fence was seen may land
         mine = {o.key for o in store.list("") if o.node == "a1" and o.gen == gen}
         # The uploader of another PG dies: the next member takes over.

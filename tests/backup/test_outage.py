@@ -11,6 +11,8 @@ import urllib.request
 import pytest
 
 from tidemark_backup.objstore import open_store
+from tidemark_compute.topology import Topology
+from tidemark_protocol.node_auth import Role
 from tidemark_restore.inventory import iso, load_inventory, parse_time, rebuild_volume
 from tidemark_restore.status import status_of
 
@@ -19,8 +21,9 @@ from .conftest import backup_fleet, check_pages, wait_until
 pytestmark = [pytest.mark.backup, pytest.mark.process, pytest.mark.timeout(240)]
 
 
-def node_backup(url: str) -> dict:
-    with urllib.request.urlopen(f"{url}/v1/status", timeout=3) as resp:
+def node_backup(url: str, topology: Topology) -> dict:
+    request = urllib.request.Request(f"{url}/v1/status", headers=topology.headers(Role.ADMIN))
+    with urllib.request.urlopen(request, timeout=3, context=topology.tls) as resp:
         return json.loads(resp.read())["backup"]
 
 
@@ -35,7 +38,7 @@ async def test_store_outage_catches_up_without_gap(tmp_path, s3_url, rig_minio_s
         await asyncio.to_thread(rig_minio_server.stop)
         try:
             await asyncio.sleep(6)
-            errors = [node_backup(n.url)["lastError"] for n in bf.fleet.nodes.values()]
+            errors = [node_backup(n.url, bf.topology)["lastError"] for n in bf.fleet.nodes.values()]
             assert any(errors), "an unreachable store must show up as lastError"
             assert not work.done()  # the foreground never waits on S3
         finally:

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import random
 
-import aiohttp
 import google_crc32c
 import pytest
 
 from tidemark_backup.objstore import open_store
 from tidemark_compute.writer import Writer
 from tidemark_playground import fleet as fleet_mod
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.writer_core import Change
 from tidemark_restore.install import install_file, restore_into
 from tidemark_restore.inventory import RestoreError, iso, load_inventory, parse_time, rebuild_volume
@@ -114,7 +114,7 @@ async def test_restore_into_refuses_other_layout_and_bad_install(tmp_path, s3_ur
             (good, crc, 2, 200, ""),
             (good, crc, 2, 200, "already"),  # a retried restore: idempotent
         ]
-        async with aiohttp.ClientSession() as http:
+        async with topology.session(Role.ADMIN) as http:
             for body, c, count, status, text in cases:
                 params = {"lsn": "7", "count": str(count), "crc32c": str(c)}
                 async with http.post(url, params=params, data=body) as resp:

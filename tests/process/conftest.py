@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pytest
 
+from tidemark_compute.topology import load_node_credentials, write_node_key
+from tidemark_protocol.node_auth import Role
+
 # Distinct loopback addresses per node, so tests never fight over a port on one IP and
 # a lingering socket from a previous test cannot be mistaken for a new node.
 _addresses = itertools.count(0)
@@ -56,6 +59,7 @@ class NodeProcess:
     data: Path
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    key_file: Path | None = None  # the fleet's node key (None: --insecure-no-auth)
     proc: subprocess.Popen | None = None
     starts: int = 0
 
@@ -77,6 +81,7 @@ class NodeProcess:
             sys.executable, "-m", "tidemark_cli.main", "node", "run",
             "--name", self.name, "--zone", self.zone, "--host", self.host,
             "--port", str(self.port), "--data", str(self.data), *self.extra_args,
+            *(["--auth-key-file", str(self.key_file)] if self.key_file else ["--insecure-no-auth"]),
         ]  # fmt: skip
         self.starts += 1
         logf = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
@@ -148,7 +153,8 @@ def node_factory(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Nod
         host = loopback_address()
         data = tmp_path / name / "data"
         data.parent.mkdir(parents=True, exist_ok=True)
-        node = NodeProcess(name, zone, host, free_port(host), data, list(extra_args or []), dict(env or {}))
+        node = NodeProcess(name, zone, host, free_port(host), data, list(extra_args or []), dict(env or {}),
+                           write_node_key(tmp_path))
         nodes.append(node)
         if start:
             node.start().wait_ready()
@@ -289,11 +295,13 @@ class NodeClient:
 
 
 @pytest.fixture
-async def node_client():
-    """`node_client(node)` → NodeClient sharing one aiohttp session (closed at teardown)."""
+async def node_client(tmp_path: Path):
+    """`node_client(node)` → NodeClient sharing one aiohttp session (closed at teardown),
+    presenting the admin token of node_factory's fleet key."""
     import aiohttp
 
-    async with aiohttp.ClientSession() as session:
+    admin = load_node_credentials(write_node_key(tmp_path).parent).headers(Role.ADMIN)
+    async with aiohttp.ClientSession(headers=admin) as session:
         yield lambda node: NodeClient(session, node)
 
 

@@ -45,6 +45,7 @@ def test_bench_write_tiny_run_reports_tidemark_beside_postgres() -> None:
         assert out["postgres"]["failed"] == 0 and out["postgres"]["half_rate_p99_ms"] > 0, out["postgres"]
         assert out["at_postgres_half_rate"]["commits_per_s"] > 0, out
         assert out["vs_postgres"]["throughput_ratio"] > 0 and out["vs_postgres"]["half_rate_p99_ratio"] > 0, out
+        assert out["tls_off"]["commits_per_s"] > 0 and out["tls_throughput_ratio"] > 0, out  # TLS's cost
         assert list(work.iterdir()) == [], "the bench left files behind"
         assert postgres_pids() <= before, "PostgreSQL servers left running"
     finally:

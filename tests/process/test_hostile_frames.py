@@ -6,6 +6,10 @@ the volume, and a verifying workload must lose no acknowledged commit.
 
 Before the fix the node adopted any VDL (2^64-1) and membership epoch a frame claimed;
 the new writer then failed to open ("recovered records ... did not reach a write quorum").
+
+Without credentials the node refuses the log stream outright (401); the mutations are
+sent with the writer's token, as a buggy writer or a stolen token would, so the
+protocol's own checks are what stands between them and the volume.
 """
 
 from __future__ import annotations
@@ -20,13 +24,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
+from tidemark_compute.topology import (
+    Topology,
+    load_topology,
+    membership_source,
+    record_volume_epoch,
+)
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, verify
 from tidemark_compute.writer import Writer
 from tidemark_playground import fleet as fleet_mod
 from tidemark_playground.status import converged, fleet_status
 from tidemark_protocol.frames import decode_records, encode_batch_with_encoded_records
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.records import Record, RecordFlags, crc32c
 
 pytestmark = [pytest.mark.process, pytest.mark.security, pytest.mark.timeout(300)]
@@ -139,12 +149,13 @@ async def build_seeds(session: aiohttp.ClientSession, url: str, vdl: int) -> lis
     return seeds
 
 
-async def send_hostile(url: str, seeds: list[Seed], frames: int, rng: random.Random) -> dict[str, int]:
+async def send_hostile(url: str, seeds: list[Seed], frames: int, rng: random.Random,
+                       topology: Topology) -> dict[str, int]:
     """Pipelined hostile frames on one WebSocket, bounded in count and time; returns how
     the node answered (accepted groups, refusal codes)."""
     outcome: dict[str, int] = {}
     deadline = time.monotonic() + SEND_BUDGET_S
-    async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/v1/log", max_msg_size=0) as ws:
+    async with topology.session(Role.WRITER) as session, session.ws_connect(f"{url}/v1/log", max_msg_size=0) as ws:
         window = 64
         sent = acked = 0
         while acked < sent or (sent < frames and time.monotonic() < deadline):
@@ -194,17 +205,22 @@ async def test_hostile_frames_to_one_node_do_not_brick_the_volume(fleet):
         await writer.close()
 
     url = fleet.nodes[TARGET].url
-    async with aiohttp.ClientSession() as session:
+    topology = load_topology(fleet.dir)
+    async with topology.session(Role.ADMIN) as session:
         before = await segments_of(session, url)
         seeds = await build_seeds(session, url, vdl)
-    outcome = await send_hostile(url, seeds, FRAMES, random.Random(14))
+    async with topology.session(None) as session:
+        for headers in ({}, topology.headers(Role.READER), {"Authorization": "Bearer writer.00"}):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await session.ws_connect(f"{url}/v1/log", headers=headers)
+            assert refused.value.status in (401, 403), refused.value
+    outcome = await send_hostile(url, seeds, FRAMES, random.Random(14), topology)
     print("hostile frames:", outcome)
     assert outcome["frames"] >= 1000, outcome
 
     # The target's segments are not poisoned: no hint beyond what its PG's segments
     # hold, no epoch a frame raised.
-    topology = load_topology(fleet.dir)
-    async with aiohttp.ClientSession() as session:
+    async with topology.session(Role.ADMIN) as session:
         after = await segments_of(session, url)
         peers = {name: await segments_of(session, u) for name, u in topology.nodes.items() if name != TARGET}
     for pg, seg in after.items():

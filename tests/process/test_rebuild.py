@@ -21,6 +21,7 @@ from tidemark_playground import fleet as fleet_mod
 from tidemark_playground.status import fleet_status
 from tidemark_playground.supervisor import read_repairs
 from tidemark_protocol.hydration import RUNNING
+from tidemark_protocol.node_auth import Role
 
 pytestmark = [pytest.mark.process, pytest.mark.rebuild, pytest.mark.timeout(240)]
 
@@ -121,7 +122,7 @@ async def _node_statuses(fl) -> dict[str, dict | None]:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return None
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+    async with load_topology(fl.dir).session(Role.ADMIN, timeout=aiohttp.ClientTimeout(total=2)) as session:
         names = list(fl.nodes)
         got = await asyncio.gather(*(one(fl.nodes[n].url) for n in names))
     return dict(zip(names, got, strict=True))

@@ -27,7 +27,9 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from tidemark_compute.topology import load_node_credentials, write_node_key
 from tidemark_protocol.frames import encode_batch_with_encoded_records
+from tidemark_protocol.node_auth import Role
 from tidemark_protocol.records import Record, RecordFlags
 
 MEMBERS = ["n1", "n2", "n3", "n4", "n5", "n6"]
@@ -82,14 +84,15 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
-async def _write_one_batch(url: str) -> None:
+async def _write_one_batch(url: str, key_dir: Path) -> None:
     body = {"layout": {"pg_count": 4, "pages_per_pg": 16, "page_size": 256},
             "membership": {"epoch": 1, "members": MEMBERS, "next_members": None},
             "peers": {}, "volume_epoch": 1}
     recs = [Record(1, 0, 0, 0, 0, RecordFlags.CPL, b"\0\0\0\0a"),
             Record(2, 0, 1, 1, 0, RecordFlags.CPL, b"\0\0\0\0b")]
     frame = encode_batch_with_encoded_records(1, 1, 2, 0, [(0, 1, [r.encode() for r in recs])])
-    async with aiohttp.ClientSession() as session:
+    admin = load_node_credentials(key_dir).headers(Role.ADMIN)
+    async with aiohttp.ClientSession(headers=admin) as session:
         async with session.put(f"{url}/v1/segments/0", json=body) as resp:
             assert resp.status == 200, await resp.text()
         async with session.ws_connect(url.replace("http", "ws") + "/v1/log") as ws:
@@ -105,14 +108,15 @@ def node_exposition(tmp: Path, timeout: float = 45.0) -> str:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tidemark_cli.main", "node", "run", "--name", "n1", "--zone", "z1",
          "--host", host, "--port", str(port), "--data", str(tmp / "data"),
-         "--backup", f"file://{tmp / 'bucket'}", "--backup-interval", "0.5"],
+         "--backup", f"file://{tmp / 'bucket'}", "--backup-interval", "0.5",
+         "--auth-key-file", str(write_node_key(tmp))],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while _get(f"{url}/readyz")[0] != 200:
             assert proc.poll() is None and time.monotonic() < deadline, (tmp / "node.log").read_text()[-3000:]
             time.sleep(0.2)
-        asyncio.run(_write_one_batch(url))
+        asyncio.run(_write_one_batch(url, tmp))
         while True:  # the uploader ships the batch: its gauges move off zero
             status, text = _get(f"{url}/metrics")
             if re.search(r"^tidemark_backup_uploaded_objects\S* [1-9]", text, re.M) or \

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 import structlog
 
 from tidemark_protocol.hydration import HydrationState
@@ -12,6 +11,7 @@ from tidemark_protocol.hydration import HydrationState
 from ..ratelimit import TokenBucket
 from ..segments import Segment
 from ..state import NodeState
+from ..tls import peer_session
 from .catch_up import catch_up
 from .log_fetch import fetch_log, statuses
 from .progress import Progress
@@ -25,7 +25,7 @@ async def hydrate(state: NodeState, seg: Segment, sources: dict[str, str], bandw
     bucket = TokenBucket(bandwidth)
     try:
         await state.committer.submit([seg])  # the meta says "hydrating" (see load_segment)
-        async with aiohttp.ClientSession() as session:
+        async with peer_session(state.settings) as session:
             # The snapshot from the most materialized source first (stable: given order).
             found = await statuses(session, seg, sources)
             ranked = sorted(sources, key=lambda n: (n not in found,
