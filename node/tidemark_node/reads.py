@@ -83,6 +83,8 @@ def read_records(store: Store, pg: int, after: int, upto: int, limit: int) -> tu
     """Encoded records with after < lsn <= upto (CRC-checked). Stops before a corrupt
     record and returns its LSN as the second value."""
     out: list[bytes] = []
+    if after >= min(upto, keys.MAX_U64):  # nothing can lie above (and 2**64-1 + 1 is no key)
+        return b"", None
     start = keys.log_key(pg, after + 1)
     end = keys.log_key(pg, upto) + b"\0" if upto < keys.MAX_U64 else keys.prefix_end(keys.pg_prefix(b"L", pg))
     for key, raw in store.scan(start, end, limit):

@@ -29,4 +29,6 @@ class VolumeLayout:
 
     @classmethod
     def from_json(cls, data: dict) -> VolumeLayout:
+        if not isinstance(data, dict):
+            raise ValueError("a layout is an object")
         return cls(int(data["pg_count"]), int(data["pages_per_pg"]), int(data.get("page_size", 4096)))

@@ -65,8 +65,19 @@ class Membership:
 
     @classmethod
     def from_json(cls, data: Mapping) -> Membership:
+        """Strict: anything but {epoch, members: [names], next_members: [names] | null}
+        is a ValueError (what a node answers 400 to)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("a membership is an object")
         nxt = data.get("next_members")
-        return cls(int(data["epoch"]), tuple(data["members"]), tuple(nxt) if nxt else None)
+        return cls(int(data["epoch"]), _names(data["members"]), _names(nxt) if nxt else None)
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(n, str) and n for n in value) \
+            or len(set(value)) != len(value):
+        raise ValueError(f"members must be a list of distinct node names, not {value!r}")
+    return tuple(value)
 
 
 def kth_highest(values: Iterable[int], k: int) -> int:

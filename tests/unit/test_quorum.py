@@ -140,3 +140,13 @@ def test_dual_quorum_pgcl_is_min_over_both_sets(scls) -> None:
     assert t.pgcl() == min(old, new)
     holders = [n for n in (*SIX, "g") if t.scl.get(n, 0) >= t.pgcl()]
     assert has_write_quorum(step1, holders)
+
+
+@pytest.mark.parametrize("data", [None, [], "m", {"epoch": 1}, {"epoch": 1, "members": "abcdef"},
+                                  {"epoch": 1, "members": []}, {"epoch": 1, "members": ["a", "a"]},
+                                  {"epoch": 1, "members": ["a", 2]}, {"epoch": "x", "members": ["a"]},
+                                  {"epoch": 1, "members": ["a"], "next_members": {"b": 1}}])
+def test_a_malformed_membership_is_a_value_error_not_a_crash(data) -> None:
+    """What a node answers 400 to (found by the node API fuzzer: `membership: null` was a 500)."""
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        Membership.from_json(data)
