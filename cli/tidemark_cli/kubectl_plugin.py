@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 
 from . import cluster_backup as cb
+from . import cluster_restore as cr
 from .cluster_view import EVENTS, gather
 from .errors import ReportingGroup
 from .kube_target import Target, target_options
@@ -47,7 +48,7 @@ def emit(doc: Any, as_json: bool, text: str) -> None:
 @click.version_option(package_name="tidemark")
 def plugin() -> None:
     """kubectl tidemark: inspect and operate Tidemark AuroraClusters (status, support
-    report, backups and snapshots, maintenance mode, writer switchover)."""
+    report, backups, snapshots and restores, maintenance mode, writer switchover)."""
     configure_logging()
 
 
@@ -207,6 +208,31 @@ def _switchover(target: Target, name: str, wait: bool, timeout: float, as_json: 
     doc = request_switchover(target, name, timeout if wait else None)
     done = f": {doc['to']} serves after {doc['durationSeconds']} s" if doc.get("to") else " (requested)"
     emit(doc, as_json, f"switchover of {name} from {doc['from']}{done}")
+
+
+@plugin.command("restore")
+@click.argument("source", metavar="SOURCE")
+@click.argument("name", metavar="NEW")
+@click.option("--to-time", "at_time", default=None,
+              help="RFC 3339 time inside SOURCE's backup window (default: the latest restorable time).")
+@click.option("--backup/--no-backup", default=True, show_default=True,
+              help="Back the new cluster up next to SOURCE's (same bucket, credentials and keys; prefix NEW).")
+@click.option("--dry-run", is_flag=True, help="Print the AuroraCluster instead of creating it.")
+@WAIT
+@click.option("--timeout", type=click.FloatRange(min=1), default=1800.0, show_default=True,
+              help="Seconds to wait at most (with --wait).")
+@target_options
+def restore(target: Target, source: str, name: str, at_time: str | None, backup: bool, dry_run: bool,
+            wait: bool, timeout: float, as_json: bool) -> None:
+    """Restore cluster SOURCE's database as of --to-time into a NEW AuroraCluster (its own
+    pods, volume, -rw/-ro Services and credentials); SOURCE is not touched."""
+    if dry_run:
+        click.echo(json.dumps(cr.restore_body(target.cluster(source), name, at_time, backup), indent=2))
+        return
+    row = cr.create_restore(target, source, name, at_time, backup, timeout if wait else None)
+    emit(row, as_json, f"restore {source} -> {row['name']}: {row['phase']}"
+         + (f", {row['pages']} pages at LSN {row['lsn']} ({row['point_in_time']}) in {row['seconds']} s"
+            if row["phase"] == "Done" else ""))
 
 
 @plugin.command("switchover")

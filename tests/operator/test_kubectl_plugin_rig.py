@@ -100,6 +100,13 @@ def test_backup_and_snapshot_commands_drive_the_operators_objects(env: dict[str,
     assert res.returncode == 1 and "no AuroraSnapshot nope" in res.stderr
     assert plugin_json(env, "snapshot", "delete", NAME, "s1", "--timeout", "60") == {"deleted": "s1"}
     assert plugin_json(env, "snapshot", "list", NAME) == []
+    # a restore needs backups of the source: refused before anything is created
+    res = plugin(env, "restore", NAME, f"{NAME}-copy", "--json")
+    assert res.returncode == 1 and "nothing to restore from" in json.loads(res.stdout)["error"], res.stderr
+    res = plugin(env, "restore", "nope", "copy")
+    assert res.returncode == 1 and "AuroraCluster nope not found" in res.stderr
+    assert [c["metadata"]["name"] for c in env["co"].list_namespaced_custom_object(
+        GROUP, VERSION, env["ns"], PLURAL, _request_timeout=5)["items"]] == [NAME]
 
 
 def test_report_bundle_holds_the_cluster_and_never_secret_data(env: dict[str, Any], tmp_path: Path) -> None:

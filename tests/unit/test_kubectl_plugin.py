@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from tidemark_cli import cluster_backup as cb
+from tidemark_cli import cluster_restore as cr
 from tidemark_cli.cluster_view import summarize
 from tidemark_cli.kubectl_plugin import plugin
 from tidemark_cli.status_render import render_status
@@ -23,6 +24,8 @@ from tidemark_cli.support_report import Bundle
 from tidemark_operator import placement as pl
 from tidemark_operator.spec import parse_spec
 from tidemark_protocol.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.unit
 
@@ -191,7 +194,7 @@ def test_every_command_has_help_json_and_kubectl_options() -> None:
     cmds = _commands(plugin)
     assert {" ".join(p) for p, _ in cmds} == {
         "status", "report", "backup status", "snapshot create", "snapshot list", "snapshot delete",
-        "maintenance on", "maintenance off", "switchover", "promote"}
+        "maintenance on", "maintenance off", "switchover", "promote", "restore"}
     for path, cmd in cmds:
         assert cmd.help, path
         opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
@@ -253,3 +256,27 @@ def test_the_report_lists_the_secrets_the_spec_names() -> None:
                    "restore": {"source": {"credentialsSecret": "r"}}}}
     assert referenced_secrets(ac) == {"b", "i", "r"}
     assert referenced_secrets({"spec": {}}) == set()
+
+
+def test_a_restore_is_a_new_cluster_of_the_sources_shape_with_backups_of_its_own() -> None:
+    (source,) = [d for d in yaml.safe_load_all((ROOT / "examples" / "backup-cluster.yaml").read_text())
+                 if d and d.get("kind") == "AuroraCluster"]
+    source["metadata"].setdefault("namespace", "default")
+    body = cr.restore_body(source, "db-at-noon", "2026-12-01T12:00:00Z")
+    spec, src = body["spec"], source["spec"]
+    assert body["kind"] == "AuroraCluster" and body["metadata"] == {"name": "db-at-noon"}
+    assert spec["restore"] == {"source": {"cluster": source["metadata"]["name"]},
+                               "pointInTime": "2026-12-01T12:00:00Z"}
+    assert {k: spec.get(k) for k in ("volume", "nodesPerZone", "storage")} == \
+        {k: src.get(k) for k in ("volume", "nodesPerZone", "storage")}
+    assert spec["backup"]["target"] == cr.sibling_prefix(src["backup"]["target"], "db-at-noon") != \
+        src["backup"]["target"]
+    assert spec["backup"]["credentialsSecret"] == src["backup"]["credentialsSecret"]
+    assert "backup" not in cr.restore_body(source, "n2", None, backup=False)["spec"]
+    assert "pointInTime" not in cr.restore_body(source, "n3", None)["spec"]["restore"]
+    assert cr.sibling_prefix("s3://b/a/db", "x") == "s3://b/a/x" and cr.sibling_prefix("s3://b", "x") == "s3://b/x"
+    with pytest.raises(UserError, match="NEW cluster"):
+        cr.restore_body(source, source["metadata"]["name"], None)
+    no_backup = {**source, "spec": {**src, "backup": {"enabled": False}}}
+    with pytest.raises(UserError, match="nothing to restore from"):
+        cr.restore_body(no_backup, "n4", None)
