@@ -178,12 +178,17 @@ def rolled_out(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) ->
             and int(st.get("replicas") or 0) <= want)
 
 
+def template_changes(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Applying DESIRED replaces the pods of the existing Deployment CURRENT."""
+    return current is not None and _template_hash(current) != _template_hash(desired)
+
+
 def hold_writer(current_writer: Mapping[str, Any] | None, desired_writer: Mapping[str, Any],
                 current_replica: Mapping[str, Any] | None, desired_replica: Mapping[str, Any]) -> bool:
     """A new pod template reaches the writer only after every replica runs it: replicas
     first, then the writer's Recreate (a new writer pod: a switchover), so reads go on
     through -ro during the update and the writer moves once."""
-    if current_writer is None or _template_hash(current_writer) == _template_hash(desired_writer):
+    if not template_changes(current_writer, desired_writer):
         return False
     return int(desired_replica["spec"]["replicas"]) > 0 and not rolled_out(current_replica, desired_replica)
 

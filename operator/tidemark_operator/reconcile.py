@@ -127,9 +127,10 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
         return {"readyInstances": f"0/{spec.instances}", "instancesBlocked": "waiting for a writable volume"}
     owner = placement_store.owner_of(body)
     blocked = await asyncio.to_thread(instances.ensure_credentials, kube, name, ns, spec, owner, event)
+    rolling_writer = False
     if blocked is None:
         objs = instance_resources.instance_objects(name, ns, spec, owner, ctx.settings.node_command)
-        objs = await asyncio.to_thread(_hold_writer_template, kube, ns, objs, state, event)
+        objs, rolling_writer = await asyncio.to_thread(_hold_writer_template, kube, ns, objs, state, event)
         await asyncio.to_thread(objects.converge, kube, objs, True, event)
     elif (body.get("status") or {}).get("instancesBlocked") != blocked:
         event("Warning", "CredentialsMissing", blocked)
@@ -142,6 +143,8 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     pods = [p for p in pods if p.name not in expired]
     holder = await asyncio.to_thread(instances.lease_holder, kube, name, ns)
     holder_serving = any(p.name == holder and (seen.get(p.name) or {}).get("serving") for p in pods)
+    if rolling_writer and holder is not None:
+        state.switched_from = holder  # replaced by the rolling update: planned, not a Failover
     out = instances.instances_status(spec, pods, seen, holder, blocked)
     moved = await asyncio.to_thread(switchover.step, kube, ns, body, pods, holder, holder_serving, event,
                                     now_iso(), time.time())
@@ -156,19 +159,25 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
 
 
 def _hold_writer_template(kube: Kube, ns: str, objs: list[dict[str, Any]], state: ClusterState,
-                          event: Event) -> list[dict[str, Any]]:
-    """Leave the writer Deployment as it is while the replicas roll to a new template."""
+                          event: Event) -> tuple[list[dict[str, Any]], bool]:
+    """Leave the writer Deployment as it is while the replicas roll to a new template;
+    True with the objects when this pass gives the writer its new template (its pod is
+    replaced: a planned move, reported as RollingUpdate, never as Failover)."""
     by_role = {o["metadata"]["labels"].get(ROLE_LABEL): o for o in objs if o["kind"] == "Deployment"}
     writer, replica = by_role["writer"], by_role["replica"]
     current = {role: kube.read("Deployment", o["metadata"]["name"], ns) for role, o in by_role.items()}
     if not instance_resources.hold_writer(current["writer"], writer, current["replica"], replica):
+        released = instance_resources.template_changes(current["writer"], writer)
+        if released:
+            event("Normal", "RollingUpdate", "every replica runs the new instance template: the writer is "
+                                             "replaced now (a new writer pod)")
         state.writer_held = False
-        return objs
+        return objs, released
     if not state.writer_held:
         event("Normal", "RollingUpdate", "new instance template: replicas first; the writer is replaced "
                                          "(a new writer pod) once every replica runs it")
         state.writer_held = True
-    return [o for o in objs if o is not writer]
+    return [o for o in objs if o is not writer], False
 
 
 async def _converge(ctx: Context, state: ClusterState, body: Mapping[str, Any], spec: ClusterSpec,

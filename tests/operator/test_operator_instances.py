@@ -339,10 +339,15 @@ def test_a_new_instance_template_rolls_the_replicas_first_then_the_writer(env: d
           f"the writer moved ({ins.summary()})")
     assert replicas_at_writer_change and not replicas_at_writer_change & old_replicas, \
         f"the writer was replaced while old replicas ran: {replicas_at_writer_change & old_replicas}"
-    events = env["core"].list_namespaced_event(env["ns"], _request_timeout=5).items
-    assert any(ev.reason == "RollingUpdate" and ev.involved_object.name == DB for ev in events)
     wait_for(lambda: instances_up(env, 2), 120, "2/2 instances serving after the update")
     ins.check_nothing_lost()
+    events = [ev for ev in env["core"].list_namespaced_event(env["ns"], _request_timeout=5).items
+              if ev.involved_object.name == DB]
+    rolling = [ev.message for ev in events if ev.reason == "RollingUpdate"]
+    assert any("replicas first" in m for m in rolling) and any("replaced now" in m for m in rolling), rolling
+    # the writer's replacement was planned: never reported as a Failover away from it
+    assert not [ev.message for ev in events if ev.reason == "Failover"
+                and f"from {old_writer.metadata.name} " in ev.message]
 
 
 def _readyz(ip: str) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tidemark_operator import switchover
-from tidemark_operator.instance_resources import hold_writer, rolled_out
+from tidemark_operator.instance_resources import hold_writer, rolled_out, template_changes
 from tidemark_operator.instances import InstancePod
 from tidemark_operator.model import SWITCHOVER_ANNOTATION, TEMPLATE_HASH
 
@@ -93,3 +93,4 @@ def test_the_writer_template_waits_until_every_replica_runs_the_new_one() -> Non
     assert rolled_out(_deployment("r2", 2, 2, 2), new_r)
     assert not hold_writer(old_w, new_w, _deployment("r2", 2, 2, 2), new_r)  # replicas done: the writer goes
     assert not hold_writer(old_w, new_w, None, _deployment("r2", 0, 0, 0))  # no replicas: the writer at once
+    assert template_changes(old_w, new_w) and not template_changes(new_w, new_w) and not template_changes(None, new_w)
