@@ -9,12 +9,21 @@
 # BASE is any image with Python 3.11+ and its venv module; the default is pullable from
 # Docker Hub. `tidemark dev kind up` builds with a Debian base made offline by debootstrap.
 ARG BASE=python:3.11-slim-bookworm
-FROM ${BASE}
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/tidemark/bin:$PATH
+
+# The dependencies' venv, made in a stage of its own so the wheels copied in never end up
+# in a layer of the image (each node of a kind cluster imports every layer).
+FROM ${BASE} AS deps
 COPY dist/wheels/deps/ /wheels/
+# kubernetes/aio is an asyncio client bundled with the kubernetes package (42 MB) that
+# nothing here imports; setuptools is needed only to install.
 RUN python3 -m venv /opt/tidemark \
  && /opt/tidemark/bin/pip install --no-cache-dir --no-index /wheels/*.whl \
- && rm -rf /wheels
+ && rm -rf /opt/tidemark/lib/python3*/site-packages/kubernetes/aio \
+ && /opt/tidemark/bin/pip uninstall --yes --quiet setuptools
+
+FROM ${BASE}
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/tidemark/bin:$PATH
+COPY --from=deps /opt/tidemark /opt/tidemark
 COPY dist/wheels/app/ /wheels/
 RUN /opt/tidemark/bin/pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
  && rm -rf /wheels \

@@ -15,20 +15,21 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from kindenv import ROOT, Kind, condition, psql, segments_full, wait_for
+from kindenv import ROOT, Kind, psql, segments_full, wait_for
 
-from tidemark_rig.kind import egress
+from tidemark_rig.kind import egress, engine
 
 # The first test also makes the cluster (cold: the node programs build, ~25 min).
 pytestmark = [pytest.mark.kind, pytest.mark.timeout(3600)]
 
-WORKLOAD = "job-name=tidemark-workload"
 OPERATOR = "app.kubernetes.io/component=operator"
 DB, RESTORED = "db", "db-restored"
 
@@ -48,9 +49,16 @@ def test_the_egress_guard_is_in_place_while_a_cluster_exists(kind_cluster: Kind)
                                 "--format", "{{.Names}}").split()
     assert len(nodes) == 10, nodes
     assert egress.guard_problems() == []
+    if engine.we_started_it():  # its containers' DNS goes to an address the chain rejects
+        pid = int(engine.PIDFILE.read_text())
+        assert ["--dns", egress.DNS_SINK] in _pairs(psutil.Process(pid).cmdline())
     # CoreDNS must not forward names outside the cluster to the node's resolver.
     corefile = kind_cluster.json("-n", "kube-system", "get", "configmap", "coredns")["data"]["Corefile"]
     assert "forward" not in corefile
+
+
+def _pairs(argv: list[str]) -> list[list[str]]:
+    return [argv[i:i + 2] for i in range(len(argv) - 1)]
 
 
 def test_cluster_yaml_is_ready_with_pods_in_their_zones_and_pvcs_bound(demo: Kind) -> None:
@@ -78,81 +86,77 @@ def _since(events: list[dict[str, Any]], t0: dt.datetime) -> list[dict[str, Any]
     return [e for e in events if stamp(e) >= t0]
 
 
-def _vdl_moves(k: Kind, seconds: float, what: str) -> None:
-    start = int(k.ac()["status"]["vdl"])
-    wait_for(lambda: int(k.ac()["status"]["vdl"]) > start, seconds, f"writes going on ({what})")
+class _Chaos(subprocess.Popen[str]):
+    """`tidemark chaos --cluster demo …` as docs/kind.md shows it, as a user would run it.
+    Its timeline goes to a file: a pipe nobody reads while the test waits could fill up."""
+
+    def __init__(self, k: Kind, *args: str) -> None:
+        self.timeline = tempfile.TemporaryFile("w+")
+        super().__init__([sys.executable, "-m", "tidemark_cli.main", "chaos", "--cluster", "demo", *args, "--json"],
+                         stdout=subprocess.PIPE, stderr=self.timeline, text=True, env=k.env(), cwd=ROOT)
 
 
-def test_workload_verifies_through_a_zone_kill_a_worker_kill_with_rebuild_and_an_operator_kill(
-        demo: Kind) -> None:
-    """The faults that need writes going on come first (the Job commits for 300 s); the
-    rebuild, which waits out NotReady and repair.nodeLossTimeout, comes last."""
+def _verdict(proc: _Chaos, timeout: float) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=timeout)
+    proc.timeline.seek(0)
+    sys.stderr.write(proc.timeline.read()[-4000:])
+    result = json.loads(out)
+    assert proc.returncode == 0 and result["ok"], result
+    assert result["lost"] == 0 and result["acked"] > 0 and result["verified"] and result["healed"], result
+    assert result["fault_commits_per_s"] > 0, "writes stopped during the fault"
+    return dict(result)
+
+
+def test_chaos_cluster_kill_node_rebuilds_on_the_spare_through_an_operator_kill_mid_repair(demo: Kind) -> None:
+    """docs/kind.md step 3: `tidemark chaos --cluster demo kill-node`: a worker holding a
+    storage pod is killed, its segments are rebuilt on the zone's spare pod; the test also
+    deletes the operator's pod as soon as the repair has started (its successor must
+    finish it). The Job verifies every acknowledged commit."""
     k = demo
-    k.kubectl("delete", "job", "tidemark-workload", "--ignore-not-found", "--wait=true", timeout=120)
-    k.kubectl("apply", "-f", "examples/workload-job.yaml")
-    wait_for(lambda: any(p["status"].get("phase") == "Running" for p in k.pods(WORKLOAD)), 180,
-             "the workload pod running")
-    _vdl_moves(k, 60, "workload started")
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    proc = _Chaos(k, "kill-node", "--seconds", "240")
+    try:
+        wait_for(lambda: _since(k.events("RepairStarted"), t0) or proc.poll() is not None, 600,
+                 "a repair to start")
+        assert proc.poll() is None, "the experiment ended before any repair started"
+        k.kubectl("-n", "tidemark-system", "delete", "pod", "-l", OPERATOR, "--wait=false")
+        result = _verdict(proc, 1500)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=60)
+            for node in k.docker("ps", "-a", "--filter", f"label=io.x-k8s.kind.cluster={k.name}",
+                                 "--filter", "status=exited", "--format", "{{.Names}}").split():
+                k.docker("start", node)  # what the experiment would have started again
+    fault = next(e["text"] for e in result["events"] if e["kind"] == "fault")
+    lost_pod, zone = re.search(r"holds (\S+), (zone-\w+)\)", fault).groups()  # type: ignore[union-attr]
+    rebuilt = [e["text"] for e in result["events"] if e["kind"] == "repair-done"]
+    assert rebuilt, result["events"]
+    for text in rebuilt:
+        # "pg N: demo-zone-X-i replaced demo-zone-X-j": in the same zone, on the spare pod.
+        assert f"replaced {lost_pod}" in text and f"demo-{zone}-" in text, text
+    assert any("back to 6 healthy segments" in e["text"] for e in result["events"]), result["events"]
 
-    # 1. A whole zone goes for 30 s (one with neither the workload nor the operator on it).
-    avoid = k.node_of(WORKLOAD) | k.node_of(OPERATOR, "tidemark-system")
-    zones = k.workers_by_zone()
-    down_zone = next(z for z, workers in sorted(zones.items()) if not set(workers) & avoid)
-    for w in zones[down_zone]:
-        k.docker("kill", w)
-    t_zone = time.monotonic()
-    _vdl_moves(k, 60, f"zone {down_zone} down")
-    time.sleep(max(0.0, 30 - (time.monotonic() - t_zone)))
-    for w in zones[down_zone]:
-        k.docker("start", w)
-    for w in zones[down_zone]:
-        k.kubectl("wait", f"node/{w}", "--for=condition=Ready", "--timeout=180s", timeout=200)
 
-    # 2. A worker holding a storage pod dies (not the workload's, not the operator's).
-    avoid = k.node_of(WORKLOAD) | k.node_of(OPERATOR, "tidemark-system")
-    victim = next(p for p in k.pods("tidemark.dev/cluster=demo") if p["spec"]["nodeName"] not in avoid)
-    worker, zone = victim["spec"]["nodeName"], victim["metadata"]["labels"]["tidemark.dev/zone"]
-    t_kill = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    k.docker("kill", worker)
-    _vdl_moves(k, 60, f"{worker} killed")
-
-    # 3. The operator dies mid-repair; its successor finishes the rebuild.
-    wait_for(lambda: _since(k.events("RepairStarted"), t_kill), 300, "a repair to start")
-    k.kubectl("-n", "tidemark-system", "delete", "pod", "-l", OPERATOR, "--wait=false")
-    wait_for(lambda: segments_full(k.ac()), 420, "every PG back to 6 segments while the worker is down")
-    finished = _since(k.events("RepairFinished"), t_kill)
-    assert finished, "no RepairFinished event"
-    lost_pod = victim["metadata"]["name"]
-    for event in finished:
-        # "pg N: demo-zone-X-i replaced demo-zone-X-j": rebuilt in the same zone on the spare.
-        assert f"replaced {lost_pod}" in event["message"] and f"demo-{zone}-" in event["message"], event
-    k.docker("start", worker)
-    k.kubectl("wait", f"node/{worker}", "--for=condition=Ready", "--timeout=180s", timeout=200)
-
-    # 4. The Job verifies every acknowledged commit; the cluster heals fully.
-    k.kubectl("wait", "job/tidemark-workload", "--for=condition=complete", "--timeout=10m", timeout=620)
-    logs = k.kubectl("logs", "job/tidemark-workload")
-    assert re.search(r"^\s*verified: True$", logs, re.M) and re.search(r"^\s*lost: 0$", logs, re.M), logs[-2000:]
-    wait_for(lambda: condition(k.ac(), "Degraded") == "False", 420, "the cluster healed (Degraded False)")
+def test_chaos_cluster_restart_operator_goes_on_writing(demo: Kind) -> None:
+    """`tidemark chaos --cluster demo restart-operator`: writes never depend on the operator."""
+    result = _verdict(_Chaos(demo, "restart-operator", "--seconds", "75"), 900)
+    assert any(e["text"] == "a new operator pod is ready" for e in result["events"]), result["events"]
 
 
 def test_chaos_cluster_kill_zone_heals_with_nothing_lost(demo: Kind, tmp_path: Path) -> None:
     """docs/kind.md step 3: `tidemark chaos --cluster demo kill-zone --plot FILE`."""
     png = tmp_path / "kill-zone.png"
-    done = subprocess.run([sys.executable, "-m", "tidemark_cli.main", "chaos", "--cluster", "demo", "kill-zone",
-                           "--seconds", "120", "--json", "--plot", str(png)],
-                          capture_output=True, text=True, timeout=1500, env=demo.env(), cwd=ROOT)
-    sys.stderr.write(done.stderr[-4000:])
-    result = json.loads(done.stdout)
-    assert done.returncode == 0 and result["ok"], result
-    assert result["lost"] == 0 and result["acked"] > 0 and result["healed"], result
-    assert result["fault_commits_per_s"] > 0, "writes stopped while the zone was down"
+    demo.kubectl("create", "serviceaccount", "bystander")  # not the experiment's: must survive it
+    result = _verdict(_Chaos(demo, "kill-zone", "--seconds", "100", "--plot", str(png)), 1500)
     kinds = [e["kind"] for e in result["events"]]
     assert "fault" in kinds and "recover" in kinds, result["events"]
-    assert len(result["progress"]) > 60 and png.stat().st_size > 20_000
+    assert len(result["progress"]) > 50 and png.stat().st_size > 20_000
     # it deleted what it made, and only that
     assert not demo.kubectl("get", "jobs,serviceaccounts", "-o", "name").count("tidemark-chaos-")
-    assert "tidemark-workload" in demo.kubectl("get", "serviceaccounts", "-o", "name")
+    assert "serviceaccount/bystander" in demo.kubectl("get", "serviceaccounts", "-o", "name")
+    demo.kubectl("delete", "serviceaccount", "bystander")
+
 
 def _utc(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))

@@ -10,7 +10,7 @@ import yaml
 
 from tidemark_operator.instance_resources import instance_deployment
 from tidemark_operator.spec import ClusterSpec
-from tidemark_rig.kind import app_image, host, kubectl, nodeimage, privileged
+from tidemark_rig.kind import app_image, egress, host, kubectl, nodeimage, privileged
 from tidemark_rig.pod_runner import pod_bind
 from tidemark_rig.procs import RigError
 
@@ -82,3 +82,13 @@ def test_instances_listen_on_every_pod_address_so_port_forward_reaches_them() ->
     assert cmd[cmd.index("--listen") + 1] == "0.0.0.0:5432"
     assert pod_bind("0.0.0.0:5432", "127.0.9.4") == "127.0.9.4:5432"
     assert pod_bind("127.0.0.1:5432", "127.0.9.4") == "127.0.0.1:5432"
+
+
+def test_a_loopback_host_resolver_is_what_dockerd_would_dial_past_the_guard(tmp_path: Path) -> None:
+    text = "# x\nnameserver 127.0.0.53\nnameserver 10.255.255.53\nnameserver ::1\nsearch lan\nnameserver bad\n"
+    assert egress.loopback_resolvers(text) == ["127.0.0.53", "::1"]
+    remote = tmp_path / "resolv.conf"
+    remote.write_text("nameserver 10.255.255.53\n")
+    assert egress.engine_dns_problems(remote) == []  # forwarded from the container: rejected by the chain
+    assert not egress.engine_dns_problems(tmp_path / "absent")
+

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..procs import RigError
 from ..versions import cache_root
+from . import egress
 
 SOCKET = "/var/run/docker.sock"
 PIDFILE = Path("/run/tidemark-dockerd.pid")
@@ -77,7 +78,9 @@ def ensure_engine(log_dir: Path) -> str:
     with log.open("a") as fh:
         subprocess.Popen(
             ["dockerd", "--data-root", str(data), "--exec-root", "/run/tidemark-docker",
-             "--pidfile", str(PIDFILE), "-H", f"unix://{SOCKET}"],
+             "--pidfile", str(PIDFILE), "-H", f"unix://{SOCKET}",
+             # Containers never resolve names off this machine (egress.py, "DNS").
+             "--dns", egress.DNS_SINK],
             stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 60
     while not engine_answers(timeout=5):
