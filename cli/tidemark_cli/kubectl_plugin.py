@@ -12,13 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+from kubernetes import client
+from kubernetes.config.config_exception import ConfigException
 from rich.console import Console
+
+from tidemark_operator.topology import kube_namespace
 
 from . import cluster_backup as cb
 from . import cluster_restore as cr
+from .cluster_chaos import EXPERIMENTS, SECONDS
+from .cluster_chaos_command import run_on_cluster
 from .cluster_view import EVENTS, gather
 from .errors import ReportingGroup
-from .kube_target import Target, target_options
+from .kube_target import KubeError, Target, target_options
 from .logging_setup import configure_logging
 from .maintenance_mode import set_maintenance
 from .status_render import render_status
@@ -48,7 +54,8 @@ def emit(doc: Any, as_json: bool, text: str) -> None:
 @click.version_option(package_name="tidemark")
 def plugin() -> None:
     """kubectl tidemark: inspect and operate Tidemark AuroraClusters (status, support
-    report, backups, snapshots and restores, maintenance mode, writer switchover)."""
+    report, backups, snapshots and restores, maintenance mode, writer switchover, chaos
+    experiments on kind)."""
     configure_logging()
 
 
@@ -256,6 +263,55 @@ def promote(target: Target, name: str, wait: bool, timeout: float, as_json: bool
     """The same as `switchover` (CloudNativePG's name for it). Tidemark's replicas never
     open the volume, so the new writer is always a new writer pod, not a chosen replica."""
     _switchover(target, name, wait, timeout, as_json)
+
+
+def _chaos_drives(target: Target) -> None:
+    """cluster_chaos talks through the kubernetes client's default configuration (in-cluster,
+    else $KUBECONFIG or ~/.kube/config at its current context), not through TARGET: refuse
+    when --kubeconfig/--context chose another API server, so that no fault ever lands on a
+    cluster the user did not name."""
+    try:
+        kube_namespace()  # loads that default configuration, as run_cluster_experiment will
+    except ConfigException as exc:
+        raise KubeError(f"chaos needs the default kubeconfig ($KUBECONFIG or ~/.kube/config): {exc}") from exc
+    default, chosen = client.Configuration.get_default_copy().host, target.api.configuration.host
+    if default != chosen:
+        raise KubeError(f"chaos runs against the default kubeconfig's current context ({default}), not the "
+                        f"--kubeconfig/--context given ({chosen}): select that cluster with $KUBECONFIG and "
+                        "`kubectl config use-context` instead")
+
+
+@plugin.command("chaos")
+@CLUSTER
+@click.argument("experiment", metavar="EXPERIMENT", type=click.Choice(sorted(EXPERIMENTS)))
+@click.option("--seconds", type=click.FloatRange(min=1), default=None,
+              help="How long the verifying workload writes; longer runs show a steady state before and "
+                   "after the fault (default per experiment: "
+                   + ", ".join(f"{name} {s:.0f}" for name, s in sorted(SECONDS.items())) + ").")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write a PNG of the run here: commits/s, p99, healthy segments per PG, fault and repair "
+                   "windows, the verdict (needs the plot extra: pip install 'tidemark[plot]').")
+@target_options
+def chaos(target: Target, name: str, experiment: str, seconds: float | None, plot: Path | None,
+          as_json: bool) -> None:
+    """Run chaos EXPERIMENT against AuroraCluster NAME on a kind cluster while a verifying
+    workload Job writes through it, then check that it healed and lost nothing:
+
+    \b
+      kill-node         docker kill of a worker holding a storage pod; its segments are
+                        rebuilt on the zone's spare pod (none: held down 30 s)
+      kill-zone         docker kill of every worker of a zone, for 30 s
+      restart-operator  the operator's pod deleted
+
+    Killed workers are always started again; the workload's and the operator's workers
+    are never killed. Needs the docker client, a storage-only cluster (spec.instances 0)
+    that is Ready, and the default kubeconfig's current context. The same code as
+    `tidemark chaos --cluster NAME EXPERIMENT`. Progress on stderr with --json. Exit
+    status 0 when the cluster healed, commits went on during the fault and no
+    acknowledged commit was lost, else 1."""
+    _chaos_drives(target)
+    target.cluster(name)  # a missing cluster: one line, before any Job is made
+    run_on_cluster(experiment, name, target.namespace, seconds, plot, as_json)
 
 
 def main() -> None:

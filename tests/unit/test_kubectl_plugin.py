@@ -3,9 +3,20 @@ documents, the report's tarball, the command surface (help, --json, one-line err
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
+import threading
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -194,7 +205,7 @@ def test_every_command_has_help_json_and_kubectl_options() -> None:
     cmds = _commands(plugin)
     assert {" ".join(p) for p, _ in cmds} == {
         "status", "report", "backup status", "snapshot create", "snapshot list", "snapshot delete",
-        "maintenance on", "maintenance off", "switchover", "promote", "restore"}
+        "maintenance on", "maintenance off", "switchover", "promote", "restore", "chaos"}
     for path, cmd in cmds:
         assert cmd.help, path
         opts = {o for p in cmd.params for o in getattr(p, "opts", [])}
@@ -202,13 +213,13 @@ def test_every_command_has_help_json_and_kubectl_options() -> None:
         assert all(p.help for p in cmd.params if isinstance(p, click.Option)), path
 
 
-def _kubeconfig(tmp_path: Path) -> Path:
-    """A kubeconfig naming an API server nobody listens on (127.0.167.0/24: ours)."""
+def _kubeconfig(tmp_path: Path, server: str = "http://127.0.167.1:9", name: str = "kubeconfig") -> Path:
+    """A kubeconfig naming SERVER (default: an API server nobody listens on, 127.0.167.0/24: ours)."""
     cfg = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
-           "clusters": [{"name": "k", "cluster": {"server": "http://127.0.167.1:9"}}],
+           "clusters": [{"name": "k", "cluster": {"server": server}}],
            "contexts": [{"name": "c", "context": {"cluster": "k", "user": "u", "namespace": "from-context"}}],
            "users": [{"name": "u", "user": {"token": "t"}}]}
-    path = tmp_path / "kubeconfig"
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -240,13 +251,48 @@ def test_namespace_comes_from_the_flag_else_the_context(tmp_path: Path) -> None:
     assert connect(path, "c", "mine").namespace == "mine"
 
 
-def test_the_krew_manifest_names_the_installed_executable() -> None:
-    root = Path(__file__).resolve().parents[2]
-    manifest = yaml.safe_load((root / "plugins" / "krew" / "tidemark.yaml").read_text())
+def _entry_points() -> dict[str, str]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_the_committed_krew_manifest_names_the_plugins_entry_point() -> None:
+    text = (ROOT / "plugins" / "krew" / "tidemark.yaml").read_text()
+    manifest = yaml.safe_load(text)
     assert manifest["kind"] == "Plugin" and manifest["metadata"]["name"] == "tidemark"
-    assert 'kubectl-tidemark = "tidemark_cli.kubectl_plugin:main"' in (root / "pyproject.toml").read_text()
+    assert "scripts/krew-manifest.py" in text.split("apiVersion:")[0]  # the comment says how it is made
+    module, function = _entry_points()["kubectl-tidemark"].split(":")
+    assert callable(getattr(importlib.import_module(module), function)) and function == "main"
+    assert module == "tidemark_cli.kubectl_plugin"
     for p in manifest["spec"]["platforms"]:
-        assert p["bin"] == "kubectl-tidemark" and len(p["sha256"]) == 64
+        assert p["bin"] == "kubectl-tidemark" and p["files"] == [{"from": "kubectl-tidemark", "to": "."}]
+        assert len(p["sha256"]) == 64 and set(p["sha256"]) <= set("0123456789abcdef") and p["sha256"] != "0" * 64
+
+
+def test_the_krew_script_writes_the_sha256_of_the_archive_it_built(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "krew-manifest.py"),
+                           "--url-base", "https://example.invalid/r/", "--out-dir", str(tmp_path / "out"),
+                           "--manifest", str(tmp_path / "tidemark.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (archive,) = (tmp_path / "out").iterdir()
+    manifest = yaml.safe_load((tmp_path / "tidemark.yaml").read_text())
+    (platform,) = manifest["spec"]["platforms"]
+    assert platform["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert platform["uri"] == f"https://example.invalid/r/{archive.name}"
+    assert manifest["spec"]["version"] == "v" + tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    with tarfile.open(archive) as tar:  # what `files` and `bin` say: one executable at the root
+        (member,) = tar.getmembers()
+        assert member.name == platform["bin"] and member.mode == 0o755
+        executable = tar.extractfile(member).read()  # type: ignore[union-attr]
+    assert executable.startswith(b"#!/usr/bin/env python3\n")
+    with zipfile.ZipFile(io.BytesIO(executable)) as zapp:
+        assert zapp.read("__main__.py").decode().startswith("from tidemark_cli.kubectl_plugin import main")
+        assert "tidemark_cli/kubectl_plugin.py" in zapp.namelist()
+    # the same tree, the same bytes (so the committed sha256 can be checked by rebuilding)
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "krew-manifest.py"), "--url-base", "x",
+                            "--out-dir", str(tmp_path / "again"), "--manifest", str(tmp_path / "again.yaml")],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and (tmp_path / "again" / archive.name).read_bytes() == archive.read_bytes()
 
 
 def test_the_report_lists_the_secrets_the_spec_names() -> None:
@@ -280,3 +326,93 @@ def test_a_restore_is_a_new_cluster_of_the_sources_shape_with_backups_of_its_own
     no_backup = {**source, "spec": {**src, "backup": {"enabled": False}}}
     with pytest.raises(UserError, match="nothing to restore from"):
         cr.restore_body(no_backup, "n4", None)
+
+
+# -- kubectl tidemark chaos: the refusals that need no cluster (the runs are tests/kind's) --
+def test_chaos_help_names_every_experiment_and_option() -> None:
+    res = CliRunner().invoke(plugin, ["chaos", "--help"], catch_exceptions=False)
+    assert res.exit_code == 0
+    for needle in ("kill-node", "kill-zone", "restart-operator", "--seconds", "--plot", "--json", "--kubeconfig"):
+        assert needle in res.output, needle
+
+
+def test_chaos_refuses_an_unknown_experiment_in_one_line_before_any_connection() -> None:
+    res = CliRunner().invoke(plugin, ["chaos", "demo", "kill-everything"])
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output  # a usage error, as click's
+    assert len(errors) == 1 and "kill-everything" in errors[0] and "restart-operator" in errors[0], res.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # bound, never listened on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def no_clusters() -> Iterator[tuple[str, list[str]]]:
+    """An API server on 127.0.0.1 that knows no AuroraCluster: 404 for everything; the paths asked."""
+    asked: list[str] = []
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            asked.append(f"GET {self.path}")
+            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                               "code": 404, "message": 'auroraclusters.tidemark.dev "demo" not found'}).encode()
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_POST = do_DELETE = do_PATCH = do_GET  # noqa: N815 (recorded, refused likewise)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _kubectl_tidemark(tmp_path: Path, default_kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The plugin as kubectl runs it, in a process of its own: the kubernetes client reads
+    $KUBECONFIG when it is imported, and chaos goes by that default configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}  # never in-cluster
+    env.update(KUBECONFIG=str(default_kubeconfig), HOME=str(tmp_path))
+    return subprocess.run([sys.executable, "-m", "tidemark_cli.kubectl_plugin", "chaos", *args],
+                          capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_chaos_on_a_missing_cluster_is_one_line_and_makes_nothing(
+        tmp_path: Path, no_clusters: tuple[str, list[str]]) -> None:
+    server, asked = no_clusters
+    done = _kubectl_tidemark(tmp_path, _kubeconfig(tmp_path, server), "demo", "kill-node", "--json")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    message = "AuroraCluster demo not found in namespace from-context"
+    assert done.stderr.strip().splitlines() == [f"Error: {message}"]
+    assert json.loads(done.stdout) == {"error": message}
+    assert asked == ["GET /apis/tidemark.dev/v1alpha1/namespaces/from-context/auroraclusters/demo"]
+
+
+def test_chaos_with_an_unreachable_api_server_is_one_line(tmp_path: Path) -> None:
+    port = _closed_port()
+    done = _kubectl_tidemark(tmp_path, _kubeconfig(tmp_path, f"http://127.0.0.1:{port}"), "demo", "kill-zone")
+    assert done.returncode == 1 and done.stdout == "", done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"Error: cannot reach the API server http://127.0.0.1:{port}: "), line
+
+
+def test_chaos_refuses_a_kubeconfig_other_than_the_one_its_faults_go_by(
+        tmp_path: Path, no_clusters: tuple[str, list[str]]) -> None:
+    server, asked = no_clusters
+    other = _kubeconfig(tmp_path, f"http://127.0.0.1:{_closed_port()}", name="other")
+    done = _kubectl_tidemark(tmp_path, _kubeconfig(tmp_path, server), "demo", "restart-operator",
+                             "--kubeconfig", str(other))
+    assert done.returncode == 1 and asked == [], done.stderr  # refused before any request
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: chaos runs against the default kubeconfig's current context") and server in line
