@@ -4,7 +4,9 @@ its logs say.
 The workload runs where an application runs (pod IPs are not reachable from outside a
 kind cluster): `tidemark workload --from-cluster NAME --verify --json --progress 1` in
 the cluster's own image, with a ServiceAccount that may read the placement ConfigMap and
-the pods. Objects this module creates are listed so that only they are deleted.
+the pods, and the cluster's writer token mounted (from its node-auth Secret: the token
+only, never the key; the ServiceAccount reads no Secrets). Objects this module creates
+are listed so that only they are deleted.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from tidemark_operator import nodekeys
+from tidemark_protocol.node_auth import Role
 
 ACCOUNT = "tidemark-chaos-workload"
 
@@ -30,18 +35,21 @@ class WorkloadJob:
     created: list[tuple[str, str]] = field(default_factory=list)  # (kind, name) made by us
 
     def manifest(self) -> dict[str, Any]:
+        tokens_volume, tokens_mount = nodekeys.token_volume(self.cluster, [Role.WRITER])
         container = {
             "name": "workload", "image": self.image, "imagePullPolicy": "IfNotPresent",
             "command": ["tidemark", "workload", "--from-cluster", self.cluster, "--seconds", str(self.seconds),
-                        "--concurrency", "16", "--verify", "--json", "--progress", "1"],
+                        "--concurrency", "16", "--verify", "--json", "--progress", "1",
+                        "--node-tokens-dir", nodekeys.TOKENS_MOUNT],
             "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, tokens_mount],
         }
         pod = {"serviceAccountName": ACCOUNT, "restartPolicy": "Never", "containers": [container],
-               "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+               # fsGroup: the token file (0400) is made group-readable for the non-root user
+               "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
                                    "seccompProfile": {"type": "RuntimeDefault"}},
-               "volumes": [{"name": "tmp", "emptyDir": {}}]}
+               "volumes": [{"name": "tmp", "emptyDir": {}}, tokens_volume]}
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": self.name, "labels": {"app.kubernetes.io/name": "tidemark-chaos"}},
                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"job-name": self.name}},

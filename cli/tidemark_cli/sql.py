@@ -6,17 +6,20 @@ sits below the operator and must not import it."""
 from __future__ import annotations
 
 from tidemark_operator.model import writer_lease_name
-from tidemark_operator.topology import cluster_membership_source, kube_namespace
+from tidemark_operator.topology import READ_KEY, cluster_membership_source, kube_namespace
+from tidemark_protocol.node_auth import NodeCredentials
 from tidemark_sql.cli import ClusterAccess, make_group
 
 
-def bind_cluster(cluster: str, namespace: str | None) -> ClusterAccess:
+def bind_cluster(cluster: str, namespace: str | None, tokens: NodeCredentials | None) -> ClusterAccess:
     """In-cluster credentials in a pod, else the kubeconfig ($KUBECONFIG). The kubernetes
-    client is imported only here: a playground instance never pays for it."""
+    client is imported only here: a playground instance never pays for it. TOKENS: the
+    pod's mounted node tokens (None: from the node-auth Secret, if it may be read)."""
     from kubernetes import client
 
     ns = kube_namespace(namespace)
-    return ClusterAccess(namespace=ns, topology_source=cluster_membership_source(cluster, ns),
+    source = cluster_membership_source(cluster, ns, credentials=tokens if tokens is not None else READ_KEY)
+    return ClusterAccess(namespace=ns, topology_source=source,
                          coordination=client.CoordinationV1Api(), lease_name=writer_lease_name(cluster))
 
 

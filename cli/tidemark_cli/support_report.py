@@ -5,7 +5,9 @@ Services, PVCs, ConfigMaps, PDBs, pods, Leases, AuroraSnapshots), the Events of 
 cluster and of what is named after it, the tail of the operator's and of every storage and
 instance pod's log, and every storage node's `/v1/status` that answers within the
 timeout. Secrets: names only, listed as metadata (the API server never sends us their
-data). `manifest.json` lists every file and what could not be collected (and why)."""
+data); the one exception is the cluster's node-auth Secret, read (when we may) to derive
+the reader token /v1/status wants, and never written to the bundle. `manifest.json`
+lists every file and what could not be collected (and why)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from tidemark_operator.model import NODE_PORT, instance_selector, selector_labels
+from tidemark_operator.topology import cluster_credentials
 from tidemark_protocol.errors import UserError
+from tidemark_protocol.node_auth import Role, headers_for
 
 from .kube_target import TIMEOUT, Target
 
@@ -163,14 +167,17 @@ def operator_pods(target: Target, namespace: str | None) -> list[Any]:
         return operator_pods(target, target.namespace)
 
 
-def node_status(target: Target, pod: Any, timeout: float) -> str:
-    """A storage node's /v1/status: straight to the pod IP (works wherever pod IPs route:
-    in the cluster, on the rig), else through the API server's pod proxy."""
+def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str] | None = None) -> str:
+    """A storage node's /v1/status: straight to the pod IP with HEADERS (the reader token;
+    works wherever pod IPs route: in the cluster, on the rig), else through the API
+    server's pod proxy (which keeps the Authorization header for itself: a node that
+    wants a token answers 401 there)."""
     ip = pod.status.pod_ip
     errors = []
     if ip:
+        request = urllib.request.Request(f"http://{ip}:{NODE_PORT}/v1/status", headers=headers or {})
         try:
-            with urllib.request.urlopen(f"http://{ip}:{NODE_PORT}/v1/status", timeout=timeout) as r:
+            with urllib.request.urlopen(request, timeout=timeout) as r:
                 return str(r.read().decode())
         except OSError as exc:
             errors.append(f"direct: {exc}")
@@ -182,12 +189,25 @@ def node_status(target: Target, pod: Any, timeout: float) -> str:
     raise OSError("; ".join(errors))
 
 
-def collect_nodes(b: Bundle, target: Target, storage: list[Any], timeout: float) -> list[str]:
+def reader_headers(b: Bundle, target: Target, name: str) -> dict[str, str]:
+    """The reader token's header from the cluster's node-auth Secret ({} when we may not read it)."""
+    try:
+        creds = cluster_credentials(target.core, target.namespace, name)
+    except (ApiException, ValueError) as exc:
+        b.miss("nodes", f"no node token (the node-auth Secret: {_why(exc)})")
+        return {}
+    if creds is None:
+        b.miss("nodes", "no node token: the node-auth Secret is missing or may not be read (nodes answer 401)")
+    return headers_for(creds, Role.READER)
+
+
+def collect_nodes(b: Bundle, target: Target, storage: list[Any], timeout: float,
+                  headers: dict[str, str] | None = None) -> list[str]:
     """Each storage pod's /v1/status, in parallel (a dead node costs TIMEOUT once)."""
 
     def one(p: Any) -> tuple[str, str | None, str]:
         try:
-            return p.metadata.name, node_status(target, p, timeout), ""
+            return p.metadata.name, node_status(target, p, timeout, headers), ""
         except OSError as exc:
             return p.metadata.name, None, str(exc)
 
@@ -233,7 +253,7 @@ def build_report(target: Target, name: str, tail: int = 2000, node_timeout: floa
         for p in group:
             collect_log(b, target, f"logs/{kind}/{p.metadata.name}.log", p.metadata.name, target.namespace, tail)
     progress(f"storage nodes' /v1/status ({len(storage)} nodes, {node_timeout:g} s timeout)")
-    unreachable = collect_nodes(b, target, storage, node_timeout)
+    unreachable = collect_nodes(b, target, storage, node_timeout, reader_headers(b, target, name) if storage else {})
     manifest = {"cluster": name, "namespace": target.namespace,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                 "files": sorted(b.files), "unreachable_nodes": unreachable, "missing": b.missing,

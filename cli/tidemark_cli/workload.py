@@ -11,11 +11,16 @@ from pathlib import Path
 
 import click
 
-from tidemark_compute.topology import load_topology, membership_source, record_volume_epoch
+from tidemark_compute.topology import (
+    load_token_credentials,
+    load_topology,
+    membership_source,
+    record_volume_epoch,
+)
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, summarize, verify
 from tidemark_compute.writer import Writer
-from tidemark_operator.topology import cluster_membership_source
+from tidemark_operator.topology import READ_KEY, cluster_membership_source
 from tidemark_playground import fleet as fleet_mod
 
 
@@ -56,9 +61,12 @@ class Progress:
 async def _workload(
     directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int,
     from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0,
+    node_tokens_dir: Path | None = None,
 ) -> dict:
     if from_cluster:  # an AuroraCluster's placement ConfigMap + pod IPs
-        source = cluster_membership_source(from_cluster, namespace)
+        # a pod's mounted writer token, else derived from the node-auth Secret (a kubeconfig user)
+        tokens = load_token_credentials(node_tokens_dir) if node_tokens_dir else READ_KEY
+        source = cluster_membership_source(from_cluster, namespace, credentials=tokens)
         topology = await source()
     else:
         refuse_sql_volume(directory)
@@ -105,11 +113,15 @@ async def _workload(
 @click.option("--namespace", default=None, help="Namespace of --from-cluster (default: in-cluster/kubeconfig).")
 @click.option("--progress", type=float, default=0.0, show_default=True, metavar="SECONDS",
               help='Every SECONDS, a JSON line {"progress": {t, commits, window_commits, p99_ms}} on stderr (0: off).')
+@click.option("--node-tokens-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="--from-cluster: the storage nodes' writer token (file writer.token, a mounted Secret; default: "
+                   "derived from the cluster's node-auth Secret when it may be read).")
 def workload(directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int, as_json: bool,
-             from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0) -> None:
+             from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0,
+             node_tokens_dir: Path | None = None) -> None:
     """Run mini-transactions against the fleet in DIR (or an AuroraCluster)."""
     out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed, from_cluster, namespace,
-                                progress))
+                                progress, node_tokens_dir))
     if as_json:
         click.echo(json.dumps(out))
     else:

@@ -66,6 +66,7 @@ class Topology:
 
 TOPOLOGY_FILE = "topology.json"
 NODE_KEY_FILE = "node-auth.key"  # the fleet's node key (node_auth), mode 0600
+NODE_TOKEN_SUFFIX = ".token"  # a role's token alone: `writer.token` (a mounted Secret on Kubernetes)
 TLS_DIR = "tls"  # the fleet's CA and node certificates (playground/tls.py)
 TLS_CA_FILE = "ca.crt"
 
@@ -96,6 +97,19 @@ def load_node_credentials(directory: Path) -> NodeCredentials | None:
     if not path.exists():
         return None
     return NodeCredentials.from_keys(parse_keys(path.read_text()))
+
+
+def token_file(role: Role) -> str:
+    return role.value + NODE_TOKEN_SUFFIX
+
+
+def load_token_credentials(directory: Path) -> NodeCredentials:
+    """The tokens in DIRECTORY's `ROLE.token` files (a process that must not hold the key);
+    FileNotFoundError when it holds none."""
+    tokens = [(directory / token_file(r)).read_text() for r in Role if (directory / token_file(r)).is_file()]
+    if not tokens:
+        raise FileNotFoundError(f"no node token ({', '.join(token_file(r) for r in Role)}) in {directory}")
+    return NodeCredentials.from_tokens(tokens)
 
 
 def load_topology(directory: Path) -> Topology:

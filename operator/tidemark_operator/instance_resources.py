@@ -15,6 +15,9 @@ import base64
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tidemark_protocol.node_auth import Role
+
+from . import nodekeys
 from .model import (
     RUN_LOCAL_LABEL,
     SQL_ADMIN_PORT,
@@ -91,13 +94,16 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                         node_command: Sequence[str] = ("tidemark",)) -> dict[str, Any]:
     """ROLE writer (1 pod) or replica (instances - 1 pods), spread across the zones."""
     sel = instance_selector(cluster, role)
+    # its role's node token only, never the key: a writer writes, a replica reads pages
+    tokens_volume, tokens_mount = nodekeys.token_volume(cluster, [Role.WRITER if role == "writer" else Role.READER])
     labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
     command = [*node_command, "sql", "serve", "--from-cluster", cluster, "--namespace", "$(POD_NAMESPACE)",
                "--role", role, "--identity", "$(POD_NAME)",
                # every address of the pod: the Services reach its IP, `kubectl port-forward`
                # its 127.0.0.1 (a bind to the pod IP alone refuses port-forward)
                "--listen", f"0.0.0.0:{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
-               "--credentials-dir", CREDENTIALS_MOUNT, "--max-lag-ms", str(spec.instance.max_lag_ms)]
+               "--credentials-dir", CREDENTIALS_MOUNT, "--node-tokens-dir", nodekeys.TOKENS_MOUNT,
+               "--max-lag-ms", str(spec.instance.max_lag_ms)]
     container: dict[str, Any] = {
         "name": "sql",
         "image": spec.image,
@@ -116,7 +122,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
         "livenessProbe": {"tcpSocket": {"port": SQL_PORT}, "periodSeconds": 10, "failureThreshold": 6,
                           "initialDelaySeconds": 30},
         "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+                         tokens_mount, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -140,6 +146,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
             {"name": "credentials", "secret": {
                 "secretName": credentials_secret_name(cluster, spec), "defaultMode": 0o400,
                 "items": [{"key": "username", "path": "username"}, {"key": "password", "path": "password"}]}},
+            tokens_volume,
             {"name": "tmp", "emptyDir": {}},
         ],
     }

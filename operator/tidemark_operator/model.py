@@ -68,6 +68,11 @@ def app_secret_name(cluster: str) -> str:
     return f"{cluster}-app"
 
 
+def node_auth_secret_name(cluster: str) -> str:
+    """The storage nodes' key and the role tokens derived from it (nodekeys.py)."""
+    return f"{cluster}-node-auth"
+
+
 def writer_lease_name(cluster: str) -> str:
     """The coordination.k8s.io Lease the writer instance holds."""
     return f"{cluster}-writer"

@@ -1,6 +1,9 @@
 """HTTP/JSON calls to the storage nodes' API (/v1/status, /v1/segments/...), async over
 aiohttp: the operator's only client of the nodes. Status reads of all pods go out
-concurrently, so one slow pod does not stretch a pass by its timeout per pod."""
+concurrently, so one slow pod does not stretch a pass by its timeout per pod.
+
+A cluster's calls go through `for_cluster(credentials)`: a view sharing the process's
+session that presents the cluster's admin token (each AuroraCluster has its own key)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
+
+from tidemark_protocol.node_auth import NodeCredentials, Role, headers_for
 
 from .status import PodObs
 
@@ -21,16 +26,13 @@ class NodeError(Exception):
     """A node call that failed: unreachable, timed out, an HTTP error, or not JSON."""
 
 
-class NodeClient:
-    """One per operator process, used on kopf's event loop. Connections are not kept
-    alive: a storage pod restarted at the same address must not meet a stale one."""
+class _Sessions:
+    """The process's one HTTP session, shared by every view of the NodeClient."""
 
-    def __init__(self, status_timeout: float = STATUS_TIMEOUT, write_timeout: float = WRITE_TIMEOUT) -> None:
-        self.status_timeout = status_timeout
-        self.write_timeout = max(write_timeout, status_timeout)
+    def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
 
-    def _http(self) -> aiohttp.ClientSession:
+    def get(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         return self._session
@@ -40,13 +42,34 @@ class NodeClient:
             await self._session.close()
             self._session = None
 
+
+class NodeClient:
+    """One per operator process, used on kopf's event loop. Connections are not kept
+    alive: a storage pod restarted at the same address must not meet a stale one."""
+
+    def __init__(self, status_timeout: float = STATUS_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
+                 credentials: NodeCredentials | None = None, sessions: _Sessions | None = None) -> None:
+        self.status_timeout = status_timeout
+        self.write_timeout = max(write_timeout, status_timeout)
+        self.credentials = credentials  # None: no token (the instances' admin endpoints)
+        self.refused = False  # a node answered 401 to this view (its credentials are stale)
+        self._sessions = sessions or _Sessions()
+
+    def for_cluster(self, credentials: NodeCredentials) -> NodeClient:
+        """A view presenting CREDENTIALS' admin token, on this client's session."""
+        return NodeClient(self.status_timeout, self.write_timeout, credentials, self._sessions)
+
+    async def close(self) -> None:
+        await self._sessions.close()
+
     async def call(self, method: str, url: str, body: Any = None, timeout: float | None = None) -> Any:
         """The JSON answer (None for an empty body); NodeError on any failure."""
         try:
-            async with self._http().request(
-                    method, url, json=body,
+            async with self._sessions.get().request(
+                    method, url, json=body, headers=headers_for(self.credentials, Role.ADMIN),
                     timeout=aiohttp.ClientTimeout(total=timeout or self.write_timeout)) as resp:
                 raw = await resp.read()
+                self.refused |= resp.status == 401
                 if resp.status >= 400:
                     raise NodeError(f"HTTP {resp.status} {resp.reason}: {raw[:200].decode(errors='replace')}")
                 return json.loads(raw or b"null")

@@ -24,6 +24,7 @@ from . import (
     instance_resources,
     instances,
     maintenance,
+    node_access,
     objects,
     placement_store,
     repair_executor,
@@ -38,6 +39,7 @@ from .model import ROLE_LABEL, resolve_zones
 from .nodeclient import NodeClient
 from .repairs import parse_quantity
 from .resources import desired_objects
+from .restorejobs import RestoreJob
 from .spec import ClusterSpec, parse_spec
 from .state import ClusterState
 from .status import PodObs, apply_restore_status, caught_up_segments, compute_status
@@ -216,6 +218,29 @@ async def _converge(ctx: Context, state: ClusterState, body: Mapping[str, Any], 
             raise
         doc = reread
         progressing = ("PlacementConflict", str(exc))
+    # before the StatefulSets: their pods mount the key (nodes get the cluster's admin token)
+    creds = await asyncio.to_thread(node_access.cluster_credentials, kube, state, name, ns,
+                                    placement_store.owner_of(body), event)
+    nodes = nodes.for_cluster(creds)
+    try:
+        return await _converge_nodes(ctx, state, body, spec, backup, restore, list_pods, event, nodes, zones,
+                                     doc, job, progressing)
+    finally:
+        if nodes.refused:  # the key in the Secret changed: read it again next pass
+            state.node_credentials = None
+
+
+async def _converge_nodes(ctx: Context, state: ClusterState, body: Mapping[str, Any], spec: ClusterSpec,
+                          backup: BackupSpec, restore: RestoreSpec | None,
+                          list_pods: Callable[[], Sequence[PodObs]], event: Event, nodes: NodeClient,
+                          zones: list[str], doc: dict[str, Any], job: RestoreJob | None,
+                          progressing: tuple[str, str] | None) -> dict[str, Any]:
+    """The objects, repairs and segments, calling the nodes through NODES (the cluster's)."""
+    kube = ctx.kube
+    meta = body["metadata"]
+    name, ns, gen = meta["name"], meta["namespace"], int(meta.get("generation", 1))
+    old = dict(body.get("status") or {})
+    old.pop("kopf", None)
     pods = list(list_pods())
     statuses = await nodes.statuses(pods)
     current = caught_up_segments(doc, statuses)

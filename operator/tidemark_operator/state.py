@@ -8,6 +8,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from tidemark_protocol.node_auth import NodeCredentials
+
 from .backupspec import StoreRef
 from .restorejobs import RestoreJob
 
@@ -58,6 +60,9 @@ class ClusterState:
     # once their node is NotReady)
     # (instances.InstancePod, since): typed loosely, as instances imports this module
     replacing: dict[str, tuple[Any, float]] = field(default_factory=dict)
+    # the tokens for the cluster's nodes, from its node-auth Secret (lost on restart, and
+    # dropped after a pass a node refused them in: read again)
+    node_credentials: NodeCredentials | None = field(default=None, repr=False)
     # one pass at a time (the change handlers and the timer may fire together)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -5,7 +5,8 @@ A fleet has a secret key (a text of at least 32 characters; `tidemark playground
 writes DIR/node-auth.key). A role's token is `ROLE.HMAC-SHA256(key, "tidemark-node-role\\0"
 ROLE)` in hex, sent as `Authorization: Bearer <token>`. Nodes hold the key and check
 tokens; every other process holds only the tokens of the roles it acts in (a playground
-process derives them from the key it can read).
+process derives them from the key it can read; a pod on Kubernetes is given its role's
+token alone, `NodeCredentials.from_tokens`).
 
 - writer: the log stream, recovery (reports, seal, records) and page reads;
 - reader: page reads and status (a read replica never writes);
@@ -22,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
 SCHEME = "Bearer"
 MIN_KEY_CHARS = 32
+MAC_HEX_CHARS = 64  # a token's HMAC-SHA256, in hex
 
 
 class Role(StrEnum):
@@ -63,6 +66,10 @@ class BadKey(ValueError):
     """A key file that cannot be used (empty, or a key too short to be a secret)."""
 
 
+class BadToken(ValueError):
+    """A token text that is not `ROLE.<64 hex digits>`."""
+
+
 def parse_keys(text: str) -> tuple[str, ...]:
     """The keys of a key file: one per non-empty line, the first one current."""
     keys = tuple(line.strip() for line in text.splitlines() if line.strip())
@@ -77,6 +84,19 @@ def parse_keys(text: str) -> tuple[str, ...]:
 def role_token(key: str, role: Role) -> str:
     mac = hmac.new(key.encode(), b"tidemark-node-role\0" + role.value.encode(), hashlib.sha256)
     return f"{role.value}.{mac.hexdigest()}"
+
+
+def token_role(token: str) -> Role:
+    """The role a token names (BadToken: not a token of this format). Says nothing about
+    whether it is valid: only a node holding the key can tell."""
+    name, _, mac = token.strip().partition(".")
+    try:
+        role = Role(name)
+    except ValueError:
+        raise BadToken(f"not a node token: unknown role {name!r}") from None
+    if len(mac) != MAC_HEX_CHARS or any(c not in "0123456789abcdef" for c in mac):
+        raise BadToken(f"not a node token: the {role.value} token's MAC is not {MAC_HEX_CHARS} hex digits")
+    return role
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -121,6 +141,12 @@ class NodeCredentials:
     @classmethod
     def from_keys(cls, keys: tuple[str, ...], roles: tuple[Role, ...] = tuple(Role)) -> NodeCredentials:
         return cls({r: role_token(keys[0], r) for r in roles})
+
+    @classmethod
+    def from_tokens(cls, tokens: Iterable[str]) -> NodeCredentials:
+        """A process that holds tokens only, not the key (e.g. a database instance on
+        Kubernetes: its mounted Secret has its role's token)."""
+        return cls({token_role(t): t.strip() for t in tokens})
 
     def headers(self, role: Role) -> dict[str, str]:
         """The header proving `role`; admin's when this process holds no token for it."""

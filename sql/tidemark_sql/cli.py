@@ -26,12 +26,14 @@ import structlog
 from tidemark_compute.reader import Reader
 from tidemark_compute.topology import (
     Topology,
+    load_token_credentials,
     load_topology,
     membership_source,
     record_volume_epoch,
 )
 from tidemark_compute.writer import Writer
 from tidemark_protocol.feed import feed_token
+from tidemark_protocol.node_auth import BadToken, NodeCredentials
 
 from . import telemetry
 from .endpoint import Endpoint
@@ -68,7 +70,18 @@ class ClusterAccess:
     lease_name: str  # the writer Lease
 
 
-ClusterBinding = Callable[[str, str | None], ClusterAccess]  # (cluster, namespace or None) -> access
+# (cluster, namespace or None, node tokens or None: the binding finds them) -> access
+ClusterBinding = Callable[[str, str | None, NodeCredentials | None], ClusterAccess]
+
+
+def _node_tokens(directory: Path | None) -> NodeCredentials | None:
+    """The storage nodes' tokens of a mounted Secret (`writer.token`, `reader.token`)."""
+    if directory is None:
+        return None
+    try:
+        return load_token_credentials(directory)
+    except (OSError, BadToken) as exc:
+        raise click.UsageError(f"--node-tokens-dir {directory}: {exc}") from exc
 
 
 def credentials_from_dir(directory: Path) -> dict[str, Verifier]:
@@ -252,6 +265,9 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                   help="--from-cluster: the holder name in the writer Lease (default: $POD_NAME, else the host name).")
     @click.option("--credentials-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
                   help="A mounted basic-auth Secret: files username and password.")
+    @click.option("--node-tokens-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+                  help="--from-cluster: the storage nodes' tokens (files writer.token / reader.token, a mounted "
+                       "Secret; default: derived from the cluster's node-auth Secret when it may be read).")
     @click.option("--tls-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                   help="Offer TLS (sslmode=require/verify-full) with this certificate (PEM).")
     @click.option("--tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -262,8 +278,8 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
     def serve(directory: Path, listen: str, role: str, admin_listen: str | None, writer_feed: str | None,
               password_file: Path | None, insecure_no_auth: bool, cache_size: int | None, multi_range_redo: bool,
               max_connections: int, from_cluster: str | None, namespace: str | None, identity: str | None,
-              credentials_dir: Path | None, max_lag_ms: float | None, tls_cert: Path | None,
-              tls_key: Path | None, require_tls: bool) -> None:
+              credentials_dir: Path | None, node_tokens_dir: Path | None, max_lag_ms: float | None,
+              tls_cert: Path | None, tls_key: Path | None, require_tls: bool) -> None:
         """Serve the database of the fleet in DIR (or of an AuroraCluster) on the PostgreSQL wire protocol."""
         host, port = _listen(listen)
         tls = _tls(tls_cert, tls_key, require_tls)
@@ -284,7 +300,7 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                 raise click.UsageError("--from-cluster: --admin-listen must name the pod's address "
                                        "(it is advertised to replicas), not a wildcard")
             token = feed_token(_credentials_text(credentials_dir, password_file))
-            access = binding(from_cluster, namespace)
+            access = binding(from_cluster, namespace, _node_tokens(node_tokens_dir))
             who = identity or socket.gethostname()
             if role == "replica":
                 code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,

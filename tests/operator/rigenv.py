@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,8 +26,9 @@ from kubernetes.client.exceptions import ApiException
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, verify
 from tidemark_compute.writer import Writer
-from tidemark_operator.model import GROUP, PLURAL, VERSION
-from tidemark_operator.topology import cluster_topology
+from tidemark_operator.model import GROUP, NODE_PORT, PLURAL, VERSION
+from tidemark_operator.topology import cluster_credentials, cluster_topology
+from tidemark_protocol.node_auth import Role, headers_for
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.fixtures import kubectl_path
 from tidemark_rig.procs import wait_for
@@ -145,6 +148,19 @@ def cluster_body(name: str, **spec: Any) -> dict[str, Any]:
 def get_ac(e: dict[str, Any], name: str = NAME) -> dict[str, Any]:
     return e["co"].get_namespaced_custom_object(GROUP, VERSION, e["ns"], PLURAL, name,
                                                 _request_timeout=5)
+
+
+def node_headers(e: dict[str, Any], name: str = NAME, role: Role = Role.ADMIN) -> dict[str, str]:
+    """ROLE's token for the cluster's storage nodes (from its node-auth Secret)."""
+    return headers_for(cluster_credentials(e["core"], e["ns"], name), role)
+
+
+def node_status(e: dict[str, Any], ip: str, name: str = NAME, timeout: float = 2.0) -> dict[str, Any]:
+    """A storage pod's /v1/status, asked with the cluster's admin token."""
+    request = urllib.request.Request(f"http://{ip}:{NODE_PORT}/v1/status", headers=node_headers(e, name))
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        doc: dict[str, Any] = json.loads(r.read())
+    return doc
 
 
 def cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:

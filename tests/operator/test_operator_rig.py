@@ -7,11 +7,13 @@ spec change, and deletion."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -28,6 +30,8 @@ from rigenv import (
     cond,
     get_ac,
     kubectl,
+    node_headers,
+    node_status,
     operator_env,
     owned,
     ready,
@@ -37,6 +41,7 @@ from rigenv import (
 from tidemark_operator.model import GROUP, PLURAL, VERSION, ZONE_LABEL, ZONE_POD_LABEL
 from tidemark_operator.steps import AFTER_REPAIR_BEGIN, AFTER_REPAIR_FINISH
 from tidemark_operator.topology import cluster_topology
+from tidemark_protocol.node_auth import Role
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.pod_runner import read_state
 from tidemark_rig.procs import wait_for
@@ -161,6 +166,58 @@ def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> N
     assert 'what="' not in text  # one gauge per quantity, named by its unit
 
 
+def _call(ip: str, method: str, path: str, headers: dict[str, str] | None = None) -> int:
+    """The HTTP status a storage pod answers METHOD PATH with."""
+    request = urllib.request.Request(f"http://{ip}:7000{path}", method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_storage_pods_refuse_calls_without_the_clusters_tokens(env: dict[str, Any],
+                                                                tmp_path: Any) -> None:
+    """The operator made the cluster's node-auth Secret (owned by it); the storage pods
+    run with its key only, so an unauthenticated DELETE of a segment is refused (401) and
+    the segment stays; a writer's token may not drop one either (403); the operator keeps
+    the cluster Ready with its admin token, and a workload with the writer token alone
+    (as a pod mounts it) verifies."""
+    ns, core = env["ns"], env["core"]
+    secret = core.read_namespaced_secret(f"{NAME}-node-auth", ns, _request_timeout=5)
+    assert sorted(secret.data) == ["node-auth.key", "reader.token", "writer.token"]
+    assert [(o.kind, o.name) for o in secret.metadata.owner_references] == [("AuroraCluster", NAME)]
+    pod = sorted(core.list_namespaced_pod(ns, label_selector=f"tidemark.dev/cluster={NAME}",
+                                          _request_timeout=5).items, key=lambda p: p.metadata.name)[0]
+    ip, name = pod.status.pod_ip, pod.metadata.name
+    # the pod runner wrote the mounted key (and nothing else of the Secret) as a kubelet would
+    mounted = env["rig"].dir / "pods" / ns / name / "etc" / "tidemark" / "node-auth"
+    assert sorted(f.name for f in mounted.iterdir()) == ["node-auth.key"]
+    assert mounted.joinpath("node-auth.key").stat().st_mode & 0o777 == 0o400
+    pg = next(pg for pg, m in cluster_topology(core, ns, NAME).memberships.items() if name in m.members)
+
+    assert _call(ip, "GET", "/readyz") == 200 and _call(ip, "GET", "/livez") == 200  # the probes
+    assert _call(ip, "GET", "/v1/status") == 401
+    assert _call(ip, "DELETE", f"/v1/segments/{pg}") == 401
+    assert _call(ip, "DELETE", f"/v1/segments/{pg}", node_headers(env, role=Role.WRITER)) == 403
+    assert _call(ip, "DELETE", f"/v1/segments/{pg}", {"Authorization": "Bearer admin." + "0" * 64}) == 401
+    assert pg in {int(s["pg"]) for s in node_status(env, ip)["segments"]}
+
+    time.sleep(4)  # several operator passes, each calling every node with its token
+    assert ready(env), get_ac(env).get("status")
+    assert pg in {int(s["pg"]) for s in node_status(env, ip)["segments"]}
+
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    (tokens / "writer.token").write_bytes(base64.b64decode(secret.data["writer.token"]))
+    res = subprocess.run([TIDEMARK, "workload", "--from-cluster", NAME, "--namespace", ns, "--seconds", "1",
+                          "--concurrency", "4", "--verify", "--json", "--node-tokens-dir", str(tokens)],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "KUBECONFIG": str(env["rig"].kubeconfig)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["verified"] is True
+
+
 def test_deleted_zone_statefulset_is_recreated_and_writes_never_stop(env: dict[str, Any]) -> None:
     sts = f"{NAME}-zone-a"
     ns, core = env["ns"], env["core"]
@@ -176,11 +233,7 @@ def test_deleted_zone_statefulset_is_recreated_and_writes_never_stop(env: dict[s
                  and p.status.phase == "Running" and p.status.pod_ip]
         if len(fresh) != 2:
             return False
-        for p in fresh:
-            with urllib.request.urlopen(f"http://{p.status.pod_ip}:7000/v1/status", timeout=2) as r:
-                if len(json.loads(r.read())["segments"]) != 4:
-                    return False
-        return True
+        return all(len(node_status(env, p.status.pod_ip)["segments"]) == 4 for p in fresh)
 
     def action() -> None:
         env["apps"].delete_namespaced_stateful_set(sts, ns, _request_timeout=10)
@@ -323,8 +376,7 @@ def test_lost_pod_segments_are_rebuilt_on_a_spare_pod_while_writes_continue(env:
     # the lost pod comes back with stale copies: they are dropped
     def stale_copies_dropped() -> bool:
         p = core.read_namespaced_pod(lost, ns, _request_timeout=5)
-        with urllib.request.urlopen(f"http://{p.status.pod_ip}:7000/v1/status", timeout=2) as r:
-            held = {int(x["pg"]) for x in json.loads(r.read())["segments"]}
+        held = {int(x["pg"]) for x in node_status(env, p.status.pod_ip)["segments"]}
         return not held & set(affected)
 
     wait_for(stale_copies_dropped, 90, f"{lost} back without its moved segments", interval=1)
@@ -344,8 +396,7 @@ def _node_statuses(env: dict[str, Any]) -> dict[str, dict[str, Any] | None]:
         out[p.metadata.name] = None
         if p.status.pod_ip and p.metadata.deletion_timestamp is None:
             try:
-                with urllib.request.urlopen(f"http://{p.status.pod_ip}:7000/v1/status", timeout=2) as r:
-                    out[p.metadata.name] = json.loads(r.read())
+                out[p.metadata.name] = node_status(env, p.status.pod_ip)
             except OSError:
                 pass
     return out
@@ -530,4 +581,7 @@ def test_deleting_the_cluster_removes_everything_it_owns_and_retains_the_volume(
     wait_for(lambda: not env["core"].list_namespaced_pod(
         env["ns"], label_selector=f"tidemark.dev/cluster={NAME}", _request_timeout=5).items,
         60, "storage pods gone")
+    wait_for(lambda: not env["core"].list_namespaced_secret(
+        env["ns"], field_selector=f"metadata.name={NAME}-node-auth", _request_timeout=5).items,
+        60, "the node-auth Secret garbage-collected")
 
