@@ -1,4 +1,5 @@
-"""`tidemark operator run`: the kopf operator, standalone."""
+"""`tidemark operator run`: the kopf operator, standalone or (`--peering`) one of several
+peers of which one is active (ha.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 import kopf
 import structlog
 
-from . import handlers, metrics
+from . import ha, handlers, metrics
 from .reconcile import Settings
 
 
@@ -36,12 +37,23 @@ def operator() -> None:
 @click.option("--image", default=None,
               help="Image of the storage pods of an AuroraCluster whose spec names none; the chart "
                    "passes the operator's own image. Default: tidemark:<this version>.")
+@click.option("--peering", "peering", default=None, metavar="NAME",
+              help="Run as one of several replicas: join the kopf peering object NAME (a "
+                   "ClusterKopfPeering with --all-namespaces, else a KopfPeering in each watched "
+                   "namespace; created if missing, its CRD must exist) and work only while no "
+                   "live peer has a higher "
+                   "priority. Default: standalone, no peering.")
+@click.option("--priority", type=int, default=None,
+              help="Peering priority (with --peering; the highest live peer is active). "
+                   "Default: from the start time, so the longest-running peer leads.")
 def run(namespaces: tuple[str, ...], all_namespaces: bool, kubeconfig: str | None,
         liveness: str, metrics_port: int, node_command: str, interval: float, log_level: str,
-        image: str | None) -> None:
+        image: str | None, peering: str | None, priority: int | None) -> None:
     """Run the operator until interrupted."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace (one or more) or --all-namespaces")
+    if priority is not None and not peering:
+        raise click.UsageError("--priority needs --peering")
     if metrics_port:
         metrics.serve(metrics_port)
     level = getattr(logging, log_level.upper())
@@ -51,8 +63,14 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, kubeconfig: str | Non
     kopf.run(
         registry=handlers.build_registry(interval),
         memo=kopf.Memo(settings=Settings(node_command=tuple(shlex.split(node_command)), kubeconfig=kubeconfig,
-                                         **({"default_image": image} if image else {}))),
-        standalone=True,
+                                         **({"default_image": image} if image else {})),
+                       interval=interval, namespaces=list(namespaces)),
+        # Standalone unless --peering: then mandatory peering (kopf's peering_name), which
+        # starts the process paused until it has seen the peers, never working beside a
+        # leader it has not noticed yet (kopf's optional auto-detected peering would).
+        standalone=not peering,
+        peering_name=peering or None,
+        priority=(priority if priority is not None else ha.default_priority()) if peering else None,
         clusterwide=all_namespaces,
         namespaces=list(namespaces),  # kopf wants a collection, empty with --all-namespaces
         liveness_endpoint=liveness or None,

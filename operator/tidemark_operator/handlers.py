@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import backup_poll, metrics, restoreflow, snapshots, writer_watch
+from . import backup_poll, ha, metrics, restoreflow, snapshots, writer_watch
 from .backupspec import SNAPSHOT_PLURAL, BackupSpec
 from .instances import InstancePod
 from .kube import Kube, connection_info, load_config
@@ -67,7 +67,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.persistence.finalizer = "tidemark.dev/operator"
+    # With --peering (ha.py): a dead leader's record expires after LIFETIME, and the
+    # keep-alives need not be logged (pauses and resumes are logged regardless).
+    settings.peering.lifetime = ha.LIFETIME
+    settings.peering.stealth = True
     await asyncio.to_thread(load_config, settings_of(memo).kubeconfig)
+    if settings.peering.mandatory and not settings.peering.standalone:  # --peering
+        await asyncio.to_thread(ha.ensure_peering, settings.peering.name, settings.peering.clusterwide,
+                                memo.get("namespaces") or [])
+        log.info("peering %r, priority %d: working while no live peer has a higher one",
+                 settings.peering.name, settings.peering.priority)
     memo.context = Context(Kube(), NodeClient(), settings_of(memo))
 
 
@@ -125,13 +134,21 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
             or fresh["metadata"].get("deletionTimestamp"):
         metrics.forget(ns, name)
         return
+    state = cluster_state(memo)
+    if ha.stale_since_last_pass(memo, float(memo.get("interval") or 3.0)):
+        # no pass here for a while (cut off from the apiserver, or paused: ha.py): what
+        # this process observed before is stale
+        log.info("%s/%s: first pass after a gap, forgetting the old observations", ns, name)
+        ha.forget_stale(state)
     started = time.monotonic()
     try:
-        status = await reconcile(ctx, cluster_state(memo), fresh, pods_of(pods, ns, name), events(body),
+        status = await reconcile(ctx, state, fresh, pods_of(pods, ns, name), events(body),
                                  instances_of(inst, ns, name))
     except Exception:
         metrics.record_reconcile(source, "error", time.monotonic() - started)
         raise
+    finally:
+        ha.mark_pass(memo)
     metrics.record_reconcile(source, "ok", time.monotonic() - started)
     metrics.record_status(ns, name, status, fresh["metadata"].get("creationTimestamp"))
     old = {k: v for k, v in (fresh.get("status") or {}).items() if k != "kopf"}
@@ -200,6 +217,19 @@ async def writer_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf
         await stopped.wait(writer_watch.WATCH_EVERY)
 
 
+async def pause_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Does nothing until kopf stops it. When the reason is that this process pauses (a
+    peer of higher priority is alive: ha.py), kopf stops every other daemon and timer too,
+    and what this process remembers of the cluster, and the gauges it exports for it, are
+    about to go stale while another peer works: forget them now, not at some later pass."""
+    await stopped.wait()
+    if stopped.reason is not None and stopped.reason & kopf.DaemonStoppingReason.OPERATOR_PAUSING:
+        ns, name = body.metadata.namespace, body.metadata.name
+        log.info("%s/%s: pausing (another operator peer works): forgetting the cluster's state", ns, name)
+        ha.forget_stale(cluster_state(memo))
+        metrics.forget(ns, name)
+
+
 # -- AuroraSnapshot (sync handlers: blocking store I/O in kopf's threads) ----------------------
 
 def snapshot_create(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
@@ -254,6 +284,7 @@ def build_registry(interval: float = 3.0) -> kopf.OperatorRegistry:
     kopf.timer(GROUP, VERSION, PLURAL, interval=interval, initial_delay=1.0, registry=reg)(observe)
     kopf.daemon(GROUP, VERSION, PLURAL, when=backup_enabled, registry=reg)(backup_daemon)
     kopf.daemon(GROUP, VERSION, PLURAL, id="writer_watch", when=has_instances, registry=reg)(writer_daemon)
+    kopf.daemon(GROUP, VERSION, PLURAL, id="pause_watch", registry=reg)(pause_daemon)
     kopf.on.create(GROUP, VERSION, SNAPSHOT_PLURAL, retries=20, backoff=10, registry=reg)(snapshot_create)
     kopf.on.resume(GROUP, VERSION, SNAPSHOT_PLURAL, registry=reg)(snapshot_create)
     kopf.on.delete(GROUP, VERSION, SNAPSHOT_PLURAL, retries=12, backoff=5, registry=reg)(snapshot_delete)

@@ -37,7 +37,8 @@ def test_chart_crd_is_the_repo_crd() -> None:
 def test_chart_renders_crds_kept_on_uninstall_unless_crds_create_false(tmp_path: Path) -> None:
     docs = [d for d in yaml.safe_load_all(helm(tmp_path, "template", "tm", str(CHART))) if d]
     crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    assert {c["metadata"]["name"] for c in crds} == {"auroraclusters.tidemark.dev", "aurorasnapshots.tidemark.dev"}
+    assert {c["metadata"]["name"] for c in crds} == {"auroraclusters.tidemark.dev", "aurorasnapshots.tidemark.dev",
+                                                     "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     assert all(c["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep" for c in crds)
     off = helm(tmp_path, "template", "tm", str(CHART), "--set", "crds.create=false")
     assert "CustomResourceDefinition" not in off

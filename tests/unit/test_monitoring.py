@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helmrun import helm
 from monitoring_exports import (
     STATUS,
     exposition_names,
@@ -41,19 +42,6 @@ ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabl
           "metrics.prometheusRule.enabled=true,metrics.grafanaDashboard.enabled=true"]
 
 
-def helm(tmp_path: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-    if not os.access(bin_path("helm"), os.X_OK):
-        # helm is a rig binary scripts/test.sh builds: under CI its absence is a failure
-        missing = f"no {bin_path('helm')}; run `tidemark dev install-bins --only helm`"
-        if os.environ.get("CI") == "true":
-            pytest.fail(missing)
-        pytest.skip(missing)
-    env = {"HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "cfg"),
-           "HELM_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([str(bin_path("helm")), *args], capture_output=True, text=True, timeout=60, env=env)
-    if ok:
-        assert res.returncode == 0, f"helm {' '.join(args)}:\n{res.stderr}"
-    return res
 
 
 def render(tmp_path: Path, *args: str) -> dict[str, dict[str, Any]]:
