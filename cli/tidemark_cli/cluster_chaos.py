@@ -5,7 +5,8 @@ playground's.
 Faults are what a person does to a kind cluster: `docker kill` of worker containers
 (kill-node, kill-zone) and deleting the operator's pod (restart-operator). Killed workers
 are always started again. The verifying workload runs in the cluster (chaos_job.py); a
-worker holding it or the operator is never a victim. The timeline joins the workload's
+worker holding it is never a victim, and neither is the last worker running an operator
+replica (the chart runs two peers: a fault may take one of them, never both). The timeline joins the workload's
 progress lines, the AuroraCluster's status (healthy segments per PG, VDL) and its repair
 events.
 """
@@ -48,7 +49,12 @@ class ClusterRun:
     events: list[tuple[float, str, str]] = field(default_factory=list)
     health: list[tuple[float, int, int]] = field(default_factory=list)  # (t, min healthy segments, vdl)
     killed: list[str] = field(default_factory=list)  # worker containers to start again
-    avoid: set[str] = field(default_factory=set)  # nodes never killed: the workload's, the operator's
+    avoid: set[str] = field(default_factory=set)  # nodes never killed: the workload's
+    operators: set[str] = field(default_factory=set)  # nodes running an operator replica
+
+    def spares_an_operator(self, victims: set[str]) -> bool:
+        """Killing VICTIMS leaves an operator replica running (or there is none in the cluster)."""
+        return not self.operators or bool(self.operators - victims)
 
     def now(self) -> float:
         return time.time() - self.t0
@@ -139,9 +145,10 @@ def _ready_quietly(name: str) -> bool:
 
 # -- experiments ----------------------------------------------------------------------
 def kill_node(run: ClusterRun) -> None:
-    victim = next((p for p in run.storage_pods() if p.spec.node_name and p.spec.node_name not in run.avoid), None)
+    victim = next((p for p in run.storage_pods() if p.spec.node_name and p.spec.node_name not in run.avoid
+                   and run.spares_an_operator({p.spec.node_name})), None)
     if victim is None:
-        raise ChaosError("every storage pod shares a worker with the workload or the operator")
+        raise ChaosError("every storage pod shares a worker with the workload or the only operator")
     worker, zone = victim.spec.node_name, victim.metadata.labels[ZONE_POD_LABEL]
     spare = int((run.ac().get("spec") or {}).get("nodesPerZone", 2)) > 2
     run.event("fault", f"docker kill {worker} (holds {victim.metadata.name}, {zone})"
@@ -176,9 +183,10 @@ def repairs_finished_since(run: ClusterRun, since: float) -> bool:
 
 def kill_zone(run: ClusterRun) -> None:
     zones = workers_by_zone()
-    zone = next((z for z, ws in sorted(zones.items()) if not set(ws) & run.avoid), None)
+    zone = next((z for z, ws in sorted(zones.items())
+                 if not set(ws) & run.avoid and run.spares_an_operator(set(ws))), None)
     if zone is None:
-        raise ChaosError("every zone has a worker running the workload or the operator")
+        raise ChaosError("every zone has a worker running the workload or every operator replica")
     run.event("fault", f"docker kill every worker of {zone} ({', '.join(sorted(zones[zone]))}): writes go on with 4/6")
     t_fault = time.monotonic()
     for worker in zones[zone]:
@@ -251,9 +259,9 @@ def run_cluster_experiment(name: str, cluster: str, namespace: str | None, secon
         if not run.wait(lambda _: (p := job.pod()) is not None and p.status.phase == "Running", 180,
                         "the workload pod running"):
             raise ChaosError(f"the workload pod of Job {job.name} did not start")
-        run.avoid = {job.pod().spec.node_name} | {
-            p.spec.node_name for p in client.CoreV1Api().list_pod_for_all_namespaces(
-                label_selector=OPERATOR_SELECTOR, _request_timeout=10).items if p.spec.node_name}
+        run.avoid = {job.pod().spec.node_name}
+        run.operators = {p.spec.node_name for p in client.CoreV1Api().list_pod_for_all_namespaces(
+            label_selector=OPERATOR_SELECTOR, _request_timeout=10).items if p.spec.node_name}
         run.vdl_moves(90, "workload started")
         time.sleep(15)  # a steady state before the fault
         EXPERIMENTS[name](run)

@@ -4,15 +4,19 @@ What goes in: the AuroraCluster (spec and status), its objects (StatefulSets, De
 Services, PVCs, ConfigMaps, PDBs, pods, Leases, AuroraSnapshots), the Events of the
 cluster and of what is named after it, the tail of the operator's and of every storage and
 instance pod's log, and every storage node's `/v1/status` that answers within the
-timeout. Secrets: names only, listed as metadata (the API server never sends us their
+timeout (direct where pod IPs route, else through a port-forward).
+Secrets: names only, listed as metadata (the API server never sends us their
 data); the one exception is the cluster's node-auth Secret, read (when we may) to derive
 the reader token /v1/status wants, and never written to the bundle. `manifest.json`
 lists every file and what could not be collected (and why)."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import ipaddress
 import json
+import os
 import tarfile
 import time
 import urllib.request
@@ -24,6 +28,7 @@ from typing import Any
 
 import yaml
 from kubernetes.client.exceptions import ApiException
+from kubernetes.stream import portforward
 
 from tidemark_operator.model import NODE_PORT, instance_selector, selector_labels
 from tidemark_operator.topology import cluster_credentials
@@ -167,26 +172,49 @@ def operator_pods(target: Target, namespace: str | None) -> list[Any]:
         return operator_pods(target, target.namespace)
 
 
-def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str] | None = None) -> str:
-    """A storage node's /v1/status: straight to the pod IP with HEADERS (the reader token;
-    works wherever pod IPs route: in the cluster, on the rig), else through the API
-    server's pod proxy (which keeps the Authorization header for itself: a node that
-    wants a token answers 401 there)."""
-    ip = pod.status.pod_ip
-    errors = []
-    if ip:
-        request = urllib.request.Request(f"http://{ip}:{NODE_PORT}/v1/status", headers=headers or {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as r:
-                return str(r.read().decode())
-        except OSError as exc:
-            errors.append(f"direct: {exc}")
+def routable_here(ip: str) -> bool:
+    """Whether a pod IP can be dialled from this process: inside the cluster, or a
+    loopback pod address (the rig). From a laptop a kind pod IP is not routed: a packet
+    to it would follow the default route off the machine."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or ipaddress.ip_address(ip).is_loopback
+
+
+def _status_direct(ip: str, timeout: float, headers: dict[str, str]) -> str:
+    request = urllib.request.Request(f"http://{ip}:{NODE_PORT}/v1/status", headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout) as r:
+        return str(r.read().decode())
+
+
+def _status_forwarded(target: Target, pod: str, timeout: float, headers: dict[str, str]) -> str:
+    """GET /v1/status through the API server's port-forward (kubectl port-forward's
+    tunnel: our own HTTP, so the Authorization header reaches the node, unlike the pod
+    proxy, which keeps it for itself)."""
+    forward = portforward(target.core.connect_get_namespaced_pod_portforward, pod, target.namespace,
+                          ports=str(NODE_PORT), _request_timeout=timeout)
     try:
-        return str(target.core.connect_get_namespaced_pod_proxy_with_path(
-            f"{pod.metadata.name}:{NODE_PORT}", target.namespace, "v1/status", _request_timeout=timeout))
-    except Exception as exc:  # noqa: BLE001 - unreachable nodes are noted in the manifest
-        errors.append(f"proxy: {_why(exc)}")
-    raise OSError("; ".join(errors))
+        conn = http.client.HTTPConnection("localhost", NODE_PORT, timeout=timeout)
+        conn.sock = forward.socket(NODE_PORT)
+        conn.sock.settimeout(timeout)
+        conn.request("GET", "/v1/status", headers=headers)
+        resp = conn.getresponse()
+        body = resp.read().decode(errors="replace")
+        if resp.status != 200:
+            raise OSError(f"HTTP {resp.status} {resp.reason}: {body[:200]}")
+        return body
+    finally:
+        forward.close()
+
+
+def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str] | None = None) -> str:
+    """A storage node's /v1/status with HEADERS (the reader token): straight to the pod
+    IP where it routes, else through a port-forward."""
+    ip = pod.status.pod_ip
+    try:
+        if ip and routable_here(ip):
+            return _status_direct(ip, timeout, headers or {})
+        return _status_forwarded(target, pod.metadata.name, timeout, headers or {})
+    except (OSError, ApiException, ValueError) as exc:
+        raise OSError(f"{'direct' if ip and routable_here(ip) else 'port-forward'}: {_why(exc)}") from exc
 
 
 def reader_headers(b: Bundle, target: Target, name: str) -> dict[str, str]:

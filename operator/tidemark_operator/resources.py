@@ -105,7 +105,7 @@ def statefulset(
         "image": spec.image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": [*node_command, "node", "run", "--name", "$(POD_NAME)", "--zone", "$(ZONE)",
-                    "--host", "$(POD_IP)", "--port", str(NODE_PORT), "--data", "/data",
+                    "--host", "0.0.0.0", "--port", str(NODE_PORT), "--data", "/data",
                     # the cluster's node key (docs/wire.md, "Authentication and roles");
                     # the probes' /readyz and /livez are open routes
                     "--auth-key-file", nodekeys.key_path(),

@@ -76,10 +76,15 @@ def expand(s: str, env: dict[str, str]) -> str:
 
 
 def pod_bind(arg: str, pod_ip: str) -> str:
-    """A pod binding every address (0.0.0.0:PORT) gets its own network namespace; here all
-    pods share the machine's, so the wildcard becomes the pod's loopback IP (as binding
-    0.0.0.0 in its namespace reaches the pod IP; its 127.0.0.1 has no counterpart here)."""
-    return f"{pod_ip}:{arg.removeprefix('0.0.0.0:')}" if arg.startswith("0.0.0.0:") and pod_ip else arg
+    """A pod binding every address (0.0.0.0:PORT, or a bare 0.0.0.0 as in `--host 0.0.0.0`)
+    gets its own network namespace; here all pods share the machine's, so the wildcard
+    becomes the pod's loopback IP (as binding 0.0.0.0 in its namespace reaches the pod IP;
+    its 127.0.0.1 has no counterpart here)."""
+    if not pod_ip:
+        return arg
+    if arg == "0.0.0.0":
+        return pod_ip
+    return f"{pod_ip}:{arg.removeprefix('0.0.0.0:')}" if arg.startswith("0.0.0.0:") else arg
 
 
 def _field(pod: dict[str, Any], path: str, node: dict[str, Any] | None) -> str:

@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -78,6 +79,30 @@ def test_cluster_yaml_is_ready_with_pods_in_their_zones_and_pvcs_bound(demo: Kin
     assert "image" not in demo.ac()["spec"]
     operator_image = demo.pods(OPERATOR, "tidemark-system")[0]["spec"]["containers"][0]["image"]
     assert {p["spec"]["containers"][0]["image"] for p in pods} == {operator_image}
+
+
+def test_kubectl_tidemark_status_and_report_on_a_real_cluster(demo: Kind, tmp_path: Path) -> None:
+    """The plugin as a user runs it from the host: status, and a support bundle with the
+    operator's and every storage pod's log and each node's /v1/status (pod IPs do not
+    route from the host: through a port-forward, with the reader token)."""
+    plugin = [sys.executable, "-m", "tidemark_cli.kubectl_plugin"]
+    done = subprocess.run([*plugin, "status", "demo", "--json"], capture_output=True, text=True, timeout=120,
+                          env=demo.env(), cwd=ROOT)
+    assert done.returncode == 0 and json.loads(done.stdout)["healthy"] is True, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "bundle.tar.gz"
+    done = subprocess.run([*plugin, "report", "demo", "-o", str(out), "--tail", "200", "--json"],
+                          capture_output=True, text=True, timeout=300, env=demo.env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads(done.stdout)
+    assert doc["unreachable_nodes"] == [], doc
+    with tarfile.open(out, "r:gz") as tar:
+        files = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+    pods = sorted(p["metadata"]["name"] for p in demo.pods("tidemark.dev/cluster=demo"))
+    for pod in pods:
+        assert json.loads(files[f"nodes/{pod}.json"])["node"] == pod
+        assert files[f"logs/storage/{pod}.log"], pod
+    operator_logs = [name for name in files if name.startswith("logs/operator/")]
+    assert operator_logs and all(files[n] for n in operator_logs), sorted(files)
 
 
 def _since(events: list[dict[str, Any]], t0: dt.datetime) -> list[dict[str, Any]]:

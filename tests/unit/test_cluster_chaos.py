@@ -3,14 +3,17 @@ command's refusals); the experiments themselves run in tests/kind."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from tidemark_cli.chaos import chaos
 from tidemark_cli.chaos_job import WorkloadJob, parse_logs
 from tidemark_cli.chaos_plot import _windows
+from tidemark_cli.cluster_chaos import ClusterRun
 
 pytestmark = pytest.mark.unit
 
@@ -68,3 +71,13 @@ def test_the_commit_rate_during_a_fault_counts_only_the_fault_window() -> None:
     progress = [{"t": 1000.0 + i, "window_commits": 300} for i in range(30)]
     assert fault_commit_rate(run, progress) == 300
     assert fault_commit_rate(SimpleNamespace(t0=0.0, events=[]), progress) is None
+
+
+def test_a_fault_may_take_one_operator_replica_but_never_the_last() -> None:
+    run = ClusterRun("demo", "default", Console(file=io.StringIO()))
+    assert run.spares_an_operator({"w1"})  # no operator in the cluster: nothing to spare
+    run.operators = {"w1", "w4"}  # the chart's two peers
+    assert run.spares_an_operator({"w1", "w2", "w3"}) and run.spares_an_operator({"w4"})
+    assert not run.spares_an_operator({"w1", "w4"})
+    run.operators = {"w1"}
+    assert not run.spares_an_operator({"w1"})

@@ -82,6 +82,8 @@ def test_instances_listen_on_every_pod_address_so_port_forward_reaches_them() ->
     assert cmd[cmd.index("--listen") + 1] == "0.0.0.0:5432"
     assert pod_bind("0.0.0.0:5432", "127.0.9.4") == "127.0.9.4:5432"
     assert pod_bind("127.0.0.1:5432", "127.0.9.4") == "127.0.0.1:5432"
+    assert pod_bind("0.0.0.0", "127.0.9.4") == "127.0.9.4"  # `--host 0.0.0.0`
+    assert pod_bind("0.0.0.0", "") == "0.0.0.0"
 
 
 def test_a_loopback_host_resolver_is_what_dockerd_would_dial_past_the_guard(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from rich.console import Console
 
 from tidemark_cli import cluster_backup as cb
 from tidemark_cli import cluster_restore as cr
+from tidemark_cli import support_report
 from tidemark_cli.cluster_view import summarize
 from tidemark_cli.kubectl_plugin import plugin
 from tidemark_cli.status_render import render_status
@@ -416,3 +417,13 @@ def test_chaos_refuses_a_kubeconfig_other_than_the_one_its_faults_go_by(
     assert done.returncode == 1 and asked == [], done.stderr  # refused before any request
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("Error: chaos runs against the default kubeconfig's current context") and server in line
+
+
+def test_the_report_dials_a_pod_ip_only_where_it_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # From a laptop a kind pod IP is not routed (a SYN would take the default route off the
+    # machine): the report uses a port-forward there, the pod IP on the rig and in-cluster.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert support_report.routable_here("127.69.1.3")
+    assert not support_report.routable_here("10.244.3.7")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    assert support_report.routable_here("10.244.3.7")
