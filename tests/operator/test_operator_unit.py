@@ -53,7 +53,9 @@ def test_statefulset_pinned_to_zone_with_command_probes_and_owner() -> None:
     assert pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
     c = pod["spec"]["containers"][0]
     assert c["command"][:3] == ["/venv/bin/tidemark", "node", "run"]
-    assert "$(POD_NAME)" in c["command"] and "$(POD_IP)" in c["command"]
+    assert "$(POD_NAME)" in c["command"]
+    # every address of the pod: its IP for peers, its 127.0.0.1 for a port-forward
+    assert c["command"][c["command"].index("--host") + 1] == "0.0.0.0"
     assert {"name": "ZONE", "value": "zone-b"} in c["env"]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
