@@ -209,12 +209,14 @@ def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str
     """A storage node's /v1/status with HEADERS (the reader token): straight to the pod
     IP where it routes, else through a port-forward."""
     ip = pod.status.pod_ip
+    direct = False
     try:
-        if ip and routable_here(ip):
+        direct = bool(ip) and routable_here(ip)
+        if direct:
             return _status_direct(ip, timeout, headers or {})
         return _status_forwarded(target, pod.metadata.name, timeout, headers or {})
     except (OSError, ApiException, ValueError) as exc:
-        raise OSError(f"{'direct' if ip and routable_here(ip) else 'port-forward'}: {_why(exc)}") from exc
+        raise OSError(f"{'direct' if direct else 'port-forward'}: {_why(exc)}") from exc
 
 
 def reader_headers(b: Bundle, target: Target, name: str) -> dict[str, str]:
