@@ -48,14 +48,28 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
         yield e
 
 
-def endpoints(e: dict[str, Any], service: str) -> list[str]:
-    """Ready addresses of SERVICE, as its endpoint controller selects them."""
+def _readyz(ip: str) -> int:
+    """The instance's readiness probe (its pod template's httpGet /readyz); 0: no answer."""
+    try:
+        with urllib.request.urlopen(f"http://{ip}:5433/readyz", timeout=2) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
+
+
+def endpoints(e: dict[str, Any], service: str, probe: bool = True) -> list[str]:
+    """Ready addresses of SERVICE, as its endpoint controller selects them. kwok marks a
+    pod Ready at once, so PROBE does the kubelet's part: a pod counts once its readiness
+    probe passes (without it, a client dials a writer pod that has not opened yet)."""
     selector = e["core"].read_namespaced_service(service, e["ns"], _request_timeout=5).spec.selector
     got = e["core"].list_namespaced_pod(e["ns"], label_selector=",".join(f"{k}={v}" for k, v in selector.items()),
                                         _request_timeout=5).items
     return sorted(p.status.pod_ip for p in got
                   if p.metadata.deletion_timestamp is None and p.status.pod_ip
-                  and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or []))
+                  and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+                  and (not probe or _readyz(p.status.pod_ip) == 200))
 
 
 def password(e: dict[str, Any]) -> str:
@@ -63,10 +77,20 @@ def password(e: dict[str, Any]) -> str:
     return base64.b64decode(data["password"]).decode()
 
 
-def connect(e: dict[str, Any], service: str, timeout: int = 3) -> psycopg.Connection:
-    (ip, *_rest) = endpoints(e, service) or ["0.0.0.0"]
-    return psycopg.connect(host=ip, port=5432, user="tidemark", password=password(e), dbname="tidemark",
-                           connect_timeout=timeout, autocommit=True)
+def connect(e: dict[str, Any], service: str, timeout: int = 3, wait: float = 20.0,
+            probe: bool = True) -> psycopg.Connection:
+    """A session through SERVICE, retried for up to WAIT seconds (as a client would) while
+    nobody it lists accepts: a pod being replaced."""
+    deadline = time.monotonic() + wait
+    while True:
+        (ip, *_rest) = endpoints(e, service, probe) or ["0.0.0.0"]
+        try:
+            return psycopg.connect(host=ip, port=5432, user="tidemark", password=password(e), dbname="tidemark",
+                                   connect_timeout=timeout, autocommit=True)
+        except psycopg.OperationalError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def instances_up(e: dict[str, Any], n: int) -> dict[str, Any] | None:
@@ -202,7 +226,7 @@ class Inserter:
         while not self.stop.is_set():
             try:
                 if conn is None:
-                    conn = connect(self.e, f"{DB}-rw", timeout=2)
+                    conn = connect(self.e, f"{DB}-rw", timeout=2, wait=0)
                 k += 1
                 conn.execute(f"INSERT INTO {self.table} VALUES (%s)", (k,))
                 self.acked.append(k)
@@ -317,6 +341,7 @@ def test_a_new_instance_template_rolls_the_replicas_first_then_the_writer(env: d
     the replica pods are replaced first; the writer pod only once every replica runs the
     new template (a RollingUpdate event); writes go on, nothing acknowledged is lost."""
     (old_writer,) = pods(env, "writer")
+    old_pid = read_state(env["rig"].dir)[old_writer.metadata.uid]["pid"]
     old_replicas = {p.metadata.name for p in pods(env, "replica")}
     assert old_replicas
     replicas_at_writer_change: set[str] = set()
@@ -333,8 +358,9 @@ def test_a_new_instance_template_rolls_the_replicas_first_then_the_writer(env: d
             return False
 
         wait_for(writer_changed, 180, "the writer pod replaced", interval=0.2)
-        t = time.monotonic()
-        ins.first_after(t, 60, "inserts acknowledged through -rw by the new writer")
+        # the old process acknowledges until the pod runner kills it: count from then on
+        wait_for(lambda: not _alive(old_pid), 15, "the old writer's process killed", interval=0.05)
+        ins.first_after(time.monotonic(), 60, "inserts acknowledged through -rw by the new writer")
     print(f"\nrolling update: replicas {sorted(old_replicas)} -> {sorted(replicas_at_writer_change)} before "
           f"the writer moved ({ins.summary()})")
     assert replicas_at_writer_change and not replicas_at_writer_change & old_replicas, \
@@ -350,14 +376,6 @@ def test_a_new_instance_template_rolls_the_replicas_first_then_the_writer(env: d
                 and f"from {old_writer.metadata.name} " in ev.message]
 
 
-def _readyz(ip: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{ip}:5433/readyz", timeout=2) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def test_a_stale_writer_never_acknowledges_and_comes_back_when_its_successor_dies(
         env: dict[str, Any], tmp_path: Path) -> None:
     """A second writer process (outside the Deployment, as after a partition) opens the
@@ -367,9 +385,9 @@ def test_a_stale_writer_never_acknowledges_and_comes_back_when_its_successor_die
     duration, exits, and its pod's restart opens the volume again: writes resume."""
     (pod,) = pods(env, "writer")
     ip = pod.status.pod_ip
-    assert _readyz(ip) == 200
+    wait_for(lambda: _readyz(ip) == 200, 30, "the writer ready")
     (replica,) = pods(env, "replica")
-    assert _readyz(replica.status.pod_ip) == 200
+    wait_for(lambda: _readyz(replica.status.pod_ip) == 200, 30, "the replica ready")
     old: psycopg.Connection | None = connect(env, f"{DB}-rw")
     old.execute("CREATE TABLE stale (k INT PRIMARY KEY, who TEXT)")
     old.execute("INSERT INTO stale VALUES (1, 'before')")
@@ -403,7 +421,7 @@ def test_a_stale_writer_never_acknowledges_and_comes_back_when_its_successor_die
         for k in range(100, 110):
             try:
                 if old is None:
-                    old = connect(env, f"{DB}-rw")
+                    old = connect(env, f"{DB}-rw", wait=0, probe=False)
                 old.execute("INSERT INTO stale VALUES (%s, 'stale')", (k,))
                 stale_acks.append((k, time.monotonic() - t_open))
             except psycopg.Error as exc:
@@ -415,7 +433,7 @@ def test_a_stale_writer_never_acknowledges_and_comes_back_when_its_successor_die
         assert not stale_acks, f"a superseded writer acknowledged {stale_acks}"
         assert set(refusals) <= {"AdminShutdown", "OperationalError"}, refusals
         with pytest.raises(psycopg.OperationalError, match="no longer serves"):
-            connect(env, f"{DB}-rw")
+            connect(env, f"{DB}-rw", wait=0, probe=False)
         wait_for(lambda: _readyz(ip) == 503, 10, "the stale writer's /readyz fails")
         new.execute("INSERT INTO stale VALUES (3, 'intruder')")
         new.close()
@@ -429,7 +447,7 @@ def test_a_stale_writer_never_acknowledges_and_comes_back_when_its_successor_die
 
     def back() -> list[Any] | None:
         try:
-            with connect(env, f"{DB}-rw", timeout=2) as c:
+            with connect(env, f"{DB}-rw", timeout=2, wait=0) as c:
                 c.execute("INSERT INTO stale VALUES (4, 'after')")
                 return c.execute("SELECT k, who FROM stale ORDER BY k").fetchall()
         except psycopg.Error:
@@ -458,7 +476,7 @@ def test_writer_node_lost_the_operator_moves_the_writer_within_30s(env: dict[str
         while not stop.is_set():
             try:
                 if conn is None:
-                    conn = connect(env, f"{DB}-rw", timeout=2)
+                    conn = connect(env, f"{DB}-rw", timeout=2, wait=0)
                 k += 1
                 conn.execute("INSERT INTO nodeloss VALUES (%s)", (k,))
                 acked.append(k)
