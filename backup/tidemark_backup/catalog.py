@@ -1,5 +1,6 @@
-"""What a backup can restore (pure): per-PG chains of base snapshot + contiguous log
-chunks, and the volume-wide restorable LSN intervals mapped to time through VDL marks."""
+"""What a backup can restore (pure): per-PG chains of base image (a full snapshot or an
+incremental image, images.py) + contiguous log chunks, and the volume-wide restorable
+LSN intervals mapped to time through VDL marks."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from .layout import Obj
 @dataclass
 class PgCatalog:
     pg: int
-    snaps: list[Obj] = field(default_factory=list)  # ascending lsn
+    snaps: list[Obj] = field(default_factory=list)  # base images (snap, image), ascending lsn
     chunks: list[Obj] = field(default_factory=list)  # ascending start
+    extents: list[Obj] = field(default_factory=list)  # parts of incremental images
 
     def bases(self) -> list[int]:
         """LSNs a restore can start from: snapshots, and 0 (the empty volume) if the
@@ -68,10 +70,10 @@ class PgCatalog:
 def catalog(objs: list[Obj]) -> dict[int, PgCatalog]:
     pgs: dict[int, PgCatalog] = defaultdict(lambda: PgCatalog(-1))
     for o in objs:
-        if o.kind in ("snap", "chunk"):
+        if o.kind in ("snap", "image", "chunk", "extent"):
             cat = pgs[o.pg]
             cat.pg = o.pg
-            (cat.snaps if o.kind == "snap" else cat.chunks).append(o)
+            (cat.snaps if o.is_base else cat.chunks if o.kind == "chunk" else cat.extents).append(o)
     for cat in pgs.values():
         cat.snaps.sort(key=lambda o: o.start)
         cat.chunks.sort(key=lambda o: (o.start, -o.end))

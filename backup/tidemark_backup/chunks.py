@@ -4,7 +4,10 @@
 
 Header: {"kind", "pg", "start", "end", "epoch", "node", "gen", "created_us", ...}.
 Bodies: chunk = concatenated encoded records (each with its own CRC); snap = repeated
-(u64 page | page image) of the non-zero pages; marks = repeated (u64 vdl | u64 unix µs).
+(u64 page | page image) of the non-zero pages; marks = repeated (u64 vdl | u64 unix µs);
+extent = a bitmap of its span (bit i: page first+i is stored) then those page images in
+order; image = JSON list of its extents as [first, lsn, epoch, node, gen] (their keys,
+layout.extent_key), [first, lsn] for one with the image's own epoch, node and gen.
 A truncated or mangled object fails `decode` and is never restored from.
 """
 
@@ -116,6 +119,54 @@ def decode_snap(data: bytes) -> tuple[dict, dict[int, bytes]]:
         (page,) = _U64.unpack_from(body, off)
         pages[page] = bytes(body[off + 8 : off + step])
     return header, pages
+
+
+def encode_extent(header: dict, first: int, span: int, pages: dict[int, bytes]) -> bytes:
+    """Pages first..first+span-1 that are non-zero (a bitmap instead of a page number
+    per page: extents are small, so per-page overhead matters)."""
+    bitmap = bytearray((span + 7) // 8)
+    for p in pages:
+        if not first <= p < first + span:
+            raise ValueError(f"page {p} is outside the extent {first}+{span}")
+        bitmap[(p - first) // 8] |= 1 << ((p - first) % 8)
+    body = bytes(bitmap) + b"".join(img for _p, img in sorted(pages.items()))
+    return encode({**header, "kind": "extent", "first": first, "span": span, "pages": len(pages)}, body)
+
+
+def decode_extent(data: bytes) -> tuple[dict, dict[int, bytes]]:
+    header, body = decode(data, "extent")
+    try:
+        first, span, size, count = (int(header[k]) for k in ("first", "span", "page_size", "pages"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BadObject(f"extent header incomplete: {exc}") from exc
+    nbits = (span + 7) // 8
+    present = [i for i in range(span) if body[i // 8] >> (i % 8) & 1] if len(body) >= nbits else []
+    if len(present) != count or len(body) != nbits + count * size:
+        raise BadObject("extent body length mismatch")
+    pages = {}
+    for n, i in enumerate(present):
+        off = nbits + n * size
+        pages[first + i] = bytes(body[off : off + size])
+    return header, pages
+
+
+def encode_image(header: dict, extents: list[tuple[int, int, int, str, int]], pages: int,
+                 owner: tuple[int, str, int]) -> bytes:
+    """`owner` = the image's own (epoch, node, gen): an extent written by the same
+    uploader is listed as [first, lsn] only."""
+    body = json.dumps([[f, lsn] if (ep, node, gen) == owner else [f, lsn, ep, node, gen]
+                       for f, lsn, ep, node, gen in extents], separators=(",", ":")).encode()
+    return encode({**header, "kind": "image", "pages": pages}, body)
+
+
+def decode_image(data: bytes, owner: tuple[int, str, int]) -> tuple[dict, list[tuple[int, int, int, str, int]]]:
+    header, body = decode(data, "image")
+    try:
+        refs = [(int(e[0]), int(e[1]), *owner) if len(e) == 2 else
+                (int(e[0]), int(e[1]), int(e[2]), str(e[3]), int(e[4])) for e in json.loads(bytes(body))]
+    except (ValueError, TypeError, IndexError) as exc:
+        raise BadObject(f"image extent list does not decode: {exc}") from exc
+    return header, refs
 
 
 def encode_marks(header: dict, marks: list[tuple[int, int]]) -> bytes:

@@ -3,8 +3,9 @@ OpenTelemetry export.
 
 - VolumeBytesUsed: bytes of allocated (non-zero) pages; deleting rows rewrites pages and
   does not shrink it, freeing whole pages (dropping a table) does. Taken from each PG's
-  newest snapshot (automated or manual).
-- BackupRetentionPeriodStorageUsed: bytes of the automated backup: base snapshots and
+  newest base image (automated or manual).
+- BackupRetentionPeriodStorageUsed: bytes of the automated backup: base images (full
+  snapshots, incremental images and the extents they share, each stored once) and
   change records (log chunks) kept for the retention window, plus the time marks.
 - SnapshotStorageUsed: bytes of manual snapshots older than the retention window
   (manual snapshots inside it are free).
@@ -46,7 +47,8 @@ def compute(objs: list[Obj], manual: list[dict], page_size: int | None, retentio
             now: float | None = None, window: tuple[int | None, int | None] = (None, None),
             node_errors: list[str] | None = None) -> dict:
     now = time.time() if now is None else now
-    parts = {kind: sum(o.size for o in objs if o.kind == kind) for kind in ("snap", "chunk", "marks")}
+    parts = {kind: sum(o.size for o in objs if o.kind == kind)
+             for kind in ("snap", "image", "extent", "chunk", "marks")}
     brpsu = sum(parts.values())
     window_start = now - retention_s
     ssu = sum(m["volume_bytes"] for m in manual if m.get("created", now) < window_start)
@@ -54,10 +56,11 @@ def compute(objs: list[Obj], manual: list[dict], page_size: int | None, retentio
     if page_size:
         newest: dict[int, Obj] = {}
         for o in objs:
-            if o.kind == "snap" and (o.pg not in newest or o.start > newest[o.pg].start):
+            if o.is_base and (o.pg not in newest or o.start > newest[o.pg].start):
                 newest[o.pg] = o
-        volume = sum(o.size // (page_size + SNAP_PAGE_OVERHEAD) * page_size
-                     for o in newest.values())
+        # An image's key has its page count; a full snapshot's size gives it.
+        volume = sum((o.pages if o.kind == "image" else o.size // (page_size + SNAP_PAGE_OVERHEAD))
+                     * page_size for o in newest.values())
         if manual:
             latest_manual = max(manual, key=lambda m: m.get("created", 0))
             if latest_manual.get("created", 0) > max((o.mtime for o in newest.values()), default=0):
@@ -73,9 +76,9 @@ def compute(objs: list[Obj], manual: list[dict], page_size: int | None, retentio
         "SnapshotStorageUsed": ssu,
         "TotalBackupStorageBilled": max(0, brpsu + ssu - volume),
         "VolumeBytesUsed": volume,
-        # BackupRetentionPeriodStorageUsed's parts: base images (automated snapshots, full
-        # copies of a PG's pages), change records (log chunks), VDL marks.
-        "baseImageBytes": parts["snap"],
+        # BackupRetentionPeriodStorageUsed's parts: base images (full snapshots, and
+        # incremental images with their extents), change records (log chunks), VDL marks.
+        "baseImageBytes": parts["snap"] + parts["image"] + parts["extent"],
         "changeRecordBytes": parts["chunk"],
         "marksBytes": parts["marks"],
         "objects": len(objs),

@@ -9,8 +9,9 @@ S3 calls in a thread):
 - for every hosted PG for which it is the designated uploader (the first live member
   in a per-PG rotation of the membership; a dead one's successor takes over), uploads
   log chunks of records <= the certified end (uploader_state.certified_end)
-  contiguously from where the bucket's coverage ends, and takes a snapshot of the PG's
-  pages by policy;
+  contiguously from where the bucket's coverage ends, and takes an incremental base
+  image of the PG by policy (only the extents changed since its last image are
+  written, tidemark_backup.images);
 - holds back the node's log GC above the bucket's coverage so nothing is lost while
   the store is unreachable (backups lag, then catch up with no gap);
 - applies retention (designated uploader only, unfenced only).
@@ -31,8 +32,8 @@ import structlog
 from opentelemetry.metrics import Observation
 from tenacity import retry, stop_after_attempt, wait_exponential
 
-from tidemark_backup import chunks, layout, retention
-from tidemark_backup.catalog import catalog
+from tidemark_backup import chunks, images, layout, retention
+from tidemark_backup.catalog import PgCatalog, catalog
 from tidemark_backup.objstore import Exists, ObjStore, open_store
 from tidemark_protocol.records import iter_encoded
 
@@ -52,6 +53,7 @@ log = structlog.get_logger("tidemark.backup.uploader")
 
 MAX_CHUNK_RECORDS = 20_000
 MARKS_MAX = 1_000_000
+EXTENT_PUTS = 8  # extent uploads in flight per image
 
 
 class Uploader:
@@ -154,7 +156,11 @@ class Uploader:
             order = designation_order(pg, list(seg.membership.all_members))
             mine = state.name in order
             ahead = order[: order.index(state.name)] if mine else order
-            prog.designated = mine and not any(n in live for n in ahead)
+            designated = mine and not any(n in live for n in ahead)
+            if not designated:
+                prog.image = {}  # another uploader's images may follow ours: share nothing stale
+                prog.empty_run = None
+            prog.designated = designated
             try:
                 if prog.designated:
                     await self._upload_pg(seg, prog)
@@ -270,6 +276,12 @@ class Uploader:
         objs = await self._io(self.store.list, layout.pg_dir(seg.pg))
         cat = catalog(objs).get(seg.pg)
         prog.refreshed = time.monotonic()
+        before = prog.covered
+        self._coverage_from(seg, prog, cat)
+        if prog.covered != before:
+            prog.empty_run = None  # someone else's chunks: extend nothing of ours
+
+    def _coverage_from(self, seg: Segment, prog: PgProgress, cat: PgCatalog | None) -> None:
         if cat is None:
             prog.covered = 0 if seg.log_gc_lsn == 0 else -1
             return
@@ -306,10 +318,16 @@ class Uploader:
             stop = end
             if len(records) >= MAX_CHUNK_RECORDS:
                 stop = records[-1].lsn
-            hdr = self._header(seg.pg, start, stop, seg)
-            await self._put(layout.chunk_key(seg.pg, start, stop, seg.meta.volume_epoch,
-                                             state.name, state.generation),
+            # An idle PG gets an empty chunk whenever the volume's VDL moves: one that
+            # follows our own empty one covers both instead (retention drops the
+            # contained one), so an idle PG keeps one, not one per round.
+            epoch = seg.meta.volume_epoch
+            run = prog.empty_run  # extended only if it ends exactly where this one starts
+            cstart = run[0] if not records and run is not None and run[1:] == (start, epoch) else start
+            hdr = self._header(seg.pg, cstart, stop, seg)
+            await self._put(layout.chunk_key(seg.pg, cstart, stop, epoch, state.name, state.generation),
                             chunks.encode_chunk(hdr, [r.raw for r in records]))
+            prog.empty_run = None if records else (cstart, stop, epoch)
             prog.covered = stop
             prog.log_bytes_since_snap += len(body)
             _pin(seg, stop)
@@ -339,10 +357,27 @@ class Uploader:
             return out
 
         pages = await asyncio.get_running_loop().run_in_executor(state.reader, read_all)
-        hdr = {**self._header(seg.pg, at, at, seg), "page_size": lay.page_size, "lsn": at,
-               "layout": lay.to_json()}
-        await self._put(layout.snap_key(seg.pg, at, seg.meta.volume_epoch, state.name,
-                                        state.generation), chunks.encode_snap(hdr, pages))
+        span = images.span_of(lay.page_size, self.settings.extent_bytes)
+        epoch, node, gen = seg.meta.volume_epoch, state.name, state.generation
+        # Share only extents still in the bucket (retention may have dropped an old one).
+        existing = ({o.key for o in await self._io(self.store.list, layout.extent_dir(seg.pg))}
+                    if prog.image else set())
+        plan = images.plan(pages, first, span, at, epoch, node, gen, prog.image, existing, seg.pg)
+        hdr = {"pg": seg.pg, "lsn": at, "page_size": lay.page_size}
+        sem = asyncio.Semaphore(EXTENT_PUTS)
+
+        async def put_extent(efirst: int, ext: dict[int, bytes]) -> None:
+            async with sem:
+                await self._put(layout.extent_key(seg.pg, efirst, at, epoch, node, gen),
+                                chunks.encode_extent(hdr, efirst, span, ext))
+
+        # Extents first (in parallel: a full image of a large PG is many of them), so an
+        # image never lists a missing one.
+        await asyncio.gather(*(put_extent(f, ext) for f, ext in plan.new.items()))
+        await self._put(layout.image_key(seg.pg, at, epoch, node, gen, plan.pages),
+                        chunks.encode_image({**hdr, "span": span, "format": layout.FORMAT_VERSION},
+                                            plan.refs, plan.pages, (epoch, node, gen)))
+        prog.image = plan.digests
         prog.last_snap_time = time.time()
         prog.log_bytes_since_snap = 0
         prog.covered = max(prog.covered, at)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tidemark_backup import images
 from tidemark_backup.sealed import NO_KEYS, Keyring
 from tidemark_protocol.quorum import Membership, has_read_quorum
 
@@ -19,6 +20,7 @@ class BackupSettings:
     snapshot_log_bytes: int = 64 << 20  # or after this much log since the last one
     retention_days: float = 1.0
     retention_interval: float = 30.0
+    extent_bytes: int = images.EXTENT_BYTES  # span of an incremental image's extents
     # --backup-key-file: objects sealed with the first key; retention opens old ones with any
     keyring: Keyring = NO_KEYS
 
@@ -28,9 +30,13 @@ class PgProgress:
     covered: int = -1  # bucket coverage end known to us (-1: unknown)
     last_snap_time: float = 0.0
     log_bytes_since_snap: int = 0
+    empty_run: tuple[int, int, int] | None = None  # (start, end, epoch) of our last chunk if empty
     designated: bool = False
     refreshed: float = 0.0
     manifest_written: bool = False
+    # The last image we wrote, by extent: (ref, content digest); the next one shares
+    # what did not change. Empty (after a restart or a takeover): a full image.
+    image: dict[int, tuple[images.Ref, bytes]] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from tidemark_backup import images
 from tidemark_backup.catalog import catalog
 from tidemark_backup.objstore import open_store
 from tidemark_compute import bench_write as bw
@@ -108,9 +109,13 @@ async def run(bucket_url: str, seconds: float, concurrency: int, volume_mb: int,
         _first, latest = inv.window()
         target = inv.lsn_for(latest)
         chain_objs = []
+        by_key = {o.key: o for o in inv.objs}
         for _pg, cat in catalog(inv.objs).items():
             base, used = cat.chain(target)
-            chain_objs += [s for s in cat.snaps if s.start == base][:1] + used
+            chosen = [s for s in cat.snaps if s.start == base][:1]
+            # An incremental image is read with the extents it lists.
+            parts = [by_key[k] for s in chosen if s.kind == "image" for k in images.image_refs(store, s)]
+            chain_objs += chosen + parts + used
         nbytes = sum(o.size for o in chain_objs)
         with ThreadPoolExecutor(16) as pool:  # warm-up: every timed read below hits a warm store
             list(pool.map(lambda o: store.get(o.key), chain_objs))

@@ -1,6 +1,6 @@
 """Reading a backup: the inventory of the bucket (objects, layout, VDL marks, per-PG
-catalogs), the restorable window, and every PG's pages rebuilt at an LSN (latest
-snapshot at or below it + log chunks)."""
+catalogs), the restorable window, and every PG's pages rebuilt at an LSN (latest base
+image at or below it, full or incremental + log chunks)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from tidemark_backup import chunks
+from tidemark_backup import chunks, images
 from tidemark_backup.catalog import PgCatalog, Timeline, catalog, volume_intervals
 from tidemark_backup.layout import Obj
 from tidemark_backup.objstore import ObjStore
@@ -122,12 +122,8 @@ def rebuild_pg(store: ObjStore, cat: PgCatalog, target: int, page_size: int,
             if base > 0:
                 snaps = [s for s in live.snaps if s.start == base]
                 for s in snaps:
-                    try:
-                        data = store.get(s.key)
-                        on_bytes(len(data))
-                        hdr, pages = chunks.decode_snap(data)
-                        if hdr.get("pg") != cat.pg or hdr.get("lsn") != base:
-                            raise chunks.BadObject("snapshot header does not match its key")
+                    try:  # a full snapshot, or an image whose extents download in parallel
+                        pages = images.load_base(store, s, pool.map, on_bytes)
                         break
                     except (chunks.BadObject, KeyError, ValueError) as exc:
                         problems.append(f"skipped {s.key}: {exc}")
