@@ -5,7 +5,8 @@ The workload runs where an application runs (pod IPs are not reachable from outs
 kind cluster): `tidemark workload --from-cluster NAME --verify --json --progress 1` in
 the cluster's own image, with a ServiceAccount that may read the placement ConfigMap and
 the pods, and the cluster's writer token mounted (from its node-auth Secret: the token
-only, never the key; the ServiceAccount reads no Secrets). Objects this module creates
+only, never the key; the ServiceAccount reads no Secrets) with the nodes' CA certificate
+(from its node-tls Secret: ca.crt only). Objects this module creates
 are listed so that only they are deleted.
 """
 
@@ -19,7 +20,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tidemark_operator import nodekeys
+from tidemark_operator import nodekeys, nodetls
 from tidemark_protocol.node_auth import Role
 
 ACCOUNT = "tidemark-chaos-workload"
@@ -36,20 +37,21 @@ class WorkloadJob:
 
     def manifest(self) -> dict[str, Any]:
         tokens_volume, tokens_mount = nodekeys.token_volume(self.cluster, [Role.WRITER])
+        ca_volume, ca_mount = nodetls.ca_volume(self.cluster)  # the nodes' CA certificate alone
         container = {
             "name": "workload", "image": self.image, "imagePullPolicy": "IfNotPresent",
             "command": ["tidemark", "workload", "--from-cluster", self.cluster, "--seconds", str(self.seconds),
                         "--concurrency", "16", "--verify", "--json", "--progress", "1",
-                        "--node-tokens-dir", nodekeys.TOKENS_MOUNT],
+                        "--node-tokens-dir", nodekeys.TOKENS_MOUNT, "--node-ca-file", nodetls.ca_path()],
             "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
                                 "capabilities": {"drop": ["ALL"]}},
-            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, tokens_mount],
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, tokens_mount, ca_mount],
         }
         pod = {"serviceAccountName": ACCOUNT, "restartPolicy": "Never", "containers": [container],
                # fsGroup: the token file (0400) is made group-readable for the non-root user
                "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "fsGroup": 10001,
                                    "seccompProfile": {"type": "RuntimeDefault"}},
-               "volumes": [{"name": "tmp", "emptyDir": {}}, tokens_volume]}
+               "volumes": [{"name": "tmp", "emptyDir": {}}, tokens_volume, ca_volume]}
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": self.name, "labels": {"app.kubernetes.io/name": "tidemark-chaos"}},
                 "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"job-name": self.name}},

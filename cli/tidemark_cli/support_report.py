@@ -4,10 +4,12 @@ What goes in: the AuroraCluster (spec and status), its objects (StatefulSets, De
 Services, PVCs, ConfigMaps, PDBs, pods, Leases, AuroraSnapshots), the Events of the
 cluster and of what is named after it, the tail of the operator's and of every storage and
 instance pod's log, and every storage node's `/v1/status` that answers within the
-timeout (direct where pod IPs route, else through a port-forward).
+timeout (direct where pod IPs route, else through a port-forward; https verified against
+the cluster's own CA, verify-ca as every node hop on Kubernetes).
 Secrets: names only, listed as metadata (the API server never sends us their
-data); the one exception is the cluster's node-auth Secret, read (when we may) to derive
-the reader token /v1/status wants, and never written to the bundle. `manifest.json`
+data); the exceptions are the cluster's node-auth Secret, read (when we may) to derive
+the reader token /v1/status wants, and its node-tls Secret, whose CA certificate the nodes
+are verified against; neither is written to the bundle. `manifest.json`
 lists every file and what could not be collected (and why)."""
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import io
 import ipaddress
 import json
 import os
+import ssl
 import tarfile
 import time
 import urllib.request
@@ -30,8 +33,9 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward
 
+from tidemark_operator import nodetls
 from tidemark_operator.model import NODE_PORT, instance_selector, selector_labels
-from tidemark_operator.topology import cluster_credentials
+from tidemark_operator.topology import cluster_credentials, cluster_trust, pod_serves_tls
 from tidemark_protocol.errors import UserError
 from tidemark_protocol.node_auth import Role, headers_for
 
@@ -179,22 +183,34 @@ def routable_here(ip: str) -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) or ipaddress.ip_address(ip).is_loopback
 
 
-def _status_direct(ip: str, timeout: float, headers: dict[str, str]) -> str:
-    request = urllib.request.Request(f"http://{ip}:{NODE_PORT}/v1/status", headers=headers)
-    with urllib.request.urlopen(request, timeout=timeout) as r:
+def _trust(tls: ssl.SSLContext | None) -> ssl.SSLContext:
+    if tls is None:  # never fall back to plain http nor to unverified TLS
+        raise OSError("no CA to verify the node against (the node-tls Secret is missing or may not be read)")
+    return tls
+
+
+def _status_direct(ip: str, timeout: float, headers: dict[str, str], tls: ssl.SSLContext | None,
+                   serves_tls: bool) -> str:
+    request = urllib.request.Request(f"{nodetls.node_url(ip, serves_tls)}/v1/status", headers=headers)
+    context = _trust(tls) if serves_tls else None
+    with urllib.request.urlopen(request, timeout=timeout, context=context) as r:
         return str(r.read().decode())
 
 
-def _status_forwarded(target: Target, pod: str, timeout: float, headers: dict[str, str]) -> str:
+def _status_forwarded(target: Target, pod: str, timeout: float, headers: dict[str, str],
+                      tls: ssl.SSLContext | None, serves_tls: bool) -> str:
     """GET /v1/status through the API server's port-forward (kubectl port-forward's
-    tunnel: our own HTTP, so the Authorization header reaches the node, unlike the pod
-    proxy, which keeps it for itself)."""
+    tunnel: our own HTTP, over our own TLS to the node, so the Authorization header
+    reaches the node, unlike the pod proxy, which keeps it for itself)."""
+    context = _trust(tls) if serves_tls else None
     forward = portforward(target.core.connect_get_namespaced_pod_portforward, pod, target.namespace,
                           ports=str(NODE_PORT), _request_timeout=timeout)
     try:
         conn = http.client.HTTPConnection("localhost", NODE_PORT, timeout=timeout)
-        conn.sock = forward.socket(NODE_PORT)
-        conn.sock.settimeout(timeout)
+        sock = forward.socket(NODE_PORT)
+        sock.settimeout(timeout)
+        # verify-ca: the chain must lead to the cluster's CA (no host name to check)
+        conn.sock = context.wrap_socket(sock, server_hostname=None) if context is not None else sock
         conn.request("GET", "/v1/status", headers=headers)
         resp = conn.getresponse()
         body = resp.read().decode(errors="replace")
@@ -205,16 +221,19 @@ def _status_forwarded(target: Target, pod: str, timeout: float, headers: dict[st
         forward.close()
 
 
-def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str] | None = None) -> str:
-    """A storage node's /v1/status with HEADERS (the reader token): straight to the pod
-    IP where it routes, else through a port-forward."""
+def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str] | None = None,
+                tls: ssl.SSLContext | None = None) -> str:
+    """A storage node's /v1/status with HEADERS (the reader token), verified against TLS
+    (the cluster's CA): straight to the pod IP where it routes, else through a
+    port-forward."""
     ip = pod.status.pod_ip
     direct = False
+    https = pod_serves_tls(pod)
     try:
         direct = bool(ip) and routable_here(ip)
         if direct:
-            return _status_direct(ip, timeout, headers or {})
-        return _status_forwarded(target, pod.metadata.name, timeout, headers or {})
+            return _status_direct(ip, timeout, headers or {}, tls, https)
+        return _status_forwarded(target, pod.metadata.name, timeout, headers or {}, tls, https)
     except (OSError, ApiException, ValueError) as exc:
         raise OSError(f"{'direct' if direct else 'port-forward'}: {_why(exc)}") from exc
 
@@ -231,13 +250,25 @@ def reader_headers(b: Bundle, target: Target, name: str) -> dict[str, str]:
     return headers_for(creds, Role.READER)
 
 
+def node_trust(b: Bundle, target: Target, name: str) -> ssl.SSLContext | None:
+    """Trust for the nodes from the cluster's node-tls Secret (None when we may not read it)."""
+    try:
+        tls = cluster_trust(target.core, target.namespace, name)
+    except (ApiException, ValueError, ssl.SSLError) as exc:
+        b.miss("nodes", f"no node CA (the node-tls Secret: {_why(exc)})")
+        return None
+    if tls is None:
+        b.miss("nodes", "no node CA: the node-tls Secret is missing or may not be read (https nodes unverifiable)")
+    return tls
+
+
 def collect_nodes(b: Bundle, target: Target, storage: list[Any], timeout: float,
-                  headers: dict[str, str] | None = None) -> list[str]:
+                  headers: dict[str, str] | None = None, tls: ssl.SSLContext | None = None) -> list[str]:
     """Each storage pod's /v1/status, in parallel (a dead node costs TIMEOUT once)."""
 
     def one(p: Any) -> tuple[str, str | None, str]:
         try:
-            return p.metadata.name, node_status(target, p, timeout, headers), ""
+            return p.metadata.name, node_status(target, p, timeout, headers, tls), ""
         except OSError as exc:
             return p.metadata.name, None, str(exc)
 
@@ -283,7 +314,9 @@ def build_report(target: Target, name: str, tail: int = 2000, node_timeout: floa
         for p in group:
             collect_log(b, target, f"logs/{kind}/{p.metadata.name}.log", p.metadata.name, target.namespace, tail)
     progress(f"storage nodes' /v1/status ({len(storage)} nodes, {node_timeout:g} s timeout)")
-    unreachable = collect_nodes(b, target, storage, node_timeout, reader_headers(b, target, name) if storage else {})
+    headers = reader_headers(b, target, name) if storage else {}
+    unreachable = collect_nodes(b, target, storage, node_timeout, headers,
+                                node_trust(b, target, name) if storage else None)
     manifest = {"cluster": name, "namespace": target.namespace,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
                 "files": sorted(b.files), "unreachable_nodes": unreachable, "missing": b.missing,

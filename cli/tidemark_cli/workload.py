@@ -20,7 +20,7 @@ from tidemark_compute.topology import (
 from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, summarize, verify
 from tidemark_compute.writer import Writer
-from tidemark_operator.topology import READ_KEY, cluster_membership_source
+from tidemark_operator.topology import READ_CA, READ_KEY, cluster_membership_source, trust_from_file
 from tidemark_playground import fleet as fleet_mod
 
 
@@ -61,12 +61,14 @@ class Progress:
 async def _workload(
     directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int,
     from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0,
-    node_tokens_dir: Path | None = None,
+    node_tokens_dir: Path | None = None, node_ca_file: Path | None = None,
 ) -> dict:
     if from_cluster:  # an AuroraCluster's placement ConfigMap + pod IPs
-        # a pod's mounted writer token, else derived from the node-auth Secret (a kubeconfig user)
+        # a pod's mounted writer token and node CA, else from the node-auth and node-tls
+        # Secrets (a kubeconfig user)
         tokens = load_token_credentials(node_tokens_dir) if node_tokens_dir else READ_KEY
-        source = cluster_membership_source(from_cluster, namespace, credentials=tokens)
+        tls = trust_from_file(str(node_ca_file)) if node_ca_file else READ_CA
+        source = cluster_membership_source(from_cluster, namespace, credentials=tokens, tls=tls)
         topology = await source()
     else:
         refuse_sql_volume(directory)
@@ -116,12 +118,15 @@ async def _workload(
 @click.option("--node-tokens-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="--from-cluster: the storage nodes' writer token (file writer.token, a mounted Secret; default: "
                    "derived from the cluster's node-auth Secret when it may be read).")
+@click.option("--node-ca-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="--from-cluster: the CA the storage nodes' certificates are verified against (ca.crt, a mounted "
+                   "Secret; default: the cluster's node-tls Secret's when it may be read).")
 def workload(directory: Path, seconds: float, do_verify: bool, concurrency: int, log_file: Path | None, seed: int, as_json: bool,
              from_cluster: str | None = None, namespace: str | None = None, progress: float = 0.0,
-             node_tokens_dir: Path | None = None) -> None:
+             node_tokens_dir: Path | None = None, node_ca_file: Path | None = None) -> None:
     """Run mini-transactions against the fleet in DIR (or an AuroraCluster)."""
     out = asyncio.run(_workload(directory, seconds, do_verify, concurrency, log_file, seed, from_cluster, namespace,
-                                progress, node_tokens_dir))
+                                progress, node_tokens_dir, node_ca_file))
     if as_json:
         click.echo(json.dumps(out))
     else:

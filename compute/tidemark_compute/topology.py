@@ -72,8 +72,19 @@ TLS_CA_FILE = "ca.crt"
 
 
 def client_tls(ca_file: Path | str) -> ssl.SSLContext:
-    """Verify servers against this CA only (hostname/IP checked)."""
+    """Verify servers against this CA only (hostname/IP checked: verify-full)."""
     return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file))
+
+
+def client_tls_verify_ca(ca_file: Path | str | None = None, ca_pem: str | None = None) -> ssl.SSLContext:
+    """Verify servers against this CA only, without checking the host name (verify-ca):
+    on Kubernetes nodes are dialled by pod IP, which no certificate issued before the
+    pod existed can name; the CA is the cluster's own, so its chain is the proof."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH,
+                                         cafile=str(ca_file) if ca_file is not None else None, cadata=ca_pem)
+    context.check_hostname = False  # before verify_mode: the chain is still required
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def load_fleet_tls(directory: Path) -> ssl.SSLContext | None:

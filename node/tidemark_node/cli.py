@@ -98,6 +98,9 @@ def node() -> None:
               help="the certificate's private key (PEM)")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True), default=None,
               help="verify https peers against this CA (PEM) instead of the system's")
+@click.option("--tls-verify", type=click.Choice(["full", "ca"]), default="full", show_default=True,
+              help="peers' certificates: full checks the chain and that it names the peer's address; "
+                   "ca the chain alone (Kubernetes: peers are dialled by pod IP)")
 @click.option("--enable-fault-injection", is_flag=True, default=False,
               help="serve the fake disk corruption endpoints (tests and `tidemark chaos` only)")
 @click.option("--trace-console", is_flag=True, default=False,
@@ -126,6 +129,7 @@ def run(
     tls_cert: str | None,
     tls_key: str | None,
     tls_ca: str | None,
+    tls_verify: str,
     enable_fault_injection: bool,
     trace_console: bool,
 ) -> None:
@@ -137,7 +141,7 @@ def run(
         raise click.UsageError("--tls-cert and --tls-key go together")
     try:
         server_tls = ServerTLS(tls_cert, tls_key) if tls_cert and tls_key else None
-        peer_tls = peer_trust(tls_ca) if tls_ca else None
+        peer_tls = peer_trust(tls_ca, check_hostname=tls_verify == "full") if tls_ca else None
     except (OSError, ssl.SSLError) as exc:
         raise click.UsageError(f"TLS files: {exc}") from exc
     if verifier is None:

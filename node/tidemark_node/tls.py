@@ -54,9 +54,15 @@ class ServerTLS:
             self.reload()
 
 
-def peer_trust(ca_file: str) -> ssl.SSLContext:
-    """Peers are verified against the fleet's CA (their address is in their certificate)."""
-    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+def peer_trust(ca_file: str, check_hostname: bool = True) -> ssl.SSLContext:
+    """Peers are verified against the fleet's CA: with their address in their certificate
+    (verify-full, the playground), or the chain alone (verify-ca: on Kubernetes peers are
+    dialled by pod IPs that the cluster's certificate cannot name)."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    if not check_hostname:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def peer_session(settings: Settings, **kwargs: Any) -> aiohttp.ClientSession:

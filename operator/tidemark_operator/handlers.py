@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import backup_poll, ha, metrics, restoreflow, snapshots, writer_watch
+from . import backup_poll, ha, metrics, nodetls, restoreflow, snapshots, writer_watch
 from .backupspec import SNAPSHOT_PLURAL, BackupSpec
 from .instances import InstancePod
 from .kube import Kube, connection_info, load_config
@@ -94,12 +94,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # -- storage pods, indexed by cluster --------------------------------------------------------
 
 def storage_pods(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, status: kopf.Status,
-                 **_: Any) -> dict[tuple[str, str], PodObs]:
+                 spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], PodObs]:
     """(namespace, cluster) -> its storage pods as observed (kopf keeps the index current
-    from its watch: no pod listing per pass)."""
+    from its watch: no pod listing per pass), and whether each serves https (its own
+    command says so: pods of a cluster made before node TLS serve http until they roll)."""
     ip = status.get("podIP") or None
     running = status.get("phase") == "Running" and bool(ip) and meta.get("deletionTimestamp") is None
-    return {(namespace, labels[CLUSTER_LABEL]): PodObs(name, labels.get(ZONE_POD_LABEL, ""), ip, running)}
+    tls = nodetls.serves_tls(nodetls.pod_command(spec))
+    return {(namespace, labels[CLUSTER_LABEL]): PodObs(name, labels.get(ZONE_POD_LABEL, ""), ip, running, tls)}
 
 
 def pods_of(index: kopf.Index[tuple[str, str], PodObs], ns: str, cluster: str) -> Callable[[], list[PodObs]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from tidemark_protocol.node_auth import Role
 
-from . import nodekeys
+from . import nodekeys, nodetls
 from .model import (
     RUN_LOCAL_LABEL,
     SQL_ADMIN_PORT,
@@ -96,6 +96,8 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
     sel = instance_selector(cluster, role)
     # its role's node token only, never the key: a writer writes, a replica reads pages
     tokens_volume, tokens_mount = nodekeys.token_volume(cluster, [Role.WRITER if role == "writer" else Role.READER])
+    # the nodes' CA certificate alone (verify-ca), never their key nor the CA's
+    ca_volume, ca_mount = nodetls.ca_volume(cluster)
     labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
     command = [*node_command, "sql", "serve", "--from-cluster", cluster, "--namespace", "$(POD_NAMESPACE)",
                "--role", role, "--identity", "$(POD_NAME)",
@@ -103,7 +105,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                # its 127.0.0.1 (a bind to the pod IP alone refuses port-forward)
                "--listen", f"0.0.0.0:{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
                "--credentials-dir", CREDENTIALS_MOUNT, "--node-tokens-dir", nodekeys.TOKENS_MOUNT,
-               "--max-lag-ms", str(spec.instance.max_lag_ms)]
+               "--node-ca-file", nodetls.ca_path(), "--max-lag-ms", str(spec.instance.max_lag_ms)]
     container: dict[str, Any] = {
         "name": "sql",
         "image": spec.image,
@@ -122,7 +124,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
         "livenessProbe": {"tcpSocket": {"port": SQL_PORT}, "periodSeconds": 10, "failureThreshold": 6,
                           "initialDelaySeconds": 30},
         "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True},
-                         tokens_mount, {"name": "tmp", "mountPath": "/tmp"}],
+                         tokens_mount, ca_mount, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -147,6 +149,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                 "secretName": credentials_secret_name(cluster, spec), "defaultMode": 0o400,
                 "items": [{"key": "username", "path": "username"}, {"key": "password", "path": "password"}]}},
             tokens_volume,
+            ca_volume,
             {"name": "tmp", "emptyDir": {}},
         ],
     }

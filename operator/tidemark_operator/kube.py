@@ -140,6 +140,17 @@ class Kube:
         ns, kind, name = obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"]
         self._fn("patch", kind)(name, ns, obj, _request_timeout=TIMEOUT)
 
+    def replace(self, obj: dict[str, Any]) -> None:
+        """Replace OBJ carrying the resourceVersion that was read; Conflict when it changed
+        since (compare-and-swap)."""
+        ns, kind, name = obj["metadata"]["namespace"], obj["kind"], obj["metadata"]["name"]
+        try:
+            self._fn("replace", kind)(name, ns, obj, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict(f"{kind} {name} changed concurrently") from exc
+            raise
+
     def replace_config_map(self, obj: dict[str, Any]) -> None:
         """Replace a ConfigMap carrying the resourceVersion that was read; Conflict when it
         changed since (compare-and-swap)."""

@@ -73,6 +73,11 @@ def node_auth_secret_name(cluster: str) -> str:
     return f"{cluster}-node-auth"
 
 
+def node_tls_secret_name(cluster: str) -> str:
+    """The cluster's CA and the storage nodes' serving certificate (nodetls.py)."""
+    return f"{cluster}-node-tls"
+
+
 def writer_lease_name(cluster: str) -> str:
     """The coordination.k8s.io Lease the writer instance holds."""
     return f"{cluster}-writer"

@@ -23,22 +23,31 @@ Event = Callable[[str, str, str], None]  # (type, reason, message)
 KEY_BYTES = 32  # secrets.token_hex: 64 characters, over node_auth.MIN_KEY_CHARS
 
 
-def ensure_secret(kube: Kube, cluster: str, ns: str, owner: Mapping[str, Any], event: Event) -> dict[str, Any]:
-    """The Secret as read, created first when missing (a concurrent create wins: read it)."""
-    name = node_auth_secret_name(cluster)
+def secret_created_once(kube: Kube, name: str, ns: str, make: Callable[[], dict[str, Any]], event: Event,
+                        what: str) -> dict[str, Any]:
+    """Secret NAME as read, created from MAKE() first when missing (a concurrent create
+    wins: read it); never overwritten. WHAT is said in the Created event."""
     secret = kube.read("Secret", name, ns)
     if secret is not None:
         return secret
     try:
-        kube.create(node_auth_secret(cluster, ns, secrets.token_hex(KEY_BYTES), owner))
-        event("Normal", "Created", f"created Secret {name} (the storage nodes' key {nodekeys.KEY_ITEM}; "
-                                   f"tokens {', '.join(t.value + '.token' for t in nodekeys.TOKEN_ROLES)})")
+        kube.create(make())
+        event("Normal", "Created", f"created Secret {name} ({what})")
     except Conflict:
         pass
     secret = kube.read("Secret", name, ns)
     if secret is None:
         raise RuntimeError(f"Secret {name} vanished right after it was created")
     return secret
+
+
+def ensure_secret(kube: Kube, cluster: str, ns: str, owner: Mapping[str, Any], event: Event) -> dict[str, Any]:
+    """The node-auth Secret as read, created first when missing."""
+    return secret_created_once(
+        kube, node_auth_secret_name(cluster), ns,
+        lambda: node_auth_secret(cluster, ns, secrets.token_hex(KEY_BYTES), owner), event,
+        f"the storage nodes' key {nodekeys.KEY_ITEM}; "
+        f"tokens {', '.join(t.value + '.token' for t in nodekeys.TOKEN_ROLES)}")
 
 
 def cluster_credentials(kube: Kube, state: ClusterState, cluster: str, ns: str, owner: Mapping[str, Any],

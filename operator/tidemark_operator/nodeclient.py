@@ -2,13 +2,15 @@
 aiohttp: the operator's only client of the nodes. Status reads of all pods go out
 concurrently, so one slow pod does not stretch a pass by its timeout per pod.
 
-A cluster's calls go through `for_cluster(credentials)`: a view sharing the process's
-session that presents the cluster's admin token (each AuroraCluster has its own key)."""
+A cluster's calls go through `for_cluster(credentials, tls)`: a view sharing the process's
+session that presents the cluster's admin token (each AuroraCluster has its own key) and
+verifies the nodes' certificates against the cluster's own CA (verify-ca, nodetls.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,16 +50,19 @@ class NodeClient:
     alive: a storage pod restarted at the same address must not meet a stale one."""
 
     def __init__(self, status_timeout: float = STATUS_TIMEOUT, write_timeout: float = WRITE_TIMEOUT,
-                 credentials: NodeCredentials | None = None, sessions: _Sessions | None = None) -> None:
+                 credentials: NodeCredentials | None = None, sessions: _Sessions | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.status_timeout = status_timeout
         self.write_timeout = max(write_timeout, status_timeout)
         self.credentials = credentials  # None: no token (the instances' admin endpoints)
+        self.tls = tls  # None: the system's trust (https) or none needed (http)
         self.refused = False  # a node answered 401 to this view (its credentials are stale)
         self._sessions = sessions or _Sessions()
 
-    def for_cluster(self, credentials: NodeCredentials) -> NodeClient:
-        """A view presenting CREDENTIALS' admin token, on this client's session."""
-        return NodeClient(self.status_timeout, self.write_timeout, credentials, self._sessions)
+    def for_cluster(self, credentials: NodeCredentials, tls: ssl.SSLContext | None = None) -> NodeClient:
+        """A view presenting CREDENTIALS' admin token and trusting TLS's CA, on this
+        client's session."""
+        return NodeClient(self.status_timeout, self.write_timeout, credentials, self._sessions, tls)
 
     async def close(self) -> None:
         await self._sessions.close()
@@ -67,6 +72,7 @@ class NodeClient:
         try:
             async with self._sessions.get().request(
                     method, url, json=body, headers=headers_for(self.credentials, Role.ADMIN),
+                    ssl=self.tls if self.tls is not None else True,
                     timeout=aiohttp.ClientTimeout(total=timeout or self.write_timeout)) as resp:
                 raw = await resp.read()
                 self.refused |= resp.status == 401

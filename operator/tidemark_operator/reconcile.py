@@ -25,6 +25,7 @@ from . import (
     instances,
     maintenance,
     node_access,
+    node_tls_access,
     objects,
     placement_store,
     repair_executor,
@@ -221,7 +222,11 @@ async def _converge(ctx: Context, state: ClusterState, body: Mapping[str, Any], 
     # before the StatefulSets: their pods mount the key (nodes get the cluster's admin token)
     creds = await asyncio.to_thread(node_access.cluster_credentials, kube, state, name, ns,
                                     placement_store.owner_of(body), event)
-    nodes = nodes.for_cluster(creds)
+    # likewise the TLS Secret (its certificate re-issued here when due); every node call
+    # verifies the nodes against the cluster's own CA
+    trust = await asyncio.to_thread(node_tls_access.cluster_trust, kube, state, name, ns,
+                                    placement_store.owner_of(body), event)
+    nodes = nodes.for_cluster(creds, trust)
     try:
         return await _converge_nodes(ctx, state, body, spec, backup, restore, list_pods, event, nodes, zones,
                                      doc, job, progressing)

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from . import nodekeys
+from . import nodekeys, nodetls
 from .backupspec import BackupSpec, backup_args, backup_env, backup_key_volumes
 from .model import (
     NODE_PORT,
@@ -21,6 +21,7 @@ from .model import (
     ZONE_POD_LABEL,
     cluster_labels,
     node_auth_secret_name,
+    node_tls_secret_name,
     pdb_name,
     selector_labels,
     service_name,
@@ -61,6 +62,18 @@ def node_auth_secret(cluster: str, namespace: str, key: str,
     }, owner)
 
 
+def node_tls_secret(cluster: str, namespace: str, data: Mapping[str, str],
+                    owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`<cluster>-node-tls`: the cluster's CA and the nodes' serving certificate (DATA:
+    nodetls.new_entries, base64). Created once; only the serving certificate is ever
+    re-issued (nodetls.renewed_entries), with the same CA."""
+    return _stamp({
+        "apiVersion": "v1", "kind": "Secret", "type": nodetls.SECRET_TYPE,
+        "metadata": _meta(node_tls_secret_name(cluster), namespace, cluster),
+        "data": dict(data),
+    }, owner)
+
+
 def headless_service(cluster: str, namespace: str, owner: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return _stamp({
         "apiVersion": "v1",
@@ -96,10 +109,11 @@ def statefulset(
         {"name": "ZONE", "value": zone},
         *(backup_env(backup) if backup else []),
     ]
-    probe = {"httpGet": {"path": "/readyz", "port": NODE_PORT}, "periodSeconds": 5,
+    probe = {"httpGet": {"path": "/readyz", "port": NODE_PORT, "scheme": "HTTPS"}, "periodSeconds": 5,
              "failureThreshold": 3}
     key_volumes, key_mounts = backup_key_volumes(backup) if backup else ([], [])
     auth_volume, auth_mount = nodekeys.key_volume(cluster)
+    tls_volume, tls_mount = nodetls.node_volume(cluster)
     container: dict[str, Any] = {
         "name": "node",
         "image": spec.image,
@@ -109,14 +123,17 @@ def statefulset(
                     # the cluster's node key (docs/wire.md, "Authentication and roles");
                     # the probes' /readyz and /livez are open routes
                     "--auth-key-file", nodekeys.key_path(),
+                    # https only, the cluster's own CA (docs/operator.md "TLS"); the probes
+                    # are https too (the kubelet does not verify their certificate)
+                    *nodetls.node_args(),
                     *(backup_args(backup) if backup else [])],
         "env": env,
         "ports": [{"name": "node", "containerPort": NODE_PORT}],
         "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT}, "periodSeconds": 10,
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": NODE_PORT, "scheme": "HTTPS"}, "periodSeconds": 10,
                           "failureThreshold": 6, "initialDelaySeconds": 10},
         "volumeMounts": [{"name": "data", "mountPath": "/data"}, {"name": "tmp", "mountPath": "/tmp"},
-                         auth_mount, *key_mounts],
+                         auth_mount, tls_mount, *key_mounts],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -140,7 +157,7 @@ def statefulset(
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
         # the root filesystem is read-only
-        "volumes": [{"name": "tmp", "emptyDir": {}}, auth_volume, *key_volumes],
+        "volumes": [{"name": "tmp", "emptyDir": {}}, auth_volume, tls_volume, *key_volumes],
     }
     sts_spec: dict[str, Any] = {
         "replicas": spec.nodes_per_zone,

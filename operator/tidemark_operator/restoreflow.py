@@ -148,7 +148,8 @@ async def post_observe(nodes: NodeClient, state: ClusterState, job: RestoreJob, 
         if job.state != "validated":
             return
         topo = topology_from_objects(dict(doc), {p.name: p.ip for p in pods if p.running},
-                                     meta["namespace"], meta["name"], nodes.credentials)
+                                     meta["namespace"], meta["name"], nodes.credentials, nodes.tls,
+                                     frozenset(p.name for p in pods if not p.tls))
         job.state, job.message, job.progress = "loading", "loading the backup into the new pods", ""
     event("Normal", "RestoreLoading", f"loading the backup at LSN {job.lsn} into {len(topo.nodes)} pods")
     jobs.spawn(jobs.load, job, topo, name=f"restore-load-{meta['name']}")

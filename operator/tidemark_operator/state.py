@@ -5,6 +5,8 @@ re-derived from the cluster or harmless to lose, see each field)."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +65,10 @@ class ClusterState:
     # the tokens for the cluster's nodes, from its node-auth Secret (lost on restart, and
     # dropped after a pass a node refused them in: read again)
     node_credentials: NodeCredentials | None = field(default=None, repr=False)
+    # trust for the cluster's nodes (its node-tls Secret's CA) and when the serving
+    # certificate there expires (the pass re-issues it RENEW_BEFORE that; lost on restart)
+    node_tls: ssl.SSLContext | None = field(default=None, repr=False)
+    node_tls_expiry: dt.datetime | None = None
     # one pass at a time (the change handlers and the timer may fire together)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

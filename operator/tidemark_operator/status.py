@@ -19,10 +19,11 @@ class PodObs:
     zone: str
     ip: str | None
     running: bool
+    tls: bool = True  # it serves https (a pod made before node TLS: http until it rolls)
 
     @property
     def url(self) -> str:
-        return f"http://{self.ip}:{NODE_PORT}"
+        return f"{'https' if self.tls else 'http'}://{self.ip}:{NODE_PORT}"
 
 
 def condition(type_: str, status: bool, reason: str, message: str, generation: int,

@@ -13,21 +13,23 @@ so rotation needs no restart.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import os
 import secrets
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tidemark_compute.topology import TLS_CA_FILE, TLS_DIR
+from tidemark_protocol import pki
 
 CA_DAYS = 365
 NODE_DAYS = 30
 RENEW_BEFORE = dt.timedelta(days=7)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -44,15 +46,6 @@ def _write_public(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def ensure_ca(directory: Path, name: str | None = None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """The fleet's CA (made once; a fleet keeps its CA). Its name is unique, so two fleets'
     CAs are never mistaken for each other by name."""
@@ -60,58 +53,25 @@ def ensure_ca(directory: Path, name: str | None = None) -> tuple[x509.Certificat
     tls.mkdir(mode=0o700, parents=True, exist_ok=True)
     cert_path, key_path = tls / TLS_CA_FILE, tls / "ca.key"
     if cert_path.exists() and key_path.exists():
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = name or f"tidemark playground CA {secrets.token_hex(4)}"
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = _now()
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=CA_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                         content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .sign(key, hashes.SHA256()))
-    _write_private(key_path, _key_pem(key))
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        return pki.load_ca(cert_path.read_bytes(), key_path.read_bytes())
+    cert, key = pki.make_ca(name or f"tidemark playground CA {secrets.token_hex(4)}", CA_DAYS, _now())
+    _write_private(key_path, pki.key_pem(key))
+    _write_public(cert_path, pki.cert_pem(cert))
     return cert, key
 
 
 def issue(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, common_name: str, host: str,
           days: float = NODE_DAYS) -> tuple[bytes, bytes]:
-    """A server certificate for `host` (an IP address or a DNS name): (cert PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
-    except ValueError:
-        san = x509.DNSName(host)
-    now = _now()
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                  ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+    """A server certificate for `host` (an IP address or a DNS name): (cert PEM, key PEM).
+    The playground names each node's own address: clients check it (verify-full)."""
+    return pki.issue(ca, ca_key, common_name, [host], days, _now())
 
 
 def _current(path: Path, host: str) -> bool:
     """The certificate at `path` names `host` and is not close to expiry."""
     if not path.exists():
         return False
-    cert = x509.load_pem_x509_certificate(path.read_bytes())
-    if cert.not_valid_after_utc - _now() < RENEW_BEFORE:
-        return False
-    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return host in [str(n) for n in names.get_values_for_type(x509.IPAddress)] + \
-        names.get_values_for_type(x509.DNSName)
+    return pki.current(x509.load_pem_x509_certificate(path.read_bytes()), RENEW_BEFORE, _now(), [host])
 
 
 def certificate_for(directory: Path, name: str, host: str, force: bool = False) -> tuple[Path, Path]:

@@ -70,8 +70,9 @@ class ClusterAccess:
     lease_name: str  # the writer Lease
 
 
-# (cluster, namespace or None, node tokens or None: the binding finds them) -> access
-ClusterBinding = Callable[[str, str | None, NodeCredentials | None], ClusterAccess]
+# (cluster, namespace or None, node tokens or None: the binding finds them, the nodes' CA
+# file or None: likewise) -> access
+ClusterBinding = Callable[[str, str | None, NodeCredentials | None, Path | None], ClusterAccess]
 
 
 def _node_tokens(directory: Path | None) -> NodeCredentials | None:
@@ -268,6 +269,9 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
     @click.option("--node-tokens-dir", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
                   help="--from-cluster: the storage nodes' tokens (files writer.token / reader.token, a mounted "
                        "Secret; default: derived from the cluster's node-auth Secret when it may be read).")
+    @click.option("--node-ca-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help="--from-cluster: the CA the storage nodes' certificates are verified against (ca.crt, a "
+                       "mounted Secret; default: the cluster's node-tls Secret's when it may be read).")
     @click.option("--tls-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                   help="Offer TLS (sslmode=require/verify-full) with this certificate (PEM).")
     @click.option("--tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -278,8 +282,8 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
     def serve(directory: Path, listen: str, role: str, admin_listen: str | None, writer_feed: str | None,
               password_file: Path | None, insecure_no_auth: bool, cache_size: int | None, multi_range_redo: bool,
               max_connections: int, from_cluster: str | None, namespace: str | None, identity: str | None,
-              credentials_dir: Path | None, node_tokens_dir: Path | None, max_lag_ms: float | None,
-              tls_cert: Path | None, tls_key: Path | None, require_tls: bool) -> None:
+              credentials_dir: Path | None, node_tokens_dir: Path | None, node_ca_file: Path | None,
+              max_lag_ms: float | None, tls_cert: Path | None, tls_key: Path | None, require_tls: bool) -> None:
         """Serve the database of the fleet in DIR (or of an AuroraCluster) on the PostgreSQL wire protocol."""
         host, port = _listen(listen)
         tls = _tls(tls_cert, tls_key, require_tls)
@@ -300,7 +304,7 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                 raise click.UsageError("--from-cluster: --admin-listen must name the pod's address "
                                        "(it is advertised to replicas), not a wildcard")
             token = feed_token(_credentials_text(credentials_dir, password_file))
-            access = binding(from_cluster, namespace, _node_tokens(node_tokens_dir))
+            access = binding(from_cluster, namespace, _node_tokens(node_tokens_dir), node_ca_file)
             who = identity or socket.gethostname()
             if role == "replica":
                 code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,

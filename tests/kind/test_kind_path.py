@@ -71,6 +71,14 @@ def test_cluster_yaml_is_ready_with_pods_in_their_zones_and_pvcs_bound(demo: Kin
         # Pod Security "restricted": RuntimeDefault seccomp, no service-account token.
         assert pod["spec"]["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["spec"]["automountServiceAccountToken"] is False
+        # https only, probed over https by the kubelet (the pods are Ready: it works)
+        node = pod["spec"]["containers"][0]
+        assert node["readinessProbe"]["httpGet"]["scheme"] == node["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+        assert node["command"][node["command"].index("--tls-verify") + 1] == "ca"
+    secret = demo.json("get", "secret", "demo-node-tls")
+    kind, entries = secret["type"], sorted(secret["data"])  # never the data in an assert message
+    del secret
+    assert kind == "kubernetes.io/tls" and entries == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
     # One storage pod per worker: each zone's third worker is the spare for a rebuild.
     assert len({p["spec"]["nodeName"] for p in pods}) == 9
     pvcs = demo.json("get", "pvc", "-l", "tidemark.dev/cluster=demo")["items"]

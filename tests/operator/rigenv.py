@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -27,7 +28,7 @@ from tidemark_compute.verify_model import Model
 from tidemark_compute.workload import run_workload, verify
 from tidemark_compute.writer import Writer
 from tidemark_operator.model import GROUP, NODE_PORT, PLURAL, VERSION
-from tidemark_operator.topology import cluster_credentials, cluster_topology
+from tidemark_operator.topology import cluster_credentials, cluster_topology, cluster_trust
 from tidemark_protocol.node_auth import Role, headers_for
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.fixtures import kubectl_path
@@ -155,10 +156,17 @@ def node_headers(e: dict[str, Any], name: str = NAME, role: Role = Role.ADMIN) -
     return headers_for(cluster_credentials(e["core"], e["ns"], name), role)
 
 
+def node_trust(e: dict[str, Any], name: str = NAME) -> ssl.SSLContext:
+    """Trust for the cluster's storage nodes: its own CA (verify-ca), from its node-tls Secret."""
+    tls = cluster_trust(e["core"], e["ns"], name)
+    assert tls is not None, f"no {name}-node-tls Secret"
+    return tls
+
+
 def node_status(e: dict[str, Any], ip: str, name: str = NAME, timeout: float = 2.0) -> dict[str, Any]:
-    """A storage pod's /v1/status, asked with the cluster's admin token."""
-    request = urllib.request.Request(f"http://{ip}:{NODE_PORT}/v1/status", headers=node_headers(e, name))
-    with urllib.request.urlopen(request, timeout=timeout) as r:
+    """A storage pod's /v1/status over https, asked with the cluster's admin token."""
+    request = urllib.request.Request(f"https://{ip}:{NODE_PORT}/v1/status", headers=node_headers(e, name))
+    with urllib.request.urlopen(request, timeout=timeout, context=node_trust(e, name)) as r:
         doc: dict[str, Any] = json.loads(r.read())
     return doc
 

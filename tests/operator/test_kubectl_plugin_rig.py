@@ -132,7 +132,7 @@ def test_report_bundle_holds_the_cluster_and_never_secret_data(env: dict[str, An
     assert ac["spec"]["nodesPerZone"] == 3 and ac["status"]["healthyPGs"] == "4/4"
     assert len(yaml.safe_load(files["objects/statefulsets.yaml"])) == 3
     assert f"{NAME}-placement" in {c["metadata"]["name"] for c in yaml.safe_load(files["objects/configmaps.yaml"])}
-    assert files["objects/secrets.txt"].decode().split() == [f"{NAME}-extra", f"{NAME}-node-auth"]
+    assert files["objects/secrets.txt"].decode().split() == [f"{NAME}-extra", f"{NAME}-node-auth", f"{NAME}-node-tls"]
     assert json.loads(files[f"nodes/{pods[0]}.json"])["node"] == pods[0]
     assert any(e["reason"] == "Created" for e in yaml.safe_load(files["events.yaml"]))
     manifest = json.loads(files["manifest.json"])
@@ -142,6 +142,8 @@ def test_report_bundle_holds_the_cluster_and_never_secret_data(env: dict[str, An
     encoded = base64.b64encode(SECRET_VALUE.encode())
     node_auth = env["core"].read_namespaced_secret(f"{NAME}-node-auth", env["ns"], _request_timeout=5).data
     node_secrets = [base64.b64decode(v).strip() for v in node_auth.values()]  # the key and its tokens
+    node_tls = env["core"].read_namespaced_secret(f"{NAME}-node-tls", env["ns"], _request_timeout=5).data
+    node_secrets += [base64.b64decode(node_tls[k]).split(b"\n")[1] for k in ("ca.key", "tls.key")]  # PEM lines
     for name, data in files.items():
         assert SECRET_VALUE.encode() not in data and encoded not in data, name
         assert not any(s in data for s in node_secrets), name

@@ -8,9 +8,11 @@ spec change, and deletion."""
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -32,12 +34,15 @@ from rigenv import (
     kubectl,
     node_headers,
     node_status,
+    node_trust,
     operator_env,
     owned,
     ready,
     workload_during,
 )
 
+from tidemark_compute.topology import client_tls_verify_ca
+from tidemark_operator import nodetls
 from tidemark_operator.model import GROUP, PLURAL, VERSION, ZONE_LABEL, ZONE_POD_LABEL
 from tidemark_operator.steps import AFTER_REPAIR_BEGIN, AFTER_REPAIR_FINISH
 from tidemark_operator.topology import cluster_topology
@@ -166,11 +171,12 @@ def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> N
     assert 'what="' not in text  # one gauge per quantity, named by its unit
 
 
-def _call(ip: str, method: str, path: str, headers: dict[str, str] | None = None) -> int:
-    """The HTTP status a storage pod answers METHOD PATH with."""
-    request = urllib.request.Request(f"http://{ip}:7000{path}", method=method, headers=headers or {})
+def _call(ip: str, method: str, path: str, headers: dict[str, str] | None = None,
+          tls: ssl.SSLContext | None = None) -> int:
+    """The HTTP status a storage pod answers METHOD PATH with (over https, trusting TLS)."""
+    request = urllib.request.Request(f"https://{ip}:7000{path}", method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5, context=tls) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -196,11 +202,12 @@ def test_storage_pods_refuse_calls_without_the_clusters_tokens(env: dict[str, An
     assert mounted.joinpath("node-auth.key").stat().st_mode & 0o777 == 0o400
     pg = next(pg for pg, m in cluster_topology(core, ns, NAME).memberships.items() if name in m.members)
 
-    assert _call(ip, "GET", "/readyz") == 200 and _call(ip, "GET", "/livez") == 200  # the probes
-    assert _call(ip, "GET", "/v1/status") == 401
-    assert _call(ip, "DELETE", f"/v1/segments/{pg}") == 401
-    assert _call(ip, "DELETE", f"/v1/segments/{pg}", node_headers(env, role=Role.WRITER)) == 403
-    assert _call(ip, "DELETE", f"/v1/segments/{pg}", {"Authorization": "Bearer admin." + "0" * 64}) == 401
+    tls = node_trust(env)
+    assert _call(ip, "GET", "/readyz", tls=tls) == 200 and _call(ip, "GET", "/livez", tls=tls) == 200  # the probes
+    assert _call(ip, "GET", "/v1/status", tls=tls) == 401
+    assert _call(ip, "DELETE", f"/v1/segments/{pg}", tls=tls) == 401
+    assert _call(ip, "DELETE", f"/v1/segments/{pg}", node_headers(env, role=Role.WRITER), tls) == 403
+    assert _call(ip, "DELETE", f"/v1/segments/{pg}", {"Authorization": "Bearer admin." + "0" * 64}, tls) == 401
     assert pg in {int(s["pg"]) for s in node_status(env, ip)["segments"]}
 
     time.sleep(4)  # several operator passes, each calling every node with its token
@@ -216,6 +223,56 @@ def test_storage_pods_refuse_calls_without_the_clusters_tokens(env: dict[str, An
                          env={**os.environ, "KUBECONFIG": str(env["rig"].kubeconfig)})
     assert res.returncode == 0, res.stderr[-2000:]
     assert json.loads(res.stdout.strip().splitlines()[-1])["verified"] is True
+
+
+def test_storage_pods_speak_tls_only_and_are_verified_against_the_clusters_ca(env: dict[str, Any],
+                                                                             tmp_path: Any) -> None:
+    """The operator made the cluster's node-tls Secret (owned by it: its CA and the nodes'
+    certificate); a storage pod mounts the certificate, its key and ca.crt (never ca.key),
+    refuses plain http, fails a client that trusts another CA and serves one that trusts
+    the cluster's (by pod IP, which the certificate does not name: verify-ca); a workload
+    given the mounted CA file alone, as a pod runs it, verifies."""
+    ns, core = env["ns"], env["core"]
+    secret = core.read_namespaced_secret(f"{NAME}-node-tls", ns, _request_timeout=5)
+    # plain values first: a failed assert must not print the Secret's data
+    kind, entries, ca_pem = secret.type, sorted(secret.data), base64.b64decode(secret.data["ca.crt"])
+    owners = [(o.kind, o.name) for o in secret.metadata.owner_references]
+    del secret
+    assert kind == "kubernetes.io/tls" and entries == ["ca.crt", "ca.key", "tls.crt", "tls.key"]
+    assert owners == [("AuroraCluster", NAME)]
+    pod = sorted(core.list_namespaced_pod(ns, label_selector=f"tidemark.dev/cluster={NAME}",
+                                          _request_timeout=5).items, key=lambda p: p.metadata.name)[0]
+    ip, name = pod.status.pod_ip, pod.metadata.name
+    assert pod.spec.containers[0].readiness_probe.http_get.scheme == "HTTPS"
+    mounted = env["rig"].dir / "pods" / ns / name / "etc" / "tidemark" / "node-tls"
+    assert sorted(f.name for f in mounted.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
+    assert all(f.stat().st_mode & 0o777 == 0o400 for f in mounted.iterdir())
+
+    with pytest.raises((OSError, http.client.HTTPException)):  # plain http: no answer at all
+        urllib.request.urlopen(f"http://{ip}:7000/livez", timeout=5)
+    other_ca = client_tls_verify_ca(ca_pem=nodetls.ca_pem(nodetls.new_entries(NAME, ns)))
+    with pytest.raises(urllib.error.URLError) as refused:
+        urllib.request.urlopen(f"https://{ip}:7000/livez", timeout=5, context=other_ca)
+    assert isinstance(refused.value.reason, ssl.SSLCertVerificationError)
+    assert _call(ip, "GET", "/livez", tls=node_trust(env)) == 200
+    assert pg_count(node_status(env, ip)) > 0
+
+    files = tmp_path / "pod"
+    files.mkdir()
+    (files / "writer.token").write_bytes(base64.b64decode(
+        core.read_namespaced_secret(f"{NAME}-node-auth", ns, _request_timeout=5).data["writer.token"]))
+    (files / "ca.crt").write_bytes(ca_pem)
+    res = subprocess.run([TIDEMARK, "workload", "--from-cluster", NAME, "--namespace", ns, "--seconds", "1",
+                          "--concurrency", "4", "--verify", "--json", "--node-tokens-dir", str(files),
+                          "--node-ca-file", str(files / "ca.crt")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "KUBECONFIG": str(env["rig"].kubeconfig)})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1])["verified"] is True
+
+
+def pg_count(status: dict[str, Any]) -> int:
+    return len(status.get("segments", []))
 
 
 def test_deleted_zone_statefulset_is_recreated_and_writes_never_stop(env: dict[str, Any]) -> None:

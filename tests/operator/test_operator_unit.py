@@ -249,8 +249,8 @@ def test_topology_from_placement() -> None:
     ips["demo-zone-c-1"] = None
     topo = topology_from_objects(doc, ips, "ns", "demo")
     assert topo.layout.pg_count == 4 and len(topo.memberships) == 4
-    assert topo.nodes["demo-zone-a-0"] == "http://127.0.0.1:7000"
-    assert topo.nodes["demo-zone-c-1"] == "http://demo-zone-c-1.demo-nodes.ns.svc:7000"
+    assert topo.nodes["demo-zone-a-0"] == "https://127.0.0.1:7000"
+    assert topo.nodes["demo-zone-c-1"] == "https://demo-zone-c-1.demo-nodes.ns.svc:7000"
 
 
 def _sts(gen: int = 1, replicas: int = 2, ready: int = 2, cur: str = "r1", upd: str = "r1") -> dict:

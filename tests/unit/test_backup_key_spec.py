@@ -40,8 +40,9 @@ def test_pods_get_key_files_from_mounted_secrets() -> None:
     pod = sts["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     secrets = {v["secret"]["secretName"]: v for v in pod["volumes"] if "secret" in v}
-    assert set(secrets) == {"k-new", "k-old", "db-node-auth"}  # and the node key (test_node_auth_pods.py)
-    del secrets["db-node-auth"]
+    # and the node key (test_node_auth_pods.py) and TLS files (test_node_tls_pods.py)
+    assert set(secrets) == {"k-new", "k-old", "db-node-auth", "db-node-tls"}
+    del secrets["db-node-auth"], secrets["db-node-tls"]
     assert all(v["secret"]["items"] == [{"key": "key", "path": "key"}] for v in secrets.values())
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/etc/tidemark/backup-keys/0"]["readOnly"] is True

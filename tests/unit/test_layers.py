@@ -91,3 +91,24 @@ def test_only_the_cli_imports_the_rig() -> None:
                 [a.name for a in node.names] if isinstance(node, ast.Import) else []
             offenders += [f"{p.relative_to(ROOT)}:{node.lineno}" for n in names if n.startswith("tidemark_rig")]
     assert not offenders, offenders
+
+
+SANS_IO_MODULES = {"socket", "asyncio", "time", "os", "pathlib", "shutil", "subprocess", "threading", "selectors"}
+
+
+def test_the_protocol_is_sans_io() -> None:
+    """The protocol layer is fed events: it opens no socket, file or process and reads no
+    clock (callers say what time it is)."""
+    found = []
+    for path in sorted((ROOT / "protocol").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}: import {n}" for n in names if n.split(".")[0] in SANS_IO_MODULES]
+            if isinstance(node, ast.Call):
+                fn = node.func
+                called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else ""
+                if called in {"now", "utcnow", "today", "open"}:
+                    found.append(f"{path.name}:{node.lineno}: {called}()")
+    assert not found, found
