@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from tidemark_protocol.layout import VolumeLayout
-from tidemark_protocol.node_auth import NodeCredentials, Role, headers_for, parse_keys
+from tidemark_protocol.node_auth import BadToken, NodeCredentials, Role, headers_for, parse_keys
 from tidemark_protocol.quorum import Membership
 
 
@@ -120,7 +120,10 @@ def load_token_credentials(directory: Path) -> NodeCredentials:
     tokens = [(directory / token_file(r)).read_text() for r in Role if (directory / token_file(r)).is_file()]
     if not tokens:
         raise FileNotFoundError(f"no node token ({', '.join(token_file(r) for r in Role)}) in {directory}")
-    return NodeCredentials.from_tokens(tokens)
+    try:
+        return NodeCredentials.from_tokens(tokens)
+    except BadToken as exc:
+        raise BadToken(f"{directory}: {exc}") from None
 
 
 def load_topology(directory: Path) -> Topology:

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Any
 
 from tidemark_compute.topology import Topology, client_tls_verify_ca
+from tidemark_protocol.errors import UserError
 from tidemark_protocol.layout import VolumeLayout
 from tidemark_protocol.node_auth import NodeCredentials
 
@@ -55,7 +56,10 @@ def topology_from_objects(doc: dict[str, Any], pod_ips: dict[str, str | None], n
 
 def trust_from_file(ca_file: str) -> ssl.SSLContext:
     """A pod's mounted ca.crt (nodetls.ca_path()) as the trust for the nodes (verify-ca)."""
-    return client_tls_verify_ca(ca_file=ca_file)
+    try:
+        return client_tls_verify_ca(ca_file=ca_file)
+    except ssl.SSLError as exc:
+        raise UserError(f"{ca_file}: not a CA certificate ({exc.reason or exc})") from None
 
 
 def cluster_credentials(core: Any, namespace: str, cluster: str) -> NodeCredentials | None:

@@ -27,6 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from .errors import UserError
+
 SCHEME = "Bearer"
 MIN_KEY_CHARS = 32
 MAC_HEX_CHARS = 64  # a token's HMAC-SHA256, in hex
@@ -62,11 +64,11 @@ ROUTE_ROLES: dict[tuple[str, str], frozenset[Role]] = {
 }
 
 
-class BadKey(ValueError):
+class BadKey(UserError, ValueError):
     """A key file that cannot be used (empty, or a key too short to be a secret)."""
 
 
-class BadToken(ValueError):
+class BadToken(UserError, ValueError):
     """A token text that is not `ROLE.<64 hex digits>`."""
 
 

@@ -201,3 +201,19 @@ def test_status_says_a_node_backs_up_with_unconditional_puts() -> None:
     fleet = {"nodes": [{"name": "a1", "alive": True, "backup_conditional_puts": False},
                        {"name": "a2", "alive": True, "backup_conditional_puts": None}], "pgs": []}
     assert problems(fleet) == ["node a1: its backup store lacks conditional writes (puts may overwrite objects)"]
+
+
+def test_a_bad_node_token_or_ca_file_of_workload_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--from-cluster with a mounted token directory or CA file that holds no usable
+    token or certificate: one line naming it, before any API server is asked."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-kubeconfig"))
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    run = ("workload", "--seconds", 1, "--from-cluster", "demo", "--node-tokens-dir", tokens)
+    assert "no node token" in one_line_error(tidemark(*run))
+    (tokens / "writer.token").write_text("garbage\n")
+    said = json_error(tidemark(*run, "--json"))
+    assert str(tokens) in said and "not a node token" in said
+    (tokens / "writer.token").write_text("writer." + "ab" * 32 + "\n")
+    (tmp_path / "ca.crt").write_text("not a certificate\n")
+    assert "ca.crt" in one_line_error(tidemark(*run, "--node-ca-file", tmp_path / "ca.crt"))
