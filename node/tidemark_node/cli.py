@@ -10,6 +10,7 @@ import click
 import structlog
 from aiohttp import web
 
+from tidemark_backup import images
 from tidemark_backup.sealed import Keyring
 from tidemark_protocol.node_auth import BadKey, NodeCredentials, Role, Verifier, parse_keys
 
@@ -84,6 +85,10 @@ def node() -> None:
 @click.option("--backup-snapshot-interval", type=float, default=60.0, show_default=True,
               help="seconds between automated snapshots of a PG")
 @click.option("--backup-retention-days", type=click.FloatRange(1, 35), default=1.0, show_default=True)
+@click.option("--backup-extent-kib", type=click.IntRange(4, 64 << 10), default=images.EXTENT_BYTES >> 10,
+              show_default=True,
+              help="span of a base image's extents: a new image re-stores each extent with a changed "
+                   "page (smaller: less storage for scattered changes; larger: fewer objects, faster restores)")
 @click.option("--backup-key-file", "backup_key_files", multiple=True, type=click.Path(dir_okay=False),
               help="encrypt backup objects with this key (repeatable: the first encrypts, all "
                    "decrypt; 32 bytes as hex or base64)")
@@ -123,6 +128,7 @@ def run(
     backup_interval: float,
     backup_snapshot_interval: float,
     backup_retention_days: float,
+    backup_extent_kib: int,
     backup_key_files: tuple[str, ...],
     auth_key_file: str | None,
     insecure_no_auth: bool,
@@ -160,7 +166,8 @@ def run(
         scrub_interval=scrub_interval,
         backup=backup_url,
         backup_options={"interval": backup_interval, "snapshot_interval": backup_snapshot_interval,
-                        "retention_days": backup_retention_days, "keyring": keyring},
+                        "retention_days": backup_retention_days, "extent_bytes": backup_extent_kib << 10,
+                        "keyring": keyring},
         fault_injection=enable_fault_injection,
         trace_console=trace_console,
         auth=verifier,

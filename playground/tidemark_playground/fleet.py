@@ -243,6 +243,7 @@ class Fleet:
         for flag, key in (("--gossip-interval", "gossip_interval"), ("--backup", "backup"),
                           ("--backup-interval", "backup_interval"),
                           ("--backup-snapshot-interval", "backup_snapshot_interval"),
+                          ("--backup-extent-kib", "backup_extent_kib"),
                           ("--scrub-interval", "scrub_interval"),
                           ("--materialize-interval", "materialize_interval")):
             if key in self.options:

@@ -60,7 +60,9 @@ async def backup_fleet(directory: Path, url: str, pgs: int = 4, pages_per_pg: in
     keys = {"backup_key_files": [str(k) for k in key_files]} if key_files else {}
     fleet, topology = await fleet_mod.up(
         directory, 2, pgs, pages_per_pg, 4096, ip or base_ip(), backup=url,
-        backup_options={"backup_interval": interval, "backup_snapshot_interval": snapshot_interval, **keys})
+        # 64 KiB extents: the scale model's article "10 GB" unit is 16 pages of 4 KiB
+        backup_options={"backup_interval": interval, "backup_snapshot_interval": snapshot_interval,
+                        "backup_extent_kib": 64, **keys})
     bf = BackupFleet(directory, url, fleet, topology)
     try:
         bf.writer = await Writer.open(topology)
