@@ -15,8 +15,9 @@ from tidemark_backup.sealed import Keyring
 from tidemark_protocol.node_auth import BadKey, NodeCredentials, Role, Verifier, parse_keys
 
 from .app import make_app
+from .server_tls import ServerTLS
 from .state import Settings
-from .tls import ServerTLS, peer_trust
+from .tls import peer_trust
 
 
 def setup_logging(node: str, zone: str, level: str = "INFO") -> None:

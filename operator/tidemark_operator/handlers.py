@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import backup_poll, ha, metrics, nodetls, restoreflow, snapshots, writer_watch
+from . import backup_poll, ha, instances, metrics, nodetls, restoreflow, snapshots, writer_watch
 from .backupspec import SNAPSHOT_PLURAL, BackupSpec
 from .instances import InstancePod
 from .kube import Kube, connection_info, load_config
@@ -110,11 +110,13 @@ def pods_of(index: kopf.Index[tuple[str, str], PodObs], ns: str, cluster: str) -
 
 def instance_pods(namespace: str, name: str, labels: kopf.Labels, meta: kopf.Meta, spec: kopf.Spec,
                   status: kopf.Status, **_: Any) -> dict[tuple[str, str], InstancePod]:
-    """(namespace, cluster) -> its database instance pods as observed."""
+    """(namespace, cluster) -> its database instance pods as observed, and whether each
+    one's admin endpoint is https."""
     ip = status.get("podIP") or None
     running = status.get("phase") == "Running" and bool(ip) and meta.get("deletionTimestamp") is None
+    tls = nodetls.serves_tls(nodetls.pod_command(spec))  # its admin endpoint: https, or http (older pods)
     return {(namespace, labels[CLUSTER_LABEL]): InstancePod(name, labels.get(ROLE_LABEL, ""), ip, running,
-                                                            spec.get("nodeName"))}
+                                                            spec.get("nodeName"), tls)}
 
 
 def instances_of(index: kopf.Index[tuple[str, str], InstancePod], ns: str,
@@ -212,8 +214,9 @@ async def writer_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, memo: kopf
     ns, name = body.metadata.namespace, body.metadata.name
     while not stopped:
         try:
-            await writer_watch.check(ctx.kube, ctx.nodes, state, name, ns, instances_of(instance_pods, ns, name)(),
-                                     events(body))
+            # the admin endpoints' view: the cluster's CA as the last pass read it
+            await writer_watch.check(ctx.kube, instances.admin_client(ctx.nodes, state), state, name, ns,
+                                     instances_of(instance_pods, ns, name)(), events(body))
         except Exception as exc:  # noqa: BLE001 - an apiserver blip: the next look retries
             log.warning("%s/%s writer lease check failed: %s", ns, name, exc)
         await stopped.wait(writer_watch.WATCH_EVERY)

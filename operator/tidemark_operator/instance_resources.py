@@ -17,7 +17,7 @@ from typing import Any
 
 from tidemark_protocol.node_auth import Role
 
-from . import nodekeys, nodetls
+from . import instancetls, nodekeys, nodetls
 from .model import (
     RUN_LOCAL_LABEL,
     SQL_ADMIN_PORT,
@@ -98,6 +98,8 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
     tokens_volume, tokens_mount = nodekeys.token_volume(cluster, [Role.WRITER if role == "writer" else Role.READER])
     # the nodes' CA certificate alone (verify-ca), never their key nor the CA's
     ca_volume, ca_mount = nodetls.ca_volume(cluster)
+    # its serving certificate (the -rw/-ro/-r names, the cluster's CA), never the CA's key
+    tls_volume, tls_mount = instancetls.volume(cluster)
     labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
     command = [*node_command, "sql", "serve", "--from-cluster", cluster, "--namespace", "$(POD_NAMESPACE)",
                "--role", role, "--identity", "$(POD_NAME)",
@@ -105,7 +107,8 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                # its 127.0.0.1 (a bind to the pod IP alone refuses port-forward)
                "--listen", f"0.0.0.0:{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
                "--credentials-dir", CREDENTIALS_MOUNT, "--node-tokens-dir", nodekeys.TOKENS_MOUNT,
-               "--node-ca-file", nodetls.ca_path(), "--max-lag-ms", str(spec.instance.max_lag_ms)]
+               "--node-ca-file", nodetls.ca_path(), *instancetls.args(),
+               "--max-lag-ms", str(spec.instance.max_lag_ms)]
     container: dict[str, Any] = {
         "name": "sql",
         "image": spec.image,
@@ -119,12 +122,14 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
         "ports": [{"name": "postgres", "containerPort": SQL_PORT},
                   {"name": "admin", "containerPort": SQL_ADMIN_PORT}],
         # serving, and for a replica: feed lag within spec.instance.maxLagMs
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": SQL_ADMIN_PORT}, "periodSeconds": 2,
+        # (https: the admin endpoint serves the instance certificate; the kubelet does not verify it)
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": SQL_ADMIN_PORT, "scheme": "HTTPS"},
+                           "periodSeconds": 2,
                            "failureThreshold": 2},
         "livenessProbe": {"tcpSocket": {"port": SQL_PORT}, "periodSeconds": 10, "failureThreshold": 6,
                           "initialDelaySeconds": 30},
         "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True},
-                         tokens_mount, ca_mount, {"name": "tmp", "mountPath": "/tmp"}],
+                         tokens_mount, ca_mount, tls_mount, {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -150,6 +155,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                 "items": [{"key": "username", "path": "username"}, {"key": "password", "path": "password"}]}},
             tokens_volume,
             ca_volume,
+            tls_volume,
             {"name": "tmp", "emptyDir": {}},
         ],
     }
@@ -217,9 +223,11 @@ def endpoint_services(cluster: str, namespace: str, owner: Mapping[str, Any] | N
 
 
 def instance_objects(cluster: str, namespace: str, spec: ClusterSpec, owner: Mapping[str, Any] | None = None,
-                     node_command: Sequence[str] = ("tidemark",)) -> list[dict[str, Any]]:
-    """Everything but the Secret (created once by the pass, never patched)."""
+                     node_command: Sequence[str] = ("tidemark",), ca_pem: str | None = None) -> list[dict[str, Any]]:
+    """Everything but the Secrets (created once by the pass; the credentials are never
+    patched, the certificate only re-issued); with CA_PEM, the `<cluster>-ca` ConfigMap."""
     n = spec.instances
-    return [*instance_account(cluster, namespace, owner), *endpoint_services(cluster, namespace, owner),
+    ca = [instancetls.ca_configmap(cluster, namespace, ca_pem, owner)] if ca_pem is not None else []
+    return [*ca, *instance_account(cluster, namespace, owner), *endpoint_services(cluster, namespace, owner),
             instance_deployment(cluster, namespace, "writer", min(n, 1), spec, owner, node_command),
             instance_deployment(cluster, namespace, "replica", max(n - 1, 0), spec, owner, node_command)]

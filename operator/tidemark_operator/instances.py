@@ -35,10 +35,11 @@ class InstancePod:
     ip: str | None
     running: bool
     node: str | None = None
+    tls: bool = False  # its admin endpoint is https (its command has --tls-cert; older pods: http)
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.ip}:{SQL_ADMIN_PORT}"
+        return f"{'https' if self.tls else 'http'}://{self.ip}:{SQL_ADMIN_PORT}"
 
 
 def wanted(kube: Kube, cluster: str, ns: str, spec: ClusterSpec) -> bool:
@@ -68,8 +69,15 @@ def lease_holder(kube: Kube, cluster: str, ns: str) -> str | None:
     return ((lease or {}).get("spec") or {}).get("holderIdentity")
 
 
+def admin_client(nodes: NodeClient, state: ClusterState) -> NodeClient:
+    """For the instances' admin endpoints: no token; their certificate verified against
+    the cluster's CA (known once a pass read it), chain only: they are dialled by pod IP."""
+    return nodes.for_cluster(None, state.node_tls)
+
+
 async def observe(nodes: NodeClient, pods: Sequence[InstancePod]) -> dict[str, dict[str, Any] | None]:
-    """Each running instance's admin /v1/status (None: not answering)."""
+    """Each running instance's admin /v1/status (None: not answering). NODES: an
+    admin_client view."""
     async def one(p: InstancePod) -> dict[str, Any] | None:
         if not p.running:
             return None

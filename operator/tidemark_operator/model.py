@@ -78,6 +78,16 @@ def node_tls_secret_name(cluster: str) -> str:
     return f"{cluster}-node-tls"
 
 
+def instance_tls_secret_name(cluster: str) -> str:
+    """The instances' serving certificate, signed by the cluster's CA (instancetls.py)."""
+    return f"{cluster}-instance-tls"
+
+
+def ca_configmap_name(cluster: str) -> str:
+    """The cluster's CA certificate alone, for database clients (instancetls.py)."""
+    return f"{cluster}-ca"
+
+
 def writer_lease_name(cluster: str) -> str:
     """The coordination.k8s.io Lease the writer instance holds."""
     return f"{cluster}-writer"

@@ -34,25 +34,33 @@ def ensure_secret(kube: Kube, cluster: str, ns: str, owner: Mapping[str, Any], e
 
 def renew_if_due(kube: Kube, secret: dict[str, Any], cluster: str, ns: str, event: Event,
                  at: dt.datetime | None = None) -> dict[str, Any]:
-    """SECRET, its serving certificate re-issued (same CA) when nodetls.needs_renewal says
-    so; a concurrent change (409) is left to the next pass. ValueError: an unusable CA."""
-    name = node_tls_secret_name(cluster)
+    """SECRET, the storage nodes' certificate re-issued (same CA) when due."""
+    return reissue_if_due(kube, secret, nodetls.node_leaf(cluster, ns), secret, ns, event, at)
+
+
+def reissue_if_due(kube: Kube, secret: dict[str, Any], leaf: nodetls.Leaf, ca_secret: Mapping[str, Any], ns: str,
+                   event: Event, at: dt.datetime | None = None) -> dict[str, Any]:
+    """SECRET (LEAF's), its certificate re-issued with the CA of CA_SECRET (the node-tls
+    Secret as read) when nodetls.leaf_due says so; a concurrent change (409) is left to
+    the next pass. ValueError: an unusable CA."""
+    ca_data = ca_secret.get("data") or {}
     try:
-        due = nodetls.needs_renewal(secret.get("data"), cluster, ns, at)
+        due = nodetls.leaf_due(secret.get("data"), ca_data, leaf, at)
     except ValueError as exc:
-        raise ValueError(f"Secret {name}: {exc}") from exc
+        raise ValueError(f"Secret {ca_secret['metadata']['name']}: {exc}") from exc
     if not due:
         return secret
     meta = {k: v for k, v in secret["metadata"].items() if k != "managedFields"}  # keeps resourceVersion: CAS
-    renewed = {**secret, "metadata": meta, "data": nodetls.renewed_entries(secret["data"], cluster, ns, at)}
+    renewed = {**secret, "metadata": meta, "data": {**(secret.get("data") or {}),
+                                                    **nodetls.leaf_entries(ca_data, leaf, at)}}
     try:
         kube.replace(renewed)
     except Conflict:
-        return kube.read("Secret", name, ns) or secret
+        return kube.read("Secret", leaf.secret, ns) or secret
     expires = nodetls.expiry(renewed["data"])
-    event("Normal", "CertificateRenewed", f"re-issued the storage nodes' certificate in Secret {name} "
+    event("Normal", "CertificateRenewed", f"re-issued {leaf.what} certificate in Secret {leaf.secret} "
                                           f"(same CA; valid until {expires:%Y-%m-%dT%H:%M:%SZ})")
-    return kube.read("Secret", name, ns) or renewed
+    return kube.read("Secret", leaf.secret, ns) or renewed
 
 
 def cluster_trust(kube: Kube, state: ClusterState, cluster: str, ns: str, owner: Mapping[str, Any],

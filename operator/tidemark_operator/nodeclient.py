@@ -59,9 +59,9 @@ class NodeClient:
         self.refused = False  # a node answered 401 to this view (its credentials are stale)
         self._sessions = sessions or _Sessions()
 
-    def for_cluster(self, credentials: NodeCredentials, tls: ssl.SSLContext | None = None) -> NodeClient:
-        """A view presenting CREDENTIALS' admin token and trusting TLS's CA, on this
-        client's session."""
+    def for_cluster(self, credentials: NodeCredentials | None, tls: ssl.SSLContext | None = None) -> NodeClient:
+        """A view presenting CREDENTIALS' admin token (None: none, for the instances' admin
+        endpoints) and trusting TLS's CA, on this client's session."""
         return NodeClient(self.status_timeout, self.write_timeout, credentials, self._sessions, tls)
 
     async def close(self) -> None:

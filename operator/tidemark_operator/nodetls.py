@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -91,41 +92,69 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+@dataclass(frozen=True)
+class Leaf:
+    """One serving certificate signed by a cluster's CA: the Secret it lives in, the
+    names it carries and what events call it. The storage nodes' (`node_leaf`) shares
+    its Secret with the CA; the instances' (instancetls.py) has a Secret of its own."""
+
+    secret: str
+    common_name: str
+    hosts: tuple[str, ...]
+    what: str  # "the storage nodes'": in the CertificateRenewed event
+
+
+def node_leaf(cluster: str, namespace: str) -> Leaf:
+    return Leaf(node_tls_secret_name(cluster), f"{service_name(cluster)}.{namespace}.svc",
+                tuple(hosts(cluster, namespace)), "the storage nodes'")
+
+
 def new_entries(cluster: str, namespace: str, at: dt.datetime | None = None) -> dict[str, str]:
     """A new CA and a serving certificate signed by it, valid from AT (now): the Secret's
     `data` (base64)."""
     at = at or now()
     ca, ca_key = pki.make_ca(f"tidemark {namespace}/{cluster} node CA", CA_DAYS, at)
     return _encode({CA_ITEM: pki.cert_pem(ca), CA_KEY_ITEM: pki.key_pem(ca_key),
-                    **_serving(cluster, namespace, ca, ca_key, at)})
+                    **_serving(node_leaf(cluster, namespace), ca, ca_key, at)})
 
 
-def _serving(cluster: str, namespace: str, ca: x509.Certificate, ca_key: Any, at: dt.datetime) -> dict[str, bytes]:
-    cert, key = pki.issue(ca, ca_key, f"{service_name(cluster)}.{namespace}.svc", hosts(cluster, namespace),
-                          CERT_DAYS, at)
+def _serving(leaf: Leaf, ca: x509.Certificate, ca_key: Any, at: dt.datetime) -> dict[str, bytes]:
+    cert, key = pki.issue(ca, ca_key, leaf.common_name, leaf.hosts, CERT_DAYS, at)
     return {CERT_ITEM: cert, KEY_ITEM: key}
 
 
 def needs_renewal(data: Mapping[str, str] | None, cluster: str, namespace: str,
                   at: dt.datetime | None = None) -> bool:
-    """The serving certificate is missing, unreadable, close to expiry, names other hosts
-    or is not signed by the Secret's CA; ValueError when the CA itself is unusable (the
-    pods trust it: a new one is not made behind their back)."""
-    ca, _key = pki.load_ca(_decode(data, CA_ITEM), _decode(data, CA_KEY_ITEM))
+    """The storage nodes' certificate is due (leaf_due, the CA in the same Secret)."""
+    return leaf_due(data, data, node_leaf(cluster, namespace), at)
+
+
+def leaf_due(data: Mapping[str, str] | None, ca_data: Mapping[str, str] | None, leaf: Leaf,
+             at: dt.datetime | None = None) -> bool:
+    """LEAF's certificate in DATA is missing, unreadable, close to expiry, names other
+    hosts, is not signed by the CA in CA_DATA or carries another ca.crt; ValueError when
+    the CA itself is unusable (the pods trust it: a new one is not made behind their back)."""
+    ca, _key = pki.load_ca(_decode(ca_data, CA_ITEM), _decode(ca_data, CA_KEY_ITEM))
     try:
         cert = x509.load_pem_x509_certificate(_decode(data, CERT_ITEM))
         _decode(data, KEY_ITEM)
+        same_ca = _decode(data, CA_ITEM) == _decode(ca_data, CA_ITEM)
     except ValueError:
         return True
-    return not (pki.current(cert, RENEW_BEFORE, at or now(), hosts(cluster, namespace)) and pki.signed_by(cert, ca))
+    return not (same_ca and pki.current(cert, RENEW_BEFORE, at or now(), leaf.hosts) and pki.signed_by(cert, ca))
+
+
+def leaf_entries(ca_data: Mapping[str, str], leaf: Leaf, at: dt.datetime | None = None) -> dict[str, str]:
+    """A new certificate for LEAF signed by the CA in CA_DATA, with that CA's ca.crt
+    (unchanged, so every client's trust stays valid): `data` entries (base64)."""
+    ca, ca_key = pki.load_ca(_decode(ca_data, CA_ITEM), _decode(ca_data, CA_KEY_ITEM))
+    return {CA_ITEM: ca_data[CA_ITEM], **_encode(_serving(leaf, ca, ca_key, at or now()))}
 
 
 def renewed_entries(data: Mapping[str, str], cluster: str, namespace: str,
                     at: dt.datetime | None = None) -> dict[str, str]:
-    """DATA with a new serving certificate signed by the same CA (ca.crt unchanged, so
-    every client's trust stays valid)."""
-    ca, ca_key = pki.load_ca(_decode(data, CA_ITEM), _decode(data, CA_KEY_ITEM))
-    return {**dict(data), **_encode(_serving(cluster, namespace, ca, ca_key, at or now()))}
+    """DATA with a new storage nodes' certificate signed by the same CA."""
+    return {**dict(data), **leaf_entries(data, node_leaf(cluster, namespace), at)}
 
 
 def expiry(data: Mapping[str, str] | None) -> dt.datetime | None:
@@ -141,9 +170,10 @@ def ca_pem(data: Mapping[str, str] | None) -> str:
     return _decode(data, CA_ITEM).decode()
 
 
-def _volume(name: str, cluster: str, items: Sequence[str]) -> dict[str, Any]:
-    # 0400 + the pods' fsGroup, as the node-auth volumes (nodekeys.py)
-    return {"name": name, "secret": {"secretName": node_tls_secret_name(cluster), "defaultMode": 0o400,
+def secret_volume(name: str, secret: str, items: Sequence[str]) -> dict[str, Any]:
+    """A pod volume of SECRET's ITEMS: 0400 + the pods' fsGroup, as the node-auth volumes
+    (nodekeys.py); no subPath in the mounts, so the kubelet refreshes renewed files."""
+    return {"name": name, "secret": {"secretName": secret, "defaultMode": 0o400,
                                      "items": [{"key": i, "path": i} for i in items]}}
 
 
@@ -151,10 +181,11 @@ def node_volume(cluster: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod volume, container mount) of a storage pod: CA certificate, its certificate and
     key, never the CA's key. No subPath: the kubelet refreshes the files on renewal and
     the node reloads them."""
-    return (_volume(VOLUME, cluster, [CA_ITEM, CERT_ITEM, KEY_ITEM]),
+    return (secret_volume(VOLUME, node_tls_secret_name(cluster), [CA_ITEM, CERT_ITEM, KEY_ITEM]),
             {"name": VOLUME, "mountPath": MOUNT, "readOnly": True})
 
 
 def ca_volume(cluster: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(pod volume, container mount) of a client of the nodes: the CA certificate only."""
-    return (_volume(CA_VOLUME, cluster, [CA_ITEM]), {"name": CA_VOLUME, "mountPath": CA_MOUNT, "readOnly": True})
+    return (secret_volume(CA_VOLUME, node_tls_secret_name(cluster), [CA_ITEM]),
+            {"name": CA_VOLUME, "mountPath": CA_MOUNT, "readOnly": True})

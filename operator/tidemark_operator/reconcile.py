@@ -22,6 +22,7 @@ from tidemark_protocol.quorum import SEGMENTS_PER_PG, WRITE_QUORUM
 from . import (
     backup_health,
     instance_resources,
+    instance_tls_access,
     instances,
     maintenance,
     node_access,
@@ -132,7 +133,9 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     blocked = await asyncio.to_thread(instances.ensure_credentials, kube, name, ns, spec, owner, event)
     rolling_writer = False
     if blocked is None:
-        objs = instance_resources.instance_objects(name, ns, spec, owner, ctx.settings.node_command)
+        # before the Deployments: their pods mount the instances' certificate
+        ca_pem = await asyncio.to_thread(instance_tls_access.ensure, kube, state, name, ns, owner, event)
+        objs = instance_resources.instance_objects(name, ns, spec, owner, ctx.settings.node_command, ca_pem)
         objs, rolling_writer = await asyncio.to_thread(_hold_writer_template, kube, ns, objs, state, event)
         await asyncio.to_thread(objects.converge, kube, objs, True, event)
     elif (body.get("status") or {}).get("instancesBlocked") != blocked:
@@ -140,7 +143,7 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
     pods = list(list_pods())
     gone = await asyncio.to_thread(instances.evict_from_lost_nodes, kube, ns, pods, event)
     pods = [p for p in pods if p.name not in gone]
-    seen = await instances.observe(ctx.nodes, pods)
+    seen = await instances.observe(instances.admin_client(ctx.nodes, state), pods)
     fresh = [p for p in pods if p.name not in state.evicted_writers]  # writer_watch.py deletes those
     expired = await asyncio.to_thread(instances.evict_expired_writer, kube, name, ns, fresh, seen, event, time.time())
     pods = [p for p in pods if p.name not in expired]

@@ -69,6 +69,10 @@ class ClusterState:
     # certificate there expires (the pass re-issues it RENEW_BEFORE that; lost on restart)
     node_tls: ssl.SSLContext | None = field(default=None, repr=False)
     node_tls_expiry: dt.datetime | None = None
+    # the cluster's CA certificate (PEM, public) and when the instances' certificate in
+    # `<cluster>-instance-tls` expires (instance_tls_access.py; lost on restart)
+    cluster_ca_pem: str | None = None
+    instance_tls_expiry: dt.datetime | None = None
     # one pass at a time (the change handlers and the timer may fire together)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -82,7 +82,8 @@ async def finish_deletes(kube: Kube, state: ClusterState, ns: str, pods: Sequenc
 
 async def check(kube: Kube, nodes: NodeClient, state: ClusterState, cluster: str, ns: str,
                 pods: Sequence[InstancePod], event: Event) -> str | None:
-    """One look at the Lease; the name of the writer pod deleted, if one was."""
+    """One look at the Lease; the name of the writer pod deleted, if one was. NODES: an
+    instances.admin_client view."""
     await finish_deletes(kube, state, ns, pods, event, time.monotonic())
     lease = await asyncio.to_thread(kube.read, "Lease", writer_lease_name(cluster), ns)
     now = time.monotonic()
@@ -91,6 +92,8 @@ async def check(kube: Kube, nodes: NodeClient, state: ClusterState, cluster: str
     pod = next((p for p in pods if p.name == holder and p.role == "writer"), None)
     if pod is None or pod.name in state.evicted_writers:
         return None
+    if pod.tls and state.node_tls is None:
+        return None  # its CA not read yet (a pass does within an interval): "not answering" would be a guess
     if (await instances.observe(nodes, [pod])).get(pod.name) is not None:
         return None  # it answers: alive, whatever its Lease says
     if not await asyncio.to_thread(instances.force_delete, kube, pod, ns, event, False):

@@ -1,10 +1,11 @@
-"""An instance's admin endpoint (loopback HTTP): /v1/status (JSON), /metrics
-(Prometheus text), /readyz (a readiness probe: 200 while serving, for a replica also
-while its lag is at most `max_lag_ms`), and on a writer the replica feed /v1/feed
-(WebSocket)."""
+"""An instance's admin endpoint (loopback HTTP in the playground; https on a pod's address
+on Kubernetes, with the instance's certificate): /v1/status (JSON), /metrics (Prometheus
+text), /readyz (a readiness probe: 200 while serving, for a replica also while its lag is
+at most `max_lag_ms`), and on a writer the replica feed /v1/feed (WebSocket)."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -49,13 +50,14 @@ class Admin:
         body, ctype = telemetry.render()
         return web.Response(body=body, headers={"Content-Type": ctype})
 
-    async def start(self, host: str, port: int) -> str:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> str:
+        """Serve on HOST:PORT (https with TLS); the URL, whose scheme the feed URL follows."""
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=tls)
         await site.start()
         bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-        self.url = f"http://{bound[0]}:{bound[1]}"
+        self.url = f"{'https' if tls is not None else 'http'}://{bound[0]}:{bound[1]}"
         return self.url
 
     async def close(self) -> None:

@@ -9,6 +9,7 @@ a ClusterBinding (tidemark_cli.sql) and `make_group` builds the command around i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
@@ -32,6 +33,7 @@ from tidemark_compute.topology import (
     record_volume_epoch,
 )
 from tidemark_compute.writer import Writer
+from tidemark_node.server_tls import ServerTLS
 from tidemark_protocol.feed import feed_token
 from tidemark_protocol.node_auth import BadToken, NodeCredentials
 
@@ -101,10 +103,13 @@ def _credentials_text(credentials_dir: Path | None, password_file: Path | None) 
     return os.environ.get(PASSWORD_ENV, "")
 
 
-async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | None] = lambda: None) -> int:
+async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | None] = lambda: None,
+               tls: ServerTLS | None = None) -> int:
     """Serve until SIGINT/SIGTERM (exit code 0) or until EXIT_WHEN names a reason (1),
-    then close the instance."""
+    then close the instance. TLS: its certificate files are re-read when they change (a
+    renewed Secret: new handshakes get the new certificate, no restart)."""
     click.echo(f"tidemark sql: {banner} on {instance.dsn} (admin {instance.admin.url})", err=True)
+    reload = asyncio.create_task(tls.reload_loop()) if tls is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -123,28 +128,32 @@ async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | No
                 log.error("instance_exiting", reason=why)
                 return 1
     finally:
+        if reload is not None:
+            reload.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reload
         await instance.close()
     return 0
 
 
 async def _serve(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
                  cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int,
-                 tls: ssl.SSLContext | None = None, require_tls: bool = False) -> None:
+                 tls: ServerTLS | None = None, require_tls: bool = False) -> None:
     telemetry.setup("writer")
     topology = load_topology(directory)
     writer = await Writer.open(topology, membership_source=membership_source(directory))
     record_volume_epoch(directory, topology.volume_epoch)
     instance = await Instance.start(writer, host, port, credentials, insecure, cache_size, multi_range,
-                                    max_connections, admin_port=admin_port, tls=tls, require_tls=require_tls)
+                                    max_connections, admin_port=admin_port, tls=_context(tls), require_tls=require_tls)
     lease = WriterLease(directory, topology.volume_epoch)
     lease.claim(f"ws{instance.admin.url[4:]}/v1/feed")
     instance.pipeline.lease = lease.holds
-    await _run(instance, f"writer instance (volume epoch {topology.volume_epoch})")
+    await _run(instance, f"writer instance (volume epoch {topology.volume_epoch})", tls=tls)
 
 
 async def _serve_replica(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
                          cache_size: int | None, max_connections: int, admin_port: int,
-                         writer_feed: str | None, tls: ssl.SSLContext | None = None,
+                         writer_feed: str | None, tls: ServerTLS | None = None,
                          require_tls: bool = False) -> None:
     """Never Writer.open(): that would seal the volume and fence the real writer."""
     reader = Reader(load_topology(directory), (lambda: writer_feed) if writer_feed else (lambda: feed_url(directory)),
@@ -152,13 +161,14 @@ async def _serve_replica(directory: Path, host: str, port: int, credentials: dic
     telemetry.setup("replica", lambda: reader.lag_ms)
     await reader.start()
     instance = await ReplicaInstance.start(reader, host, port, credentials, insecure, cache_size, max_connections,
-                                           admin_port=admin_port)
-    await _run(instance, f"replica instance (read point {instance.store.read_point})")
+                                           admin_port=admin_port, tls=_context(tls), require_tls=require_tls)
+    await _run(instance, f"replica instance (read point {instance.store.read_point})", tls=tls)
 
 
 async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: int, credentials: dict,
                          cache_size: int | None, multi_range: bool, max_connections: int,
-                         admin: tuple[str, int], max_lag_ms: float, token: str) -> int:
+                         admin: tuple[str, int], max_lag_ms: float, token: str, tls: ServerTLS | None = None,
+                         require_tls: bool = False) -> int:
     """The writer of an AuroraCluster: open the volume (recovery + seal: every older writer
     is fenced on the nodes), claim the writer Lease, serve. A writer whose Lease expired
     (no renewal for its duration: cut off from the apiserver) exits, so its pod restarts
@@ -170,7 +180,8 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
     topology = await access.topology_source()
     writer = await Writer.open(topology, membership_source=access.topology_source)
     instance = await Instance.start(writer, host, port, credentials, False, cache_size, multi_range,
-                                    max_connections, admin_port=admin[1], admin_host=admin[0], feed_token=token)
+                                    max_connections, admin_port=admin[1], admin_host=admin[0], feed_token=token,
+                                    tls=_context(tls), require_tls=require_tls, admin_tls=_context(tls))
     instance.admin.max_lag_ms = max_lag_ms
     lease = KubeWriterLease(access.coordination, access.namespace, access.lease_name, identity,
                             writer.core.volume_epoch)
@@ -185,15 +196,19 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
         return None
 
     try:
-        return await _run(instance, f"writer instance {identity} (volume epoch {writer.core.volume_epoch})", lost)
+        return await _run(instance, f"writer instance {identity} (volume epoch {writer.core.volume_epoch})", lost,
+                          tls)
     finally:
         await lease.close()
 
 
 async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, credentials: dict,
                                  cache_size: int | None, max_connections: int, admin: tuple[str, int],
-                                 max_lag_ms: float, token: str) -> int:
-    """A replica of an AuroraCluster: follows the feed named in the writer Lease."""
+                                 max_lag_ms: float, token: str, tls: ServerTLS | None = None,
+                                 require_tls: bool = False) -> int:
+    """A replica of an AuroraCluster: follows the feed named in the writer Lease (wss://
+    when the writer's admin endpoint is https: verified against the nodes' CA, the
+    cluster's one CA, chain only, as the feed is dialled by pod IP)."""
     feed = LeaseFeed(access.coordination, access.namespace, access.lease_name)
     await feed.start()
     reader = Reader(await access.topology_source(), feed, access.topology_source, feed_token=token)
@@ -201,27 +216,29 @@ async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, cr
     try:
         await reader.start()
         instance = await ReplicaInstance.start(reader, host, port, credentials, False, cache_size, max_connections,
-                                               admin_port=admin[1], admin_host=admin[0])
+                                               admin_port=admin[1], admin_host=admin[0], tls=_context(tls),
+                                               require_tls=require_tls, admin_tls=_context(tls))
         instance.admin.max_lag_ms = max_lag_ms
-        return await _run(instance, f"replica instance (read point {instance.store.read_point})")
+        return await _run(instance, f"replica instance (read point {instance.store.read_point})", tls=tls)
     finally:
         await feed.close()
 
 
-def _tls(cert: Path | None, key: Path | None, required: bool) -> ssl.SSLContext | None:
+def _tls(cert: Path | None, key: Path | None, required: bool) -> ServerTLS | None:
     if (cert is None) != (key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
     if required and cert is None:
         raise click.UsageError("--require-tls needs --tls-cert and --tls-key")
     if cert is None or key is None:
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
-        context.load_cert_chain(cert, key)
+        return ServerTLS(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
         raise click.UsageError(f"--tls-cert/--tls-key: {exc}") from exc
-    return context
+
+
+def _context(tls: ServerTLS | None) -> ssl.SSLContext | None:
+    return tls.context if tls is not None else None
 
 
 def make_group(binding: ClusterBinding | None = None) -> click.Group:
@@ -273,7 +290,9 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                   help="--from-cluster: the CA the storage nodes' certificates are verified against (ca.crt, a "
                        "mounted Secret; default: the cluster's node-tls Secret's when it may be read).")
     @click.option("--tls-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-                  help="Offer TLS (sslmode=require/verify-full) with this certificate (PEM).")
+                  help="Offer TLS (sslmode=require/verify-full) with this certificate (PEM), re-read when the "
+                       "file changes; with --from-cluster the admin endpoint (probes, status, replica feed) is "
+                       "https with it too.")
     @click.option("--tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                   help="The certificate's private key (PEM).")
     @click.option("--require-tls", is_flag=True, help="Refuse clients that do not ask for TLS (SQLSTATE 28000).")
@@ -308,11 +327,12 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
             who = identity or socket.gethostname()
             if role == "replica":
                 code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
-                                                          admin, max_lag_ms or float("inf"), token))
+                                                          admin, max_lag_ms or float("inf"), token, tls,
+                                                          require_tls))
             else:
                 code = asyncio.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
                                                   max_connections, admin, max_lag_ms or float("inf"),
-                                                  token))
+                                                  token, tls, require_tls))
             sys.exit(code)
         if not credentials and not insecure_no_auth:
             raise click.UsageError(f"no credentials: --password-file F or ${PASSWORD_ENV}=user:password "

@@ -3,6 +3,7 @@ shims), the PostgreSQL wire server and the admin endpoint, started and stopped i
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 from . import catalog
@@ -19,12 +20,13 @@ class Endpoint:
         self.admin = Admin(status, feed)
         self.address: tuple[str, int] | None = None
 
-    async def serve(self, host: str, port: int, admin_port: int | None, admin_host: str | None = None) -> None:
+    async def serve(self, host: str, port: int, admin_port: int | None, admin_host: str | None = None,
+                    admin_tls: ssl.SSLContext | None = None) -> None:
         """Open SQLite, then the admin endpoint (`admin_port` None: none; on `admin_host`,
-        default HOST), then take clients."""
+        default HOST; https with ADMIN_TLS), then take clients."""
         await self.engine.run(self.engine.open, lambda conn: catalog.install(conn, self.server.current_setting))
         if admin_port is not None:
-            await self.admin.start(admin_host or host, admin_port)
+            await self.admin.start(admin_host or host, admin_port, admin_tls)
         self.address = await self.server.start(host, port)
 
     @property

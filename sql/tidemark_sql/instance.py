@@ -53,6 +53,7 @@ class Instance(Endpoint):
         feed_token: str | None = None,
         tls: ssl.SSLContext | None = None,
         require_tls: bool = False,
+        admin_tls: ssl.SSLContext | None = None,
     ) -> Instance:
         """`admin_port` None: no admin endpoint (no replicas can follow). `feed_token`
         None: the feed serves loopback replicas only; else any replica with the token."""
@@ -62,7 +63,7 @@ class Instance(Endpoint):
         server = Server(engine, pipeline, credentials or {}, insecure_no_auth, max_connections, max_message,
                         lock_timeout, idle_in_transaction_timeout, tls=tls, require_tls=require_tls)
         instance = cls(writer, engine, pipeline, server, feed_token)
-        await instance.serve(host, port, admin_port, admin_host)
+        await instance.serve(host, port, admin_port, admin_host, admin_tls)
         instance._watch = asyncio.create_task(instance._watch_fence())
         log.info("sql_instance_up", address=instance.address, pages=store.pages, vdl=writer.vdl,
                  admin=instance.admin.url)

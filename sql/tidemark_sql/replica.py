@@ -41,6 +41,7 @@ class ReplicaInstance(Endpoint):
         admin_host: str | None = None,
         tls: ssl.SSLContext | None = None,
         require_tls: bool = False,
+        admin_tls: ssl.SSLContext | None = None,
     ) -> ReplicaInstance:
         """The reader must be following its writer's feed (Reader.start) already."""
         store = ReplicaPageStore(reader, asyncio.get_running_loop())
@@ -48,7 +49,7 @@ class ReplicaInstance(Endpoint):
         server = Server(engine, Pipeline(), credentials or {}, insecure_no_auth, max_connections,
                         tls=tls, require_tls=require_tls)
         instance = cls(reader, store, engine, server)
-        await instance.serve(host, port, admin_port, admin_host)
+        await instance.serve(host, port, admin_port, admin_host, admin_tls)
         log.info("sql_replica_up", address=instance.address, read_point=store.read_point, admin=instance.admin.url)
         return instance
 

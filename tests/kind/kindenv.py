@@ -134,9 +134,16 @@ def segments_full(ac: dict[str, Any]) -> bool:
     return bool(segs) and all(int(n) == 6 for n in segs.values())
 
 
-def psql(port: int, password: str, sql: str, timeout: float = 30, connect_timeout: int = 10) -> str:
-    """One psql command as a user types it: the app user, ON_ERROR_STOP, unaligned output."""
-    done = subprocess.run(["psql", f"postgresql://tidemark@127.0.0.1:{port}/tidemark", "-v", "ON_ERROR_STOP=1",
+def psql(port: int, password: str, sql: str, timeout: float = 30, connect_timeout: int = 10,
+         verify: tuple[str, Path] | None = None) -> str:
+    """One psql command as a user types it: the app user, ON_ERROR_STOP, unaligned output.
+    VERIFY (host name, CA file): sslmode=verify-full for that name through the port-forward
+    (libpq's hostaddr dials 127.0.0.1, the certificate is checked against the name)."""
+    target = f"postgresql://tidemark@127.0.0.1:{port}/tidemark"
+    if verify is not None:
+        target = (f"host={verify[0]} hostaddr=127.0.0.1 port={port} user=tidemark dbname=tidemark "
+                  f"sslmode=verify-full sslrootcert={verify[1]}")
+    done = subprocess.run(["psql", target, "-v", "ON_ERROR_STOP=1",
                            "-tAc", sql], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": str(connect_timeout)})
     if done.returncode != 0:

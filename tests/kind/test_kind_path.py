@@ -215,14 +215,21 @@ def database(kind_cluster: Kind) -> Iterator[dict[str, Any]]:
         k.diagnose(DB)
         raise
     secret = k.json("get", "secret", f"{DB}-app")["data"]
-    yield {"password": base64.b64decode(secret["password"]).decode()}
+    with tempfile.TemporaryDirectory() as tmp:
+        ca = Path(tmp) / "ca.crt"  # the cluster's CA, as a user gets it: a ConfigMap, no Secret read
+        ca.write_text(k.json("get", "configmap", f"{DB}-ca")["data"]["ca.crt"])
+        yield {"password": base64.b64decode(secret["password"]).decode(), "ca": ca}
 
 
 def test_psql_through_port_forward_to_rw_and_ro(kind_cluster: Kind, database: dict[str, Any]) -> None:
+    """Over TLS, verify-full against the cluster's CA by the Services' names (#14)."""
     k, password = kind_cluster, database["password"]
+    rw, ro = (f"{DB}-rw.default.svc", database["ca"]), (f"{DB}-ro.default.svc", database["ca"])
     try:
         with k.port_forward(f"svc/{DB}-rw") as port:
-            psql(port, password, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+            psql(port, password, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", verify=rw)
+            with pytest.raises(AssertionError, match="does not match"):  # a name the certificate does not carry
+                psql(port, password, "SELECT 1", verify=(f"{DB}-wrong.default.svc", database["ca"]))
             for i in range(1, 11):
                 psql(port, password, f"INSERT INTO t VALUES ({i}, 'before T')")
             time.sleep(1.5)
@@ -232,7 +239,8 @@ def test_psql_through_port_forward_to_rw_and_ro(kind_cluster: Kind, database: di
             for i in range(11, 21):
                 psql(port, password, f"INSERT INTO t VALUES ({i}, 'after T')")
         with k.port_forward(f"svc/{DB}-ro") as port:
-            wait_for(lambda: psql(port, password, "SELECT count(*) FROM t") == "20", 60, "the replica reading 20 rows")
+            wait_for(lambda: psql(port, password, "SELECT count(*) FROM t", verify=ro) == "20", 60,
+                     "the replica reading 20 rows")
             with pytest.raises(AssertionError, match="read-only"):
                 psql(port, password, "INSERT INTO t VALUES (99, 'no')")
     except AssertionError:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
+import http.client
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -32,6 +35,7 @@ from kubernetes.client.exceptions import ApiException
 from rigenv import TIDEMARK, cluster_body, free_port, get_ac, kubectl, operator_env, ready
 
 from tidemark_operator.model import GROUP, PLURAL, VERSION
+from tidemark_protocol import pki
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.pod_runner import read_state
 from tidemark_rig.procs import wait_for
@@ -48,10 +52,17 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
         yield e
 
 
+# as the kubelet's HTTPS probe: TLS, the certificate not verified (a test below verifies it)
+PROBE_TLS = ssl.create_default_context()
+PROBE_TLS.check_hostname = False
+PROBE_TLS.verify_mode = ssl.CERT_NONE
+
+
 def _readyz(ip: str) -> int:
-    """The instance's readiness probe (its pod template's httpGet /readyz); 0: no answer."""
+    """The instance's readiness probe (its pod template's httpGet /readyz, scheme HTTPS);
+    0: no answer."""
     try:
-        with urllib.request.urlopen(f"http://{ip}:5433/readyz", timeout=2) as r:
+        with urllib.request.urlopen(f"https://{ip}:5433/readyz", timeout=2, context=PROBE_TLS) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -192,6 +203,58 @@ def test_write_through_rw_read_through_ro(env: dict[str, Any]) -> None:
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(host=endpoints(env, f"{DB}-rw")[0], port=5432, user="tidemark", password="wrong",
                         dbname="tidemark", connect_timeout=3)
+
+
+def test_clients_verify_the_instances_against_the_clusters_ca(env: dict[str, Any], tmp_path: Path) -> None:
+    """TLS on the instances (#14): the CA in the `-ca` ConfigMap is the cluster's one CA
+    (the node-tls Secret's), the `-instance-tls` Secret owned by the cluster; psycopg with
+    sslmode=verify-full by the -rw/-ro Service's name (libpq's hostaddr dials the pod IP:
+    on the rig names do not resolve) and verify-ca by IP are encrypted; another CA is
+    refused; plain clients are still accepted; the admin endpoint is https, verified by
+    chain (the operator's status reads of it keep readyInstances at 2/2)."""
+    ns = env["ns"]
+    cm = env["core"].read_namespaced_config_map(f"{DB}-ca", ns, _request_timeout=5)
+    assert cm.metadata.owner_references[0].name == DB and set(cm.data) == {"ca.crt"}
+    secret = env["core"].read_namespaced_secret(f"{DB}-instance-tls", ns, _request_timeout=5)
+    assert secret.type == "kubernetes.io/tls" and secret.metadata.owner_references[0].name == DB
+    assert set(secret.data) == {"ca.crt", "tls.crt", "tls.key"}  # never the CA's key
+    node_ca = env["core"].read_namespaced_secret(f"{DB}-node-tls", ns, _request_timeout=5).data["ca.crt"]
+    same = base64.b64decode(secret.data["ca.crt"]).decode() == cm.data["ca.crt"] == base64.b64decode(node_ca).decode()
+    del secret, node_ca
+    assert same, "the instances' CA is not the cluster's CA"
+    ca = tmp_path / "ca.crt"
+    ca.write_text(cm.data["ca.crt"])
+    dep = env["apps"].read_namespaced_deployment(f"{DB}-writer", ns, _request_timeout=5)
+    c = dep.spec.template.spec.containers[0]
+    assert "--tls-cert" in c.command and "--require-tls" not in c.command
+    assert c.readiness_probe.http_get.scheme == "HTTPS"
+
+    def session(service: str, **tls: str) -> psycopg.Connection:
+        ip = wait_for(lambda: (endpoints(env, service) or [None])[0], 20, f"{service} endpoints")
+        return psycopg.connect(hostaddr=ip, port=5432, user="tidemark", password=password(env), dbname="tidemark",
+                               connect_timeout=5, autocommit=True, **{"host": ip, **tls})
+
+    for service in (f"{DB}-rw", f"{DB}-ro"):
+        with session(service, host=f"{service}.{ns}.svc", sslmode="verify-full", sslrootcert=str(ca)) as conn:
+            assert conn.pgconn.ssl_in_use and conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
+        with session(service, sslmode="verify-ca", sslrootcert=str(ca)) as conn:
+            assert conn.pgconn.ssl_in_use
+    with session(f"{DB}-rw", sslmode="disable") as conn:
+        assert not conn.pgconn.ssl_in_use
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(pki.cert_pem(pki.make_ca("another CA", 1, dt.datetime.now(dt.UTC))[0]))
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        session(f"{DB}-rw", sslmode="verify-ca", sslrootcert=str(other))
+    with pytest.raises(psycopg.OperationalError):  # verify-full by IP: the certificate names the Services only
+        session(f"{DB}-rw", sslmode="verify-full", sslrootcert=str(ca))
+    trust = ssl.create_default_context(cafile=str(ca))
+    trust.check_hostname = False
+    (writer,) = pods(env, "writer")
+    with urllib.request.urlopen(f"https://{writer.status.pod_ip}:5433/v1/status", timeout=5, context=trust) as r:
+        assert json.loads(r.read())["role"] == "writer"
+    with pytest.raises((OSError, http.client.HTTPException)):  # https only
+        urllib.request.urlopen(f"http://{writer.status.pod_ip}:5433/v1/status", timeout=5)
+    assert wait_for(lambda: instances_up(env, 2), 30, "2/2 instances as the operator reads them over https")
 
 
 def _alive(pid: int) -> bool:

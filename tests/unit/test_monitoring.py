@@ -119,6 +119,9 @@ def test_monitors_need_both_the_flag_and_the_api(tmp_path: Path) -> None:
     assert sm["spec"]["endpoints"][0]["port"] == "metrics" and sm["spec"]["endpoints"][0]["honorLabels"] is True
     # storage pods' `node` port and instance pods' `admin` port (operator/tidemark_operator/model.py)
     assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["node", "admin"]
+    # both https (node TLS, instance TLS: #14), each cluster's CA out of the monitor's reach
+    assert all(e["scheme"] == "https" and e["tlsConfig"] == {"insecureSkipVerify": True}
+               for e in pm["spec"]["podMetricsEndpoints"])
     exprs = {e["key"]: e for e in pm["spec"]["selector"]["matchExpressions"]}
     assert exprs["app.kubernetes.io/component"]["values"] == ["storage", "instance"]
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["tm-system"]}

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from aiohttp import web
 from cryptography import x509
+from secretfakes import FakeSecrets
 
 from tidemark_cli.chaos_job import WorkloadJob
 from tidemark_compute.topology import client_tls_verify_ca
@@ -23,7 +24,6 @@ from tidemark_operator import node_tls_access, nodetls
 from tidemark_operator import placement as pl
 from tidemark_operator.instance_resources import instance_deployment
 from tidemark_operator.nodeclient import NodeClient, NodeError
-from tidemark_operator.placement import Conflict
 from tidemark_operator.resources import statefulset
 from tidemark_operator.spec import parse_spec
 from tidemark_operator.state import ClusterState
@@ -91,30 +91,22 @@ def test_the_certificate_is_reissued_with_the_same_ca_before_it_expires() -> Non
         nodetls.needs_renewal({k: v for k, v in data.items() if k != "ca.key"}, "demo", "ns")
 
 
-class FakeKube:
-    """The Secret calls node_tls_access makes (create, read, replace with CAS)."""
-
-    def __init__(self, race: bool = False) -> None:
-        self.secret: dict[str, Any] | None = None
-        self.race, self.created, self.replaced, self.version = race, 0, 0, 1
+class FakeKube(FakeSecrets):
+    """The node-tls Secret alone (what node_tls_access makes)."""
 
     def read(self, kind: str, name: str, ns: str) -> dict[str, Any] | None:
-        assert (kind, name, ns) == ("Secret", SECRET, "ns")
-        return None if self.secret is None else {**self.secret, "metadata": {
-            **self.secret["metadata"], "resourceVersion": str(self.version)}}
+        assert name == SECRET
+        return super().read(kind, name, ns)
 
-    def create(self, obj: dict[str, Any]) -> None:
-        self.created += 1
-        self.secret = obj
+    @property
+    def secret(self) -> dict[str, Any] | None:
+        return self.secrets.get(SECRET)
 
-    def replace(self, obj: dict[str, Any]) -> None:
-        assert obj["metadata"]["resourceVersion"] == str(self.version)
-        if self.race:
-            self.version += 1
-            raise Conflict("changed")
-        self.replaced += 1
-        self.version += 1
-        self.secret = obj
+    @secret.setter
+    def secret(self, value: dict[str, Any] | None) -> None:
+        self.secrets.pop(SECRET, None)
+        if value is not None:
+            self.secrets[SECRET] = value
 
 
 def test_operator_creates_the_secret_once_renews_it_with_the_same_ca_and_logs_no_key() -> None:
