@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes.client import ApiClient, CoreV1Api
 from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import portforward
 
@@ -88,12 +89,22 @@ def _why(exc: Exception) -> str:
 
 def secret_names(target: Target, query: tuple[str, str]) -> list[str]:
     """Names of the namespace's Secrets matching QUERY (labelSelector or fieldSelector,
-    value), as PartialObjectMetadata: the Secrets' data never leaves the API server."""
-    resp = target.api.call_api(
-        f"/api/v1/namespaces/{target.namespace}/secrets", "GET", query_params=[query],
-        header_params={"Accept": PARTIAL_METADATA}, auth_settings=["BearerToken"],
-        _preload_content=False, _request_timeout=TIMEOUT)
-    return sorted(i["metadata"]["name"] for i in json.loads(resp.data).get("items", []))
+    value), as PartialObjectMetadata: the Secrets' data never leaves the API server.
+
+    The generated list call with the metadata-only Accept header, on an ApiClient of
+    its own (the target's configuration): a client's default headers win over the ones
+    the generated method sets, in kubernetes 36 (which overwrites a per-call `_headers`
+    Accept with application/json) as in 37. The answer is parsed here, not into
+    V1SecretList, and refused unless it is the metadata list we asked for."""
+    selector = {"labelSelector": "label_selector", "fieldSelector": "field_selector"}[query[0]]
+    with ApiClient(target.api.configuration) as api:
+        api.set_default_header("Accept", PARTIAL_METADATA)
+        resp = CoreV1Api(api).list_namespaced_secret(
+            target.namespace, **{selector: query[1]}, _preload_content=False, _request_timeout=TIMEOUT)
+        answer = json.loads(resp.data)
+    if answer.get("kind") != "PartialObjectMetadataList":
+        raise ValueError(f"the API server answered {answer.get('kind')!r}, not PartialObjectMetadataList")
+    return sorted(i["metadata"]["name"] for i in answer.get("items") or [])
 
 
 def referenced_secrets(ac: dict[str, Any]) -> set[str]:
@@ -203,7 +214,10 @@ def _status_forwarded(target: Target, pod: str, timeout: float, headers: dict[st
     tunnel: our own HTTP, over our own TLS to the node, so the Authorization header
     reaches the node, unlike the pod proxy, which keeps it for itself)."""
     context = _trust(tls) if serves_tls else None
-    forward = portforward(target.core.connect_get_namespaced_pod_portforward, pod, target.namespace,
+    # an ApiClient of its own: `portforward` swaps the client's request method while it
+    # opens the tunnel, and collect_nodes opens several at once
+    api = ApiClient(target.api.configuration)
+    forward = portforward(CoreV1Api(api).connect_get_namespaced_pod_portforward, pod, target.namespace,
                           ports=str(NODE_PORT), _request_timeout=timeout)
     try:
         conn = http.client.HTTPConnection("localhost", NODE_PORT, timeout=timeout)
@@ -219,6 +233,7 @@ def _status_forwarded(target: Target, pod: str, timeout: float, headers: dict[st
         return body
     finally:
         forward.close()
+        api.close()
 
 
 def node_status(target: Target, pod: Any, timeout: float, headers: dict[str, str] | None = None,
