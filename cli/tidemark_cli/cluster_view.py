@@ -12,6 +12,7 @@ from tidemark_operator import placement as pl
 from tidemark_operator.backup_health import CONDITION as BACKUP_HEALTHY
 from tidemark_operator.maintenance import CONDITION as MAINTENANCE
 from tidemark_operator.model import ZONE_POD_LABEL, placement_name, selector_labels
+from tidemark_operator.permissions import CONDITION as RECONCILED
 from tidemark_protocol.quorum import WRITE_QUORUM
 
 from .kube_target import TIMEOUT, Target, event_time
@@ -51,6 +52,9 @@ def problems_of(status: Mapping[str, Any], instances: Sequence[Mapping[str, Any]
     backup = condition_of(status, BACKUP_HEALTHY)
     if backup.get("status") == "False":
         out.append(f"backup not healthy: {backup.get('reason')}: {backup.get('message', '')}")
+    reconciled = condition_of(status, RECONCILED)
+    if reconciled.get("status") == "False":
+        out.append(f"operator pass refused: {reconciled.get('reason')}: {reconciled.get('message', '')}")
     out += [f"instance {i['name']} ({i['role']}) not serving" for i in instances if not i.get("serving")]
     if status.get("instancesBlocked"):
         out.append(f"instances blocked: {status['instancesBlocked']}")

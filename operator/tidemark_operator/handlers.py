@@ -18,7 +18,17 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
-from . import backup_poll, ha, instances, metrics, nodetls, restoreflow, snapshots, writer_watch
+from . import (
+    backup_poll,
+    ha,
+    instances,
+    metrics,
+    nodetls,
+    permissions,
+    restoreflow,
+    snapshots,
+    writer_watch,
+)
 from .backupspec import SNAPSHOT_PLURAL, BackupSpec
 from .instances import InstancePod
 from .kube import Kube, connection_info, load_config
@@ -34,7 +44,7 @@ from .model import (
     ZONE_POD_LABEL,
 )
 from .nodeclient import NodeClient
-from .reconcile import Context, Settings, reconcile
+from .reconcile import Context, Settings, now_iso, reconcile
 from .spec import parse_spec
 from .state import cluster_state
 from .status import PodObs
@@ -71,6 +81,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # keep-alives need not be logged (pauses and resumes are logged regardless).
     settings.peering.lifetime = ha.LIFETIME
     settings.peering.stealth = True
+    # Watching named namespaces (the chart's namespaced install): kopf's restricted mode,
+    # so it never lists namespaces cluster-wide (the Role grants nothing there: 403s
+    # retried nine times and logged as errors) and takes the CRDs from its start-up scan.
+    if memo.get("namespaces"):
+        settings.scanning.disabled = True
     await asyncio.to_thread(load_config, settings_of(memo).kubeconfig)
     if settings.peering.mandatory and not settings.peering.standalone:  # --peering
         await asyncio.to_thread(ha.ensure_peering, settings.peering.name, settings.peering.clusterwide,
@@ -145,17 +160,30 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         log.info("%s/%s: first pass after a gap, forgetting the old observations", ns, name)
         ha.forget_stale(state)
     started = time.monotonic()
+    old = {k: v for k, v in (fresh.get("status") or {}).items() if k != "kopf"}
+    gen = int(fresh["metadata"].get("generation", 1))
     try:
         status = await reconcile(ctx, state, fresh, pods_of(pods, ns, name), events(body),
                                  instances_of(inst, ns, name))
-    except Exception:
-        metrics.record_reconcile(source, "error", time.monotonic() - started)
-        raise
+    except Exception as exc:
+        denied = permissions.denied(exc)
+        metrics.record_reconcile(source, "error" if denied is None else "forbidden", time.monotonic() - started)
+        if denied is None:
+            raise
+        # an RBAC verb missing: say so in the status and go on (the timer's next pass
+        # retries; a crash or a backoff loop would only say it in the log)
+        log.warning("%s/%s: pass refused: %s", ns, name, denied)
+        if state.denied != denied and permissions.newly_refused(old, denied):
+            events(body)("Warning", permissions.DENIED, denied)
+        state.denied = denied
+        status = permissions.refused(old, denied, gen, now_iso())
+    else:
+        metrics.record_reconcile(source, "ok", time.monotonic() - started)
+        state.denied = None
+        permissions.granted(status, old, gen, now_iso())
     finally:
         ha.mark_pass(memo)
-    metrics.record_reconcile(source, "ok", time.monotonic() - started)
     metrics.record_status(ns, name, status, fresh["metadata"].get("creationTimestamp"))
-    old = {k: v for k, v in (fresh.get("status") or {}).items() if k != "kopf"}
     if status != old:
         patch.status.update(status)
         for key in set(old) - set(status):

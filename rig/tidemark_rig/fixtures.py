@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,18 @@ def kubectl_path() -> str:
             pytest.fail("kubectl not on PATH")
         pytest.skip("kubectl not on PATH")
     return path
+
+
+def helm(tmp_path: Path, *args: str) -> str:
+    """The rig's pinned helm, in a throwaway home under TMP_PATH; its output (a failure
+    fails the test, with helm's output)."""
+    require_binaries(["helm"])
+    env = {"HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "cfg"),
+           "HELM_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([str(bin_path("helm")), *args], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert res.returncode == 0, f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
+    return res.stdout
 
 
 def require_binaries(names: list[str]) -> None:

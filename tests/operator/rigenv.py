@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import chart_identity
 import pytest
 import yaml
 from kubernetes import client
@@ -109,20 +110,25 @@ def install_crd(api: client.ApiClient, path: Path) -> None:
 
 @contextlib.contextmanager
 def operator_env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory,
-                 crds: tuple[Path, ...] = (CRD,)) -> Iterator[dict[str, Any]]:
-    """A fresh namespace with the CRDs installed and one operator process watching it."""
+                 crds: tuple[Path, ...] = (CRD,),
+                 rbac_edit: Callable[[list[dict[str, Any]]], None] = lambda docs: None) -> Iterator[dict[str, Any]]:
+    """A fresh namespace with the CRDs installed and one operator process watching it, as
+    the chart's ServiceAccount with exactly the chart's RBAC (`chart_identity`; RBAC_EDIT
+    may change the rendered objects first)."""
     api = rig_cluster.api_client()
     for path in crds:
         install_crd(api, path)
     ns = "op-" + uuid.uuid4().hex[:6]
     core = rig_cluster.core()
     core.create_namespace({"metadata": {"name": ns}}, _request_timeout=10)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = Operator(str(rig_cluster.kubeconfig), ns, log)
+    work = tmp_path_factory.mktemp("operator")
+    ident = chart_identity.install(rig_cluster, work, ns, rbac_edit)
+    log = work / "operator.log"
+    op = Operator(str(ident.kubeconfig), ns, log)
     op.start()
     e = {"rig": rig_cluster, "api": api, "core": core, "apps": client.AppsV1Api(api),
          "co": client.CustomObjectsApi(api), "policy": client.PolicyV1Api(api), "ns": ns,
-         "op": op, "log": log}
+         "op": op, "log": log, "identity": ident}
     try:
         yield e
     finally:
@@ -131,6 +137,7 @@ def operator_env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFac
             rig_cluster.restore_nodes()
         with contextlib.suppress(Exception):
             core.delete_namespace(ns, _request_timeout=10)
+        chart_identity.remove(rig_cluster, ident)
 
 
 def cluster_body(name: str, **spec: Any) -> dict[str, Any]:

@@ -10,23 +10,13 @@ import pytest
 import yaml
 
 from tidemark_rig.control_plane import ControlPlane
-from tidemark_rig.fixtures import kubectl_path, require_binaries
+from tidemark_rig.fixtures import helm, kubectl_path
 from tidemark_rig.versions import bin_path
 
 pytestmark = [pytest.mark.rig, pytest.mark.operator]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tidemark"
-
-
-def helm(tmp_path: Path, *args: str) -> str:
-    require_binaries(["helm"])
-    env = {"HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "cfg"),
-           "HELM_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([str(bin_path("helm")), *args], capture_output=True, text=True,
-                         timeout=60, env=env)
-    assert res.returncode == 0, f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def test_chart_crd_is_the_repo_crd() -> None:

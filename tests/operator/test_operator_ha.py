@@ -37,22 +37,21 @@ from tidemark_rig.procs import tail, wait_for
 pytestmark = [pytest.mark.rig, pytest.mark.operator]
 
 PEERING_CRD = ROOT / "crds" / "kopfpeerings.kopf.dev.yaml"
-PEERING = "tidemark-ha-test"
 
 
 class PeeredOperator(Operator):
     """`tidemark operator run --peering PEERING` as the chart runs it (kopf identity ID,
     as the chart's POD_ID), with a log of its own."""
 
-    def __init__(self, kubeconfig: str, ns: str, log: Path, ident: str) -> None:
+    def __init__(self, kubeconfig: str, ns: str, log: Path, ident: str, peering: str) -> None:
         super().__init__(kubeconfig, ns, log)
-        self.ident = ident
+        self.ident, self.peering = ident, peering
 
     def start(self, crash_at: str | None = None) -> None:
         assert crash_at is None
         args = ["run", "-n", self.ns, "--kubeconfig", self.kubeconfig, "--node-command", TIDEMARK,
                 "--liveness", f"http://127.0.0.1:{self.health_port}/healthz",
-                "--metrics-port", str(self.metrics_port), "--interval", "1", "--peering", PEERING]
+                "--metrics-port", str(self.metrics_port), "--interval", "1", "--peering", self.peering]
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen([TIDEMARK, "operator", *args], stdout=fh, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
@@ -73,7 +72,9 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
     with operator_env(rig_cluster, tmp_path_factory, crds=(CRD, PEERING_CRD)) as e:
         e["op"].kill(signal.SIGTERM)  # operator_env's standalone operator: replaced by two peers
         logs = tmp_path_factory.mktemp("peers")
-        peers = [PeeredOperator(str(rig_cluster.kubeconfig), e["ns"], logs / f"{i}.log", f"peer-{i}")
+        # the chart's peering object: its Role lets the operator patch that one only
+        ident = e["identity"]
+        peers = [PeeredOperator(str(ident.kubeconfig), e["ns"], logs / f"{i}.log", f"peer-{i}", ident.peering)
                  for i in ("a", "b")]
         e["peers"] = peers
         e["log"] = peers[0].log  # the conftest prints the leader's log on a failure
@@ -91,7 +92,7 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def _peers_recorded(env: dict[str, Any]) -> set[str]:
     obj = env["co"].get_namespaced_custom_object(ha.PEERING_GROUP, ha.PEERING_VERSION, env["ns"], "kopfpeerings",
-                                                 PEERING, _request_timeout=5)
+                                                 env["identity"].peering, _request_timeout=5)
     return set(obj.get("status") or {})
 
 
@@ -102,7 +103,7 @@ def test_standby_takes_over_a_repair_in_flight_when_the_leader_is_killed(env: di
 
     # the leader first: it creates the KopfPeering and builds the cluster
     leader.start()
-    wait_for(lambda: leader.logged("peering 'tidemark-ha-test', priority"), 60, "the leader's startup",
+    wait_for(lambda: leader.logged(f"peering '{leader.peering}', priority"), 60, "the leader's startup",
              interval=0.2, on_timeout=lambda: tail(leader.log, 40))
     co.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, cluster_body(NAME, nodesPerZone=3),
                                        _request_timeout=10)
@@ -120,7 +121,7 @@ def test_standby_takes_over_a_repair_in_flight_when_the_leader_is_killed(env: di
     # the standby starts later (a lower priority): it starts paused (mandatory peering)
     # and stays so, its keep-alives in the KopfPeering beside the leader's
     standby.start()
-    wait_for(lambda: standby.logged("peering 'tidemark-ha-test', priority"), 60, "the standby's startup",
+    wait_for(lambda: standby.logged(f"peering '{standby.peering}', priority"), 60, "the standby's startup",
              interval=0.2, on_timeout=lambda: tail(standby.log, 40))
     wait_for(lambda: _peers_recorded(env) == {"peer-a", "peer-b"}, 30, "both peers in the KopfPeering")
     time.sleep(3)  # three timer intervals in which a working peer would have run passes

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tidemark_rig.fixtures import require_binaries
-from tidemark_rig.versions import bin_path
+from tidemark_rig.fixtures import helm
 
 pytestmark = pytest.mark.rig
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "tidemark"
-
-
-def helm(tmp_path: Path, *args: str) -> str:
-    require_binaries(["helm"])
-    env = {"HELM_CACHE_HOME": str(tmp_path / "cache"), "HELM_CONFIG_HOME": str(tmp_path / "cfg"),
-           "HELM_DATA_HOME": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([str(bin_path("helm")), *args], capture_output=True, text=True,
-                         timeout=60, env=env)
-    assert res.returncode == 0, f"helm {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
-    return res.stdout
 
 
 def test_helm_lint(tmp_path: Path) -> None:

@@ -427,3 +427,14 @@ def test_the_report_dials_a_pod_ip_only_where_it_routes(monkeypatch: pytest.Monk
     assert not support_report.routable_here("10.244.3.7")
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
     assert support_report.routable_here("10.244.3.7")
+
+
+def test_a_pass_refused_for_a_missing_rbac_verb_is_a_problem() -> None:
+    doc = _doc()
+    refused = ('poddisruptionbudgets.policy is forbidden: User "system:serviceaccount:ns:tm" cannot create '
+               'resource "poddisruptionbudgets": grant it')
+    st = _ac(conditions=[_cond("Ready", True, "QuorumAvailable"), _cond("Reconciled", False, "PermissionDenied", refused)])
+    s = summarize(st, _pods(doc), doc, [])
+    assert s["healthy"] is False
+    assert any(p.startswith("operator pass refused: PermissionDenied: poddisruptionbudgets") for p in s["problems"])
+    assert "PermissionDenied" in _text(s)
