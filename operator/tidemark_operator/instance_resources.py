@@ -108,6 +108,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                "--listen", f"0.0.0.0:{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
                "--credentials-dir", CREDENTIALS_MOUNT, "--node-tokens-dir", nodekeys.TOKENS_MOUNT,
                "--node-ca-file", nodetls.ca_path(), *instancetls.args(),
+               *(["--require-tls"] if spec.instance.tls.required else []),
                "--max-lag-ms", str(spec.instance.max_lag_ms)]
     container: dict[str, Any] = {
         "name": "sql",

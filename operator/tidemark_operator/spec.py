@@ -87,8 +87,16 @@ class Restore(_Spec):
 ZoneName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 
 
+class InstanceTLS(_Spec):
+    # Refuse PostgreSQL clients that do not ask for TLS (SQLSTATE 28000), as RDS for
+    # PostgreSQL 15+ does by default (rds.force_ssl=1); libpq's default sslmode=prefer asks.
+    required: bool = True
+
+
 class Instances(_Spec):
     """The database instances' pods (`tidemark sql serve`)."""
+
+    tls: InstanceTLS = Field(default_factory=InstanceTLS)
 
     resources: Resources | None = None
     # A replica whose feed lag exceeds this is taken out of the `-ro` Service (readiness).

@@ -210,7 +210,8 @@ def test_clients_verify_the_instances_against_the_clusters_ca(env: dict[str, Any
     (the node-tls Secret's), the `-instance-tls` Secret owned by the cluster; psycopg with
     sslmode=verify-full by the -rw/-ro Service's name (libpq's hostaddr dials the pod IP:
     on the rig names do not resolve) and verify-ca by IP are encrypted; another CA is
-    refused; plain clients are still accepted; the admin endpoint is https, verified by
+    refused; plain clients are refused (spec.instance.tls.required, true by default: SQLSTATE
+    28000) and the default sslmode=prefer gets TLS; the admin endpoint is https, verified by
     chain (the operator's status reads of it keep readyInstances at 2/2)."""
     ns = env["ns"]
     cm = env["core"].read_namespaced_config_map(f"{DB}-ca", ns, _request_timeout=5)
@@ -226,7 +227,7 @@ def test_clients_verify_the_instances_against_the_clusters_ca(env: dict[str, Any
     ca.write_text(cm.data["ca.crt"])
     dep = env["apps"].read_namespaced_deployment(f"{DB}-writer", ns, _request_timeout=5)
     c = dep.spec.template.spec.containers[0]
-    assert "--tls-cert" in c.command and "--require-tls" not in c.command
+    assert "--tls-cert" in c.command and "--require-tls" in c.command
     assert c.readiness_probe.http_get.scheme == "HTTPS"
 
     def session(service: str, **tls: str) -> psycopg.Connection:
@@ -239,8 +240,10 @@ def test_clients_verify_the_instances_against_the_clusters_ca(env: dict[str, Any
             assert conn.pgconn.ssl_in_use and conn.execute("SELECT count(*) FROM t").fetchone() == (2,)
         with session(service, sslmode="verify-ca", sslrootcert=str(ca)) as conn:
             assert conn.pgconn.ssl_in_use
-    with session(f"{DB}-rw", sslmode="disable") as conn:
-        assert not conn.pgconn.ssl_in_use
+    with pytest.raises(psycopg.OperationalError, match="TLS connections only"):
+        session(f"{DB}-rw", sslmode="disable")
+    with session(f"{DB}-rw") as conn:  # libpq's default, sslmode=prefer
+        assert conn.pgconn.ssl_in_use
     other = tmp_path / "other-ca.crt"
     other.write_bytes(pki.cert_pem(pki.make_ca("another CA", 1, dt.datetime.now(dt.UTC))[0]))
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):

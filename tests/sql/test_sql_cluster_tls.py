@@ -1,7 +1,8 @@
 """The instances as they serve on Kubernetes (#14), over a real fleet: one CA for the storage
 nodes and the instances (the cluster's), an instance certificate naming the -rw/-ro/-r
 Services and no IP. The PostgreSQL port offers TLS (verify-full by the Service's name,
-with libpq's hostaddr for the address; plain still accepted), the admin endpoint is https,
+with libpq's hostaddr for the address; plain refused, as spec.instance.tls.required
+defaults), the admin endpoint is https,
 the replica follows the writer's feed over wss verified against the CA (verify-ca: pods
 are dialled by IP), and a renewed certificate is served without a restart."""
 
@@ -65,7 +66,7 @@ async def test_cluster_instances_serve_tls_and_the_replica_follows_over_wss(tmp_
     writer = replica = reader = None
     try:
         writer = await Instance.start(await open_writer(fl), WRITER_HOST, 0, creds, admin_port=0, feed_token=token,
-                                      tls=tls.context, admin_tls=tls.context)
+                                      tls=tls.context, admin_tls=tls.context, require_tls=True)
         assert writer.admin.url.startswith(f"https://{WRITER_HOST}:")
         feed = f"ws{writer.admin.url[4:]}/v1/feed"
         assert feed.startswith("wss://")
@@ -94,8 +95,10 @@ async def test_cluster_instances_serve_tls_and_the_replica_follows_over_wss(tmp_
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError("the replica never read the row")
-        async with await psycopg.AsyncConnection.connect(dsn("db-r", WRITER_HOST, wport, ca, "disable")) as conn:
-            assert not conn.pgconn.ssl_in_use  # offered, not required (as CloudNativePG's default)
+        with pytest.raises(psycopg.OperationalError, match="TLS connections only"):  # required (the default)
+            await psycopg.AsyncConnection.connect(dsn("db-r", WRITER_HOST, wport, ca, "disable"))
+        async with await psycopg.AsyncConnection.connect(dsn("db-r", WRITER_HOST, wport, ca, "prefer")) as conn:
+            assert conn.pgconn.ssl_in_use  # libpq's default mode asks for TLS
         with pytest.raises(psycopg.OperationalError):  # the certificate names the Services, no IP
             await psycopg.AsyncConnection.connect(
                 f"host={WRITER_HOST} port={wport} user={USER} password={PASSWORD} dbname=tidemark "

@@ -118,7 +118,9 @@ def test_instance_pods_mount_their_certificate_serve_tls_and_are_probed_over_htt
     mount = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}["instance-tls"]
     cmd = c["command"]
     assert (_arg(cmd, "--tls-cert"), _arg(cmd, "--tls-key")) == (f"{mount}/tls.crt", f"{mount}/tls.key")
-    assert "--require-tls" not in cmd  # plain clients still accepted, as CloudNativePG's default
+    assert "--require-tls" in cmd  # spec.instance.tls.required: true by default (RDS's rds.force_ssl)
+    relaxed = instance_deployment("demo", "ns", role, 1, parse_spec({"instance": {"tls": {"required": False}}}), OWNER)
+    assert "--require-tls" not in relaxed["spec"]["template"]["spec"]["containers"][0]["command"]
     assert nodetls.serves_tls(cmd)  # what the operator's index reads: its admin endpoint is https
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": SQL_ADMIN_PORT, "scheme": "HTTPS"}
     assert "subPath" not in str(c["volumeMounts"])  # the kubelet refreshes renewed files
