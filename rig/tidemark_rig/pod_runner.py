@@ -9,7 +9,12 @@ and downward-API fieldRefs) plus ``TIDEMARK_POD_IP``/``POD_IP``, ``TIDEMARK_POD_
 address from the node's podCIDR).
 
 Like a kubelet, it also materialises the first container's `secret` volumes (files under
-the pod's directory, at the mount path, mode 0400 unless the volume says otherwise) and,
+the pod's directory, at the mount path, mode 0400 unless the volume says otherwise; laid
+out as the kubelet's AtomicWriter does: the files in a timestamped `..YYYY_MM_DD_...` dir,
+a `..data` symlink to it and one symlink per entry through `..data`), refreshes them in
+running pods when the Secret changes (every ``--volume-refresh`` seconds, default 3; the
+kubelet takes up to about a minute: a new dir, then one atomic rename of `..data`, so a
+process never sees half an update, e.g. a new certificate with the old key) and,
 unless the pod sets ``automountServiceAccountToken: false``, gives the process its
 ServiceAccount's identity: a token from the TokenRequest API (bound to the pod) in a
 kubeconfig named by ``KUBECONFIG``, so RBAC applies to pod processes as in a cluster.
@@ -35,9 +40,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +55,8 @@ from .kwok_nodes import ZONE_LABEL, node_ready
 RUN_LOCAL_LABEL = "tidemark.dev/run-local"
 RUN_LOCAL_SELECTOR = f"{RUN_LOCAL_LABEL}=true"
 STATE_FILE = "pod-runner.json"
+DATA_LINK = "..data"  # the kubelet's AtomicWriter names
+VOLUME_REFRESH_S = 3.0
 
 log = logging.getLogger("tidemark_rig.pod_runner")
 
@@ -137,6 +146,67 @@ def pod_env(pod: dict[str, Any], node: dict[str, Any] | None,
     return env
 
 
+Payload = dict[str, tuple[bytes, int]]  # path in the volume -> (content, mode)
+
+
+def _payload_on_disk(target: Path) -> Payload | None:
+    """What TARGET's `..data` holds now (None: no kubelet-style volume there yet)."""
+    data = target / DATA_LINK
+    if not data.is_symlink():
+        return None
+    out: Payload = {}
+    try:
+        for path in sorted(data.resolve().rglob("*")):
+            if path.is_file():
+                out[str(path.relative_to(data.resolve()))] = (path.read_bytes(), path.stat().st_mode & 0o777)
+    except OSError:
+        return None
+    return out
+
+
+def write_volume(target: Path, payload: Payload) -> bool:
+    """Make TARGET hold PAYLOAD as the kubelet's AtomicWriter does; False when it already
+    did (nothing written). The files go to a new `..<timestamp>` dir, then `..data` is
+    swapped to it with one rename (readers see all old or all new files), the entries are
+    symlinks through `..data`, and the previous dir and entries gone from PAYLOAD are
+    removed. Entries left by an older layout (plain files) are replaced."""
+    target.mkdir(parents=True, exist_ok=True)
+    if _payload_on_disk(target) == payload:
+        return False
+    new = Path(tempfile.mkdtemp(prefix=time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime()), dir=target))
+    for rel, (content, mode) in payload.items():
+        path = new / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(mode)
+    new.chmod(0o755)
+    tmp_link = target / (DATA_LINK + "_tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    tmp_link.symlink_to(new.name)
+    os.replace(tmp_link, target / DATA_LINK)
+    tops = {Path(rel).parts[0] for rel in payload}
+    for top in sorted(tops):
+        entry = target / top
+        if entry.is_symlink() and os.readlink(entry) == f"{DATA_LINK}/{top}":
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+        entry.symlink_to(f"{DATA_LINK}/{top}")
+    for entry in target.iterdir():
+        if entry.name in (DATA_LINK, new.name):
+            continue
+        if entry.name.startswith("..") and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)  # a previous payload
+        elif (entry.is_symlink() and entry.name not in tops
+              and os.readlink(entry).startswith(DATA_LINK + "/")):
+            entry.unlink()  # an entry the Secret no longer has
+    return True
+
+
 @dataclass
 class Running:
     uid: str
@@ -150,11 +220,15 @@ class Running:
     next_start: float = 0.0
     log: str = ""
     history: list[int] = field(default_factory=list)
+    cwd: Path | None = None  # set once started: where its volumes are written
 
 
 class PodRunner:
-    def __init__(self, core: Any, rig_dir: Path, selector: str = RUN_LOCAL_SELECTOR) -> None:
+    def __init__(self, core: Any, rig_dir: Path, selector: str = RUN_LOCAL_SELECTOR,
+                 volume_refresh: float = VOLUME_REFRESH_S) -> None:
         self.core = core
+        self.volume_refresh = volume_refresh  # seconds between volume refreshes; <= 0: never
+        self.next_refresh = 0.0
         self.dir = rig_dir
         self.selector = selector
         self.log_dir = rig_dir / "logs" / "pods"
@@ -172,31 +246,52 @@ class PodRunner:
             return None
         return base64.b64decode(data[key]).decode() if key in data else None
 
-    def _secret_volumes(self, pod: dict[str, Any], cwd: Path) -> None:
-        """Write the first container's mounted `secret` volumes under CWD."""
+    def _secret_volumes(self, pod: dict[str, Any], cwd: Path,
+                        cache: dict[tuple[str, str], dict[str, str] | None] | None = None) -> int:
+        """Write the first container's mounted `secret` volumes under CWD (write_volume:
+        only what changed, atomically); how many volumes changed. A Secret that cannot be
+        read leaves its volume as it was (the process finds no files if it never was).
+        CACHE shares one read of each Secret between the pods of one refresh round."""
+        cache = {} if cache is None else cache
+        ns = pod["metadata"]["namespace"]
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        changed = 0
         for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
             src = (volumes.get(mount.get("name")) or {}).get("secret")
             if not src:
                 continue
             target = cwd / str(mount["mountPath"]).lstrip("/")
             target.mkdir(parents=True, exist_ok=True)
-            try:
-                data = self.core.read_namespaced_secret(src["secretName"], pod["metadata"]["namespace"],
-                                                        _request_timeout=10).data or {}
-            except Exception as exc:  # noqa: BLE001 - the process finds no files, as with a missing Secret
-                log.warning("secret volume %s: %s", src["secretName"], exc)
+            key = (ns, src["secretName"])
+            if key not in cache:
+                try:
+                    cache[key] = self.core.read_namespaced_secret(src["secretName"], ns,
+                                                                  _request_timeout=10).data or {}
+                except Exception as exc:  # noqa: BLE001 - a missing Secret: no files, or the old ones
+                    log.warning("secret volume %s: %s", src["secretName"], exc)
+                    cache[key] = None
+            data = cache[key]
+            if data is None:
                 continue
             items = src.get("items") or [{"key": k, "path": k} for k in data]
-            for item in items:
-                if item["key"] not in data:
-                    continue
-                path = target / item["path"]
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    path.chmod(0o600)
-                path.write_bytes(base64.b64decode(data[item["key"]]))
-                path.chmod(int(item.get("mode") or src.get("defaultMode") or 0o400))
+            payload = {item["path"]: (base64.b64decode(data[item["key"]]),
+                                      int(item.get("mode") or src.get("defaultMode") or 0o400))
+                       for item in items if item["key"] in data}
+            try:
+                changed += write_volume(target, payload)
+            except OSError as exc:
+                log.warning("secret volume %s at %s: %s", src["secretName"], mount["mountPath"], exc)
+        return changed
+
+    def refresh_volumes(self, pods: dict[str, dict[str, Any]]) -> None:
+        """What the kubelet's periodic sync does for running pods: their Secret volumes
+        rewritten when the Secrets changed (PODS: by uid, as listed this round)."""
+        cache: dict[tuple[str, str], dict[str, str] | None] = {}
+        for uid, r in self.running.items():
+            if r.cwd is None or r.popen is None or uid not in pods:
+                continue
+            if self._secret_volumes(pods[uid], r.cwd, cache):
+                log.info("pod %s/%s: secret volume contents refreshed", r.namespace, r.name)
 
     def _service_account(self, pod: dict[str, Any], cwd: Path) -> str | None:
         """A kubeconfig with a pod-bound token of the pod's ServiceAccount (None: no token)."""
@@ -239,6 +334,7 @@ class PodRunner:
             return
         cwd = Path(c.get("workingDir") or self.work_dir / r.namespace / r.name)
         cwd.mkdir(parents=True, exist_ok=True)
+        r.cwd = cwd
         self._secret_volumes(pod, cwd)
         if kubeconfig := self._service_account(pod, cwd):
             env["KUBECONFIG"] = kubeconfig
@@ -360,6 +456,9 @@ class PodRunner:
             elif r.popen is None and now >= r.next_start:
                 self._start(r, pod, node)
         self._save()
+        if self.volume_refresh > 0 and now >= self.next_refresh:
+            self.next_refresh = now + self.volume_refresh
+            self.refresh_volumes({uid: pod for uid, (pod, _node) in wanted.items()})
 
     def run(self, interval: float = 0.5) -> None:
         def stop(signum: int, _frame: Any) -> None:
@@ -385,13 +484,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", required=True, type=Path)
     ap.add_argument("--selector", default=RUN_LOCAL_SELECTOR)
     ap.add_argument("--interval", type=float, default=0.5)
+    ap.add_argument("--volume-refresh", type=float, default=VOLUME_REFRESH_S,
+                    help="seconds between refreshes of running pods' Secret volumes (<= 0: never)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(message)s")
     from kubernetes import client, config
 
     core = client.CoreV1Api(config.new_client_from_config(config_file=args.kubeconfig))
-    PodRunner(core, args.dir, args.selector).run(args.interval)
+    PodRunner(core, args.dir, args.selector, args.volume_refresh).run(args.interval)
     return 0
 
 

@@ -198,7 +198,8 @@ def test_storage_pods_refuse_calls_without_the_clusters_tokens(env: dict[str, An
     ip, name = pod.status.pod_ip, pod.metadata.name
     # the pod runner wrote the mounted key (and nothing else of the Secret) as a kubelet would
     mounted = env["rig"].dir / "pods" / ns / name / "etc" / "tidemark" / "node-auth"
-    assert sorted(f.name for f in mounted.iterdir()) == ["node-auth.key"]
+    # (entries only: `..data` and its timestamped dir are the kubelet's atomic-update layout)
+    assert sorted(f.name for f in mounted.iterdir() if not f.name.startswith("..")) == ["node-auth.key"]
     assert mounted.joinpath("node-auth.key").stat().st_mode & 0o777 == 0o400
     pg = next(pg for pg, m in cluster_topology(core, ns, NAME).memberships.items() if name in m.members)
 
@@ -245,8 +246,9 @@ def test_storage_pods_speak_tls_only_and_are_verified_against_the_clusters_ca(en
     ip, name = pod.status.pod_ip, pod.metadata.name
     assert pod.spec.containers[0].readiness_probe.http_get.scheme == "HTTPS"
     mounted = env["rig"].dir / "pods" / ns / name / "etc" / "tidemark" / "node-tls"
-    assert sorted(f.name for f in mounted.iterdir()) == ["ca.crt", "tls.crt", "tls.key"]
-    assert all(f.stat().st_mode & 0o777 == 0o400 for f in mounted.iterdir())
+    entries = [f for f in mounted.iterdir() if not f.name.startswith("..")]  # not the kubelet's `..data`
+    assert sorted(f.name for f in entries) == ["ca.crt", "tls.crt", "tls.key"]
+    assert all(f.stat().st_mode & 0o777 == 0o400 for f in entries)
 
     with pytest.raises((OSError, http.client.HTTPException)):  # plain http: no answer at all
         urllib.request.urlopen(f"http://{ip}:7000/livez", timeout=5)
