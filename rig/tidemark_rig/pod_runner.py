@@ -146,6 +146,21 @@ def pod_env(pod: dict[str, Any], node: dict[str, Any] | None,
     return env
 
 
+def write_token_kubeconfig(cfg: Any, sa: str, namespace: str, token: str, path: Path) -> Path:
+    """A kubeconfig at PATH (mode 0600) that authenticates to CFG's apiserver as the
+    ServiceAccount NAMESPACE/SA with TOKEN (a TokenRequest token)."""
+    doc = {
+        "apiVersion": "v1", "kind": "Config", "current-context": "pod",
+        "clusters": [{"name": "rig", "cluster": {"server": cfg.host, "certificate-authority": str(cfg.ssl_ca_cert)}}],
+        "users": [{"name": sa, "user": {"token": token}}],
+        "contexts": [{"name": "pod", "context": {"cluster": "rig", "user": sa, "namespace": namespace}}],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    path.chmod(0o600)
+    return path
+
+
 Payload = dict[str, tuple[bytes, int]]  # path in the volume -> (content, mode)
 
 
@@ -307,19 +322,8 @@ class PodRunner:
         except Exception as exc:  # noqa: BLE001 - the process runs without API credentials
             log.warning("token for %s/%s: %s", meta["namespace"], sa, exc)
             return None
-        cfg = self.core.api_client.configuration
-        kubeconfig = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "rig", "cluster": {"server": cfg.host,
-                                                     "certificate-authority": str(cfg.ssl_ca_cert)}}],
-            "users": [{"name": sa, "user": {"token": tr.status.token}}],
-            "contexts": [{"name": "pod", "context": {"cluster": "rig", "user": sa,
-                                                     "namespace": meta["namespace"]}}],
-        }
         path = cwd / ".kube" / "config"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(kubeconfig))
-        path.chmod(0o600)
+        write_token_kubeconfig(self.core.api_client.configuration, sa, meta["namespace"], tr.status.token, path)
         return str(path)
 
     # -- process control -----------------------------------------------------------------------

@@ -6,7 +6,6 @@ operator tests run the operator with it, never with the rig's admin credentials 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from kubernetes import client, utils
 
 from tidemark_rig.control_plane import ControlPlane
 from tidemark_rig.fixtures import helm
+from tidemark_rig.pod_runner import write_token_kubeconfig
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "tidemark"
@@ -51,14 +51,7 @@ def kubeconfig_for(api: client.ApiClient, ns: str, sa: str, path: Path) -> Path:
     """A kubeconfig authenticating as NS/SA with a TokenRequest token."""
     tr = client.CoreV1Api(api).create_namespaced_service_account_token(
         sa, ns, {"spec": {"expirationSeconds": TOKEN_SECONDS}}, _request_timeout=10)
-    cfg = api.configuration
-    doc = {"apiVersion": "v1", "kind": "Config", "current-context": "operator",
-           "clusters": [{"name": "rig", "cluster": {"server": cfg.host, "certificate-authority": str(cfg.ssl_ca_cert)}}],
-           "users": [{"name": sa, "user": {"token": tr.status.token}}],
-           "contexts": [{"name": "operator", "context": {"cluster": "rig", "user": sa, "namespace": ns}}]}
-    path.write_text(json.dumps(doc))
-    path.chmod(0o600)
-    return path
+    return write_token_kubeconfig(api.configuration, sa, ns, tr.status.token, path)
 
 
 def install(rig: ControlPlane, tmp_path: Path, ns: str,
