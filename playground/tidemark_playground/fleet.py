@@ -75,8 +75,9 @@ class NodeProc:
     host: str
     port: int
     pid: int = 0
-    start_time: float | None = None  # psutil create_time of `pid`; None in fleet.json of older versions
+    start_time: float | None = None  # wall-clock start, in fleet.json of older versions only
     tls: bool = False  # serves https with a certificate of the fleet's CA (every new fleet)
+    start_ticks: int | None = None  # start_ticks_of(pid); None in fleet.json of older versions
 
     @property
     def url(self) -> str:
@@ -89,18 +90,22 @@ def free_port(host: str) -> int:
         return sock.getsockname()[1]
 
 
-def pid_state(pid: int, start_time: float | None = None, ours: bool = False) -> str:
-    """'running', 'paused' (SIGSTOPped) or 'dead'. With START_TIME (the create_time recorded
-    when we started it) a pid now held by a process started at another time was reused:
-    that is 'dead' too, never ours to signal. Without it (fleet.json of older versions)
+def pid_state(pid: int, start_ticks: int | None = None, ours: bool = False,
+              start_time: float | None = None) -> str:
+    """'running', 'paused' (SIGSTOPped) or 'dead'. With START_TICKS (when we started it,
+    in clock ticks after boot) a pid now held by a process started at another moment was
+    reused: that is 'dead' too, never ours to signal. START_TIME is the wall-clock start
+    fleet.json of older versions recorded (compared within a second). Without either
     and with OURS, a process whose command line is not a tidemark one is 'dead' too."""
     if pid <= 0:
         return "dead"
     try:
         proc = psutil.Process(pid)
-        if start_time is not None and abs(proc.create_time() - start_time) > 1.0:
+        if start_ticks is not None and start_ticks_of(pid) != start_ticks:
             return "dead"
-        if start_time is None and ours and not _tidemark_cmdline(proc.cmdline()):
+        if start_ticks is None and start_time is not None and abs(proc.create_time() - start_time) > 1.0:
+            return "dead"
+        if start_ticks is None and start_time is None and ours and not _tidemark_cmdline(proc.cmdline()):
             return "dead"
         status = proc.status()
     except psutil.Error:
@@ -110,26 +115,35 @@ def pid_state(pid: int, start_time: float | None = None, ours: bool = False) -> 
     return "paused" if status == psutil.STATUS_STOPPED else "running"
 
 
+def state_of(proc: NodeProc | InstanceProc, ours: bool = True) -> str:
+    return pid_state(proc.pid, proc.start_ticks, ours, proc.start_time)
+
+
 def _tidemark_cmdline(cmdline: list[str]) -> bool:
     """`python -m tidemark_cli.main …` or the `tidemark` script: what the fleet starts."""
     return any(Path(arg).name == "tidemark" or arg.startswith("tidemark_") for arg in cmdline)
 
 
-def start_time_of(pid: int) -> float | None:
+def start_ticks_of(pid: int) -> int | None:
+    """When PID started, in clock ticks after boot (field 22 of /proc/PID/stat). Not
+    psutil's create_time: that adds the boot time as the wall clock has it now, so a
+    clock step (NTP on a CI machine) moves it, a live writer looks like a reused pid and
+    the supervisor starts a second writer, which fences the first."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.Error:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # after the command name, which may hold spaces
 
 
-def kill_pid(pid: int, start_time: float | None, timeout: float = 10.0) -> bool:
+def kill_pid(pid: int, start_ticks: int | None, timeout: float = 10.0, start_time: float | None = None) -> bool:
     """SIGKILL it if it is still the process we started; waits (bounded) until it is gone.
     Returns whether it was signalled."""
-    if pid_state(pid, start_time, ours=True) == "dead":
+    if pid_state(pid, start_ticks, True, start_time) == "dead":
         return False
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
-    while pid_state(pid, start_time) != "dead" and time.monotonic() < deadline:
+    while pid_state(pid, start_ticks, False, start_time) != "dead" and time.monotonic() < deadline:
         _reap(pid)  # if it is our child
         time.sleep(0.02)
     return True
@@ -257,7 +271,7 @@ class Fleet:
                 cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
-        node.pid, node.start_time = proc.pid, start_time_of(proc.pid)
+        node.pid, node.start_ticks, node.start_time = proc.pid, start_ticks_of(proc.pid), None
         self._persist(node.name)
 
     # -- database instances -----------------------------------------------------------
@@ -289,7 +303,7 @@ class Fleet:
                 serve_command(self.dir, inst), stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
-            inst.pid, inst.start_time = proc.pid, start_time_of(proc.pid)
+            inst.pid, inst.start_ticks, inst.start_time = proc.pid, start_ticks_of(proc.pid), None
             self._persist(inst.name)
 
     def restart_dead_instances(self) -> list[str]:
@@ -301,7 +315,7 @@ class Fleet:
             if (self.dir / FLEET_FILE).exists():
                 self.instances = Fleet.load(self.dir).instances
             for inst in self.instances.values():
-                if pid_state(inst.pid, inst.start_time, ours=True) == "dead":
+                if state_of(inst) == "dead":
                     _reap(inst.pid)
                     self.spawn_instance(inst)
                     started.append(inst.name)
@@ -321,7 +335,7 @@ class Fleet:
 
     def state(self, name: str) -> str:
         proc = self._proc(name)
-        return pid_state(proc.pid, proc.start_time, ours=True)
+        return state_of(proc)
 
     def signal(self, name: str, sig: signal.Signals, expect: str | None = None, timeout: float = 2.0) -> None:
         """Send SIG if its process is still ours; then wait (bounded) for state EXPECT:
@@ -336,7 +350,7 @@ class Fleet:
     def kill(self, name: str) -> bool:
         """SIGKILL its process if it is still the one we started; whether it was signalled."""
         proc = self._proc(name)
-        return kill_pid(proc.pid, proc.start_time)
+        return kill_pid(proc.pid, proc.start_ticks, start_time=proc.start_time)
 
     def pause(self, name: str) -> None:
         self.signal(name, signal.SIGSTOP, expect="paused")
@@ -371,16 +385,19 @@ class Fleet:
                 start_new_session=True,
             )  # fmt: skip
         self.options["supervisor_pid"] = proc.pid
-        self.options["supervisor_start_time"] = start_time_of(proc.pid)
+        self.options["supervisor_start_ticks"] = start_ticks_of(proc.pid)
+        self.options.pop("supervisor_start_time", None)  # an older version's
         self._persist(options=True)
 
     def supervisor_state(self) -> str:
-        return pid_state(int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_time"),
-                         ours=True)
+        return pid_state(*self._supervisor_identity(), ours=True, start_time=self.options.get("supervisor_start_time"))
+
+    def _supervisor_identity(self) -> tuple[int, int | None]:
+        return int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_ticks")
 
     def stop_supervisor(self) -> bool:
         with fleet_lock(self.dir):  # not in the middle of restarting an instance
-            return kill_pid(int(self.options.get("supervisor_pid", 0)), self.options.get("supervisor_start_time"))
+            return kill_pid(*self._supervisor_identity(), start_time=self.options.get("supervisor_start_time"))
 
     def stop(self, names: list[str]) -> list[str]:
         """Kill these instances, nodes and/or "supervisor"; returns those that were running."""
@@ -494,7 +511,7 @@ async def wait_ready(nodes: list[NodeProc], timeout: float = 30.0) -> None:
                             break
                 except (aiohttp.ClientError, OSError, TimeoutError):
                     pass
-                if pid_state(node.pid, node.start_time) == "dead":
+                if state_of(node, ours=False) == "dead":
                     raise RuntimeError(f"node {node.name} exited during startup (see its log in logs/)")
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"node {node.name} at {node.url} not ready in {timeout}s")

@@ -39,8 +39,9 @@ class InstanceProc:
     password_file: str
     user: str
     pid: int = 0
-    start_time: float | None = None  # psutil create_time of `pid`; None in fleet.json of older versions
+    start_time: float | None = None  # wall-clock start, in fleet.json of older versions only
     admin_port: int = 0  # 0 in fleet.json of older versions: any free port, no status
+    start_ticks: int | None = None  # fleet.start_ticks_of(pid); None in fleet.json of older versions
 
     @property
     def admin_url(self) -> str | None:

@@ -31,7 +31,7 @@ from tidemark_protocol.node_auth import Role
 from tidemark_protocol.quorum import Membership
 from tidemark_protocol.repair import NodeHealth, RepairLimits, plan_repairs
 
-from .fleet import Fleet, pid_state
+from .fleet import Fleet, state_of
 from .repair_executor import (
     RepairFailed,
     RepairProgress,
@@ -147,14 +147,16 @@ class Supervisor:
     async def _restart_instances(self, fleet: Fleet) -> None:
         now = time.monotonic()
         due = [n for n, inst in fleet.instances.items()
-               if pid_state(inst.pid, inst.start_time, ours=True) == "dead" and now - self._instance_restarts.get(n, -1e9) >= self.instance_backoff]
+               if state_of(inst) == "dead" and now - self._instance_restarts.get(n, -1e9) >= self.instance_backoff]
         if not due:
             return
+        previous = {n: inst.pid for n, inst in fleet.instances.items()}
         # blocking: the fleet lock (a CLI `restart` may hold it for a moment) and fork/exec
         started = await asyncio.to_thread(fleet.restart_dead_instances)
         for name in started:
             self._instance_restarts[name] = now
-            log.info("instance_restarted", instance=name, pid=fleet.instances[name].pid)
+            log.info("instance_restarted", instance=name, pid=fleet.instances[name].pid,
+                     previous_pid=previous.get(name))
 
     def _resume_unfinished(self, session, topology: Topology, healthy: set[str]) -> None:
         """A dual membership in the placement that no task of ours drives was left by a

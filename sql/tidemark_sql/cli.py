@@ -136,10 +136,23 @@ async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | No
     return 0
 
 
+def _refuse_taken_address(host: str, port: int) -> None:
+    """A writer started for an address another instance still serves would seal the volume
+    (fencing that live writer) and only then fail to listen: look before opening."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise click.ClickException(f"{host}:{port} is in use ({exc.strerror}): another instance serves "
+                                       "there; not opening the volume") from None
+
+
 async def _serve(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
                  cache_size: int | None, multi_range: bool, max_connections: int, admin_port: int,
                  tls: ServerTLS | None = None, require_tls: bool = False) -> None:
     telemetry.setup("writer")
+    _refuse_taken_address(host, port)
     topology = load_topology(directory)
     writer = await Writer.open(topology, membership_source=membership_source(directory))
     record_volume_epoch(directory, topology.volume_epoch)

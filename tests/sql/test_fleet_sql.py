@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 
 import psycopg
 import pytest
-from conftest import dsn_of, start_instance
+from conftest import PASSWORD, USER, dsn_of, start_instance
 
+from tidemark_compute.topology import load_topology
 from tidemark_playground import fleet as fleet_mod
 
 pytestmark = [pytest.mark.sql, pytest.mark.timeout(240)]
@@ -155,3 +157,25 @@ async def test_a_fenced_writer_instance_answers_no_commit_and_loses_nothing(flee
             await _connect(old)  # refused: 57P01
     finally:
         await old.close()
+
+
+async def test_a_second_writer_for_a_served_address_exits_before_it_fences_the_live_one(fleet, host, tmp_path) -> None:
+    live = await start_instance(fleet, host)
+    try:
+        listen_host, port = live.address  # type: ignore[misc]
+        epoch = load_topology(fleet.dir).volume_epoch
+        password = tmp_path / "password"
+        password.write_text(f"{USER}:{PASSWORD}\n")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tidemark_cli.main", "sql", "serve", "--dir", str(fleet.dir),
+            "--listen", f"{listen_host}:{port}", "--password-file", str(password),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)  # the loop serves `live` meanwhile
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        lines = [line for line in err.decode().splitlines() if line.strip()]
+        assert proc.returncode == 1 and len(lines) == 1 and "is in use" in lines[0], (out, err)
+        assert load_topology(fleet.dir).volume_epoch == epoch  # it never opened the volume
+        async with await _connect(live) as conn:  # and the live writer still commits
+            await conn.execute("CREATE TABLE still (v INT)")
+            await conn.execute("INSERT INTO still VALUES (1)")
+    finally:
+        await live.close()

@@ -167,6 +167,29 @@ def test_a_tidemark_process_without_a_start_time_is_still_ours(tmp_path: Path) -
         ours.wait(10)
 
 
+def test_a_clock_step_does_not_make_a_live_process_look_reused(monkeypatch) -> None:
+    # A fake, named as such: stepping this machine's clock is not ours to do. psutil's
+    # create_time adds the boot time as the wall clock has it now; a step of a few seconds
+    # (NTP on a CI machine) made the supervisor see a live writer as dead and start a
+    # second one, which fenced it (CI run of stop 23, test_demo_bank).
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ticks, wall = fleet_mod.start_ticks_of(proc.pid), psutil.Process(proc.pid).create_time()
+        assert fleet_mod.pid_state(proc.pid, ticks) == "running"
+        assert fleet_mod.pid_state(proc.pid, ticks + 1) == "dead"  # another start: a reused pid
+        booted = psutil.boot_time()
+        monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: booted + 5.0)  # the clock stepped 5 s
+        assert fleet_mod.pid_state(proc.pid, ticks) == "running"
+        assert fleet_mod.pid_state(proc.pid, None, start_time=wall) == "dead"  # what the wall-clock start said
+        # fleet.json of an older version recorded the wall-clock start: still compared
+        monkeypatch.undo()
+        assert fleet_mod.pid_state(proc.pid, None, start_time=wall) == "running"
+        assert fleet_mod.pid_state(proc.pid, None, start_time=wall - 5.0) == "dead"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
 # -- 4. no silent fallback to unconditional S3 puts -------------------------------------------
 class Recorder:
     def __init__(self) -> None:
