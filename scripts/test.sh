@@ -21,4 +21,5 @@ fi
 echo "==> ruff"
 .venv/bin/ruff check .
 echo "==> pytest"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# the slowest tests named in every run: where the warm budget goes
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=30 "$@"
