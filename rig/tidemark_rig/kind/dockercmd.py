@@ -38,6 +38,21 @@ def image_id(tag: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def tags_like(prefix: str) -> list[str]:
+    """Every repo:tag in the engine that starts with PREFIX."""
+    repo = prefix.split(":", 1)[0]
+    done = subprocess.run([docker(), "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repo],
+                          capture_output=True, text=True, timeout=60)
+    return [t for t in done.stdout.split() if t.startswith(prefix)]
+
+
+def remove_tag(tag: str, log: Path) -> None:
+    """Untag TAG (its layers go once nothing else uses them); a running container keeps it."""
+    done = subprocess.run([docker(), "rmi", tag], capture_output=True, text=True, timeout=120)
+    with log.open("a") as fh:
+        fh.write(f"\n$ docker rmi {tag}: exit {done.returncode} {done.stderr.strip()}\n")
+
+
 def remove_if_dangling(image_id: str, log: Path) -> None:
     """Remove IMAGE_ID if no tag names it any more (a build of ours it replaced); an
     image still tagged or used by a container stays."""

@@ -18,7 +18,7 @@ from rich.console import Console
 from ..install_bins import Installer, InstallError, find_go
 from ..procs import RigError
 from ..versions import cache_root
-from . import app_image, cluster, dockercmd, egress, engine, host, kubectl, rootfs
+from . import app_image, cluster, dockercmd, egress, engine, host, kubectl, nodeimage, rootfs
 from .node_bins import NodeBinaries
 from .nodeimage import NodeImageBuilder
 
@@ -66,15 +66,6 @@ def up(name: str, repo: Path, console: Console, image_tag: str | None = None) ->
         NodeBinaries(installer).install()
     with steps.step("node image") as say:
         image = NodeImageBuilder(cache_root() / "kind" / "work", logs, find_go(), say).ensure()
-    kubeconfig = cluster.kubeconfig_path(name)
-    with steps.step(f"cluster {name}") as say:
-        cluster.ensure_network(logs / "network.log")
-        if name in cluster.clusters(logs / "kind.log") and kubeconfig.exists():
-            say("exists: kept")
-        else:
-            cluster.create(name, repo / "kind-config.yaml", image, logs / "kind.log")
-        if kubectl.no_external_dns(kubeconfig, logs / "kubectl.log"):
-            say("CoreDNS: no forwarding off this machine")
     tag = image_tag or f"tidemark:{app_image.package_version(repo)}"
     with steps.step(f"image {tag}") as say:
         before = dockercmd.image_id(tag)
@@ -83,8 +74,19 @@ def up(name: str, repo: Path, console: Console, image_tag: str | None = None) ->
         rebuilt = dockercmd.image_id(tag) != before
         if rebuilt and before is not None:
             dockercmd.remove_if_dangling(before, logs / "app-image.log")  # our previous build of this tag
-        say("built from the Dockerfile" + ("" if rebuilt else " (unchanged)") + "; loading into the nodes")
-        cluster.load_image(name, tag, logs / "kind-load.log")
+        say("built from the Dockerfile" + ("" if rebuilt else " (unchanged)"))
+    kubeconfig = cluster.kubeconfig_path(name)
+    with steps.step(f"cluster {name}") as say:
+        cluster.ensure_network(logs / "network.log")
+        if name in cluster.clusters(logs / "kind.log") and kubeconfig.exists():
+            say(f"exists: kept; loading {tag} into its workers")
+            cluster.load_image(name, tag, logs / "kind-load.log")  # nodes holding it already are skipped
+        else:
+            # New nodes start with the image in their containerd: one import, not one per worker.
+            image = nodeimage.with_app(image, tag, logs / "node-image.log", say)
+            cluster.create(name, repo / "kind-config.yaml", image, logs / "kind.log")
+        if kubectl.no_external_dns(kubeconfig, logs / "kubectl.log"):
+            say("CoreDNS: no forwarding off this machine")
     with steps.step("chart (helm " + kubectl.HELM_INSTALL.split()[0] + ")") as say:
         kubectl.helm_install(repo, kubeconfig, logs / "helm.log")
         if rebuilt and before is not None:
