@@ -12,7 +12,7 @@ from tidemark_operator import placement as pl
 from tidemark_operator.backup_health import CONDITION as BACKUP_HEALTHY
 from tidemark_operator.maintenance import CONDITION as MAINTENANCE
 from tidemark_operator.model import ZONE_POD_LABEL, placement_name, selector_labels
-from tidemark_operator.permissions import CONDITION as RECONCILED
+from tidemark_operator.refusals import CONDITION as RECONCILED
 from tidemark_protocol.quorum import WRITE_QUORUM
 
 from .kube_target import TIMEOUT, Target, event_time

@@ -24,7 +24,7 @@ from . import (
     instances,
     metrics,
     nodetls,
-    permissions,
+    refusals,
     restoreflow,
     snapshots,
     writer_watch,
@@ -166,21 +166,22 @@ async def _run(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
         status = await reconcile(ctx, state, fresh, pods_of(pods, ns, name), events(body),
                                  instances_of(inst, ns, name))
     except Exception as exc:
-        denied = permissions.denied(exc)
-        metrics.record_reconcile(source, "error" if denied is None else "forbidden", time.monotonic() - started)
-        if denied is None:
+        why = refusals.refusal(exc)
+        metrics.record_reconcile(source, "error" if why is None else "refused", time.monotonic() - started)
+        if why is None:
             raise
-        # an RBAC verb missing: say so in the status and go on (the timer's next pass
-        # retries; a crash or a backoff loop would only say it in the log)
-        log.warning("%s/%s: pass refused: %s", ns, name, denied)
-        if state.denied != denied and permissions.newly_refused(old, denied):
-            events(body)("Warning", permissions.DENIED, denied)
-        state.denied = denied
-        status = permissions.refused(old, denied, gen, now_iso())
+        # a refusal a person must act on (an RBAC verb, a quota, a webhook, an invalid
+        # object): say so in the status and go on (the timer's next pass retries; a crash
+        # or a backoff loop would only say it in the log)
+        log.warning("%s/%s: pass refused (%s): %s", ns, name, why.reason, why.message)
+        if state.refusal != why and refusals.newly_refused(old, why):
+            events(body)("Warning", why.reason, why.message)
+        state.refusal = why
+        status = refusals.refused(old, why, gen, now_iso())
     else:
         metrics.record_reconcile(source, "ok", time.monotonic() - started)
-        state.denied = None
-        permissions.granted(status, old, gen, now_iso())
+        state.refusal = None
+        refusals.granted(status, old, gen, now_iso())
     finally:
         ha.mark_pass(memo)
     metrics.record_status(ns, name, status, fresh["metadata"].get("creationTimestamp"))

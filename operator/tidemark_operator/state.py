@@ -13,6 +13,7 @@ from typing import Any
 from tidemark_protocol.node_auth import NodeCredentials
 
 from .backupspec import StoreRef
+from .refusals import Refusal
 from .restorejobs import RestoreJob
 
 MEMO_KEY = "tidemark_cluster"
@@ -55,9 +56,9 @@ class ClusterState:
     # the writer Lease as the writer_watch daemon last read it (lost on restart: its
     # clock starts again, a full lease duration)
     lease_seen: LeaseSeen | None = None
-    # the apiserver's words for the last pass refused for a missing RBAC permission (one
-    # event per distinct refusal: a pass may read the status before the last one's patch)
-    denied: str | None = None
+    # the last pass's refusal by the apiserver (one event per distinct refusal: a pass
+    # may read the status before the last one's patch)
+    refusal: Refusal | None = None
     # writer pods deleted for an unrenewed Lease (one event, one delete each)
     evicted_writers: set[str] = field(default_factory=set)
     # of those, the ones deleted with their grace period, not yet at grace 0, and
