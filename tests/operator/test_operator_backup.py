@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -276,10 +280,19 @@ def test_restore_outside_the_window_fails_clearly_and_builds_nothing(env: dict[s
 
 
 def test_restore_cluster_comes_up_ready_with_exactly_the_data_at_t(env: dict[str, Any]) -> None:
+    """Made as a user would: `kubectl tidemark restore src restored --to-time T` (the new
+    cluster backs up next to its source, at s3://BUCKET/restored)."""
     model, marks = env["model"], env["marks"]
     t_us = marks[len(marks) // 2][1] + 1  # mid-workload: some commits before T, some after
-    create(env, cluster_body(RESTORED, restore={"source": {"cluster": SRC}, "pointInTime": iso(t_us)},
-                             backup=backup_spec(env, "restored")))
+    done = subprocess.run([str(Path(sys.executable).with_name("kubectl-tidemark")), "restore", SRC, RESTORED,
+                           "--to-time", iso(t_us), "--no-wait", "--json",
+                           "--kubeconfig", str(env["rig"].kubeconfig), "-n", env["ns"]],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert json.loads(done.stdout)["name"] == RESTORED
+    spec = get_ac(env, RESTORED)["spec"]
+    assert spec["restore"] == {"source": {"cluster": SRC}, "pointInTime": iso(t_us)}, spec
+    assert spec["backup"]["target"] == backup_spec(env, "restored")["target"], spec["backup"]
     seen: set[str] = set()
 
     def restored_ready() -> dict[str, Any] | None:
