@@ -4,7 +4,8 @@ its logs say.
 The workload runs where an application runs (pod IPs are not reachable from outside a
 kind cluster): `tidemark workload --from-cluster NAME --verify --json --progress 1` in
 the cluster's own image, with a ServiceAccount that may read the placement ConfigMap and
-the pods, and the cluster's writer token mounted (from its node-auth Secret: the token
+the pods, labelled `tidemark.dev/node-client=NAME` (the cluster's NetworkPolicy admits it
+to the storage nodes), and the cluster's writer token mounted (from its node-auth Secret: the token
 only, never the key; the ServiceAccount reads no Secrets) with the nodes' CA certificate
 (from its node-tls Secret: ca.crt only). Objects this module creates
 are listed so that only they are deleted.
@@ -21,6 +22,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tidemark_operator import nodekeys, nodetls
+from tidemark_operator.model import NODE_CLIENT_LABEL
 from tidemark_protocol.node_auth import Role
 
 ACCOUNT = "tidemark-chaos-workload"
@@ -54,7 +56,8 @@ class WorkloadJob:
                "volumes": [{"name": "tmp", "emptyDir": {}}, tokens_volume, ca_volume]}
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": self.name, "labels": {"app.kubernetes.io/name": "tidemark-chaos"}},
-                "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"job-name": self.name}},
+                "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": {"job-name": self.name,
+                                                                                    NODE_CLIENT_LABEL: self.cluster}},
                                                          "spec": pod}}}
 
     def _create(self, kind: str, name: str, make: Any, body: dict[str, Any]) -> None:

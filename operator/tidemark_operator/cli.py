@@ -46,9 +46,13 @@ def operator() -> None:
 @click.option("--priority", type=int, default=None,
               help="Peering priority (with --peering; the highest live peer is active). "
                    "Default: from the start time, so the longest-running peer leads.")
+@click.option("--own-namespace", envvar="POD_NAMESPACE", default=None, metavar="NS",
+              help="The namespace the operator's own pods run in (the chart passes it, as $POD_NAMESPACE): "
+                   "the clusters' NetworkPolicies admit the operator's pods from there only. Default: "
+                   "operator pods of any namespace.")
 def run(namespaces: tuple[str, ...], all_namespaces: bool, kubeconfig: str | None,
         liveness: str, metrics_port: int, node_command: str, interval: float, log_level: str,
-        image: str | None, peering: str | None, priority: int | None) -> None:
+        image: str | None, peering: str | None, priority: int | None, own_namespace: str | None) -> None:
     """Run the operator until interrupted."""
     if bool(namespaces) == all_namespaces:
         raise click.UsageError("give --namespace (one or more) or --all-namespaces")
@@ -63,6 +67,7 @@ def run(namespaces: tuple[str, ...], all_namespaces: bool, kubeconfig: str | Non
     kopf.run(
         registry=handlers.build_registry(interval),
         memo=kopf.Memo(settings=Settings(node_command=tuple(shlex.split(node_command)), kubeconfig=kubeconfig,
+                                         operator_namespace=own_namespace or None,
                                          **({"default_image": image} if image else {})),
                        interval=interval, namespaces=list(namespaces)),
         # Standalone unless --peering: then mandatory peering (kopf's peering_name), which

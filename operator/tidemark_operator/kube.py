@@ -50,6 +50,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(self.api)
         self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.coordination = client.CoordinationV1Api(self.api)
+        self.networking = client.NetworkingV1Api(self.api)
 
     def _fn(self, verb: str, kind: str) -> Any:
         """The namespaced client call VERB (read/create/patch) for KIND."""
@@ -58,7 +59,8 @@ class Kube:
                      "PodDisruptionBudget": (self.policy, "pod_disruption_budget"),
                      "Secret": (self.core, "secret"), "ServiceAccount": (self.core, "service_account"),
                      "Role": (self.rbac, "role"), "RoleBinding": (self.rbac, "role_binding"),
-                     "Lease": (self.coordination, "lease")}[kind]
+                     "Lease": (self.coordination, "lease"),
+                     "NetworkPolicy": (self.networking, "network_policy")}[kind]
         return getattr(api, f"{verb}_namespaced_{noun}")
 
     def ser(self, obj: Any) -> Any:
@@ -124,6 +126,14 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+    def delete(self, kind: str, name: str, ns: str) -> None:
+        """Delete; one already gone is fine."""
+        try:
+            self._fn("delete", kind)(name, ns, _request_timeout=TIMEOUT)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def create(self, obj: dict[str, Any]) -> None:
         """Create OBJ; Conflict if it exists already."""

@@ -19,6 +19,9 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 STORAGE_COMPONENT = "storage"
 INSTANCE_COMPONENT = "instance"
 ROLE_LABEL = "tidemark.dev/role"  # writer | replica (instance pods)
+# on a pod that may open connections to cluster NAME's storage nodes (its value: NAME), as
+# a verifying workload or `tidemark chaos` does (netpolicy.py)
+NODE_CLIENT_LABEL = "tidemark.dev/node-client"
 SPEC_HASH = "tidemark.dev/spec-hash"
 TEMPLATE_HASH = "tidemark.dev/template-hash"
 # "true": no new segment rebuilds start (maintenance.py; `kubectl tidemark maintenance on`)
@@ -98,11 +101,14 @@ def instance_account_name(cluster: str) -> str:
     return f"{cluster}-instance"
 
 
+MANAGED_BY_LABEL, MANAGED_BY = "app.kubernetes.io/managed-by", "tidemark-operator"
+
+
 def cluster_labels(cluster: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "tidemark",
         "app.kubernetes.io/instance": cluster,
-        "app.kubernetes.io/managed-by": "tidemark-operator",
+        MANAGED_BY_LABEL: MANAGED_BY,
         CLUSTER_LABEL: cluster,
     }
 

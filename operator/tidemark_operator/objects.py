@@ -8,7 +8,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .kube import Kube
-from .model import SPEC_HASH, TEMPLATE_HASH, ZONE_POD_LABEL
+from .model import (
+    CLUSTER_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    SPEC_HASH,
+    TEMPLATE_HASH,
+    ZONE_POD_LABEL,
+)
 from .placement import Conflict
 from .resources import template_rollout_allowed
 
@@ -51,6 +58,18 @@ def ensure(kube: Kube, obj: dict[str, Any], event: Event, cur: Any = ...,
         kube.patch(obj)
     event("Normal", "Updated", f"updated {kind} {name}")
     return "updated"
+
+
+def remove_ours(kube: Kube, kind: str, name: str, ns: str, cluster: str, event: Event) -> bool:
+    """Delete KIND NAME if it exists and is this cluster's, made by the operator (never an
+    object of the same name somebody else made). Returns whether it deleted it."""
+    cur = kube.read(kind, name, ns)
+    labels = (cur or {}).get("metadata", {}).get("labels") or {}
+    if cur is None or labels.get(CLUSTER_LABEL) != cluster or labels.get(MANAGED_BY_LABEL) != MANAGED_BY:
+        return False
+    kube.delete(kind, name, ns)
+    event("Normal", "Deleted", f"deleted {kind} {name}")
+    return True
 
 
 def converge(kube: Kube, objs: Sequence[dict[str, Any]], all_segments_healthy: bool,

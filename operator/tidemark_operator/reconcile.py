@@ -25,6 +25,7 @@ from . import (
     instance_tls_access,
     instances,
     maintenance,
+    netpolicy,
     node_access,
     node_tls_access,
     objects,
@@ -56,6 +57,9 @@ class Settings:
     # The storage pods' image when a spec names none: the chart passes the operator's own
     # image, so there is one source of truth and nothing points at an unpublished tag.
     default_image: str = f"tidemark:{version('tidemark')}"
+    # The operator pod's own namespace (the chart passes it): the NetworkPolicies admit
+    # its pods there. None: run outside a pod (the rig), any namespace's operator pods.
+    operator_namespace: str | None = None
 
 
 @dataclass
@@ -258,7 +262,11 @@ async def _converge_nodes(ctx: Context, state: ClusterState, body: Mapping[str, 
     pod_backup = backup if restore is None or restoreflow.restored(body, job) else None
     objs = desired_objects(name, ns, zones, spec, placement_store.owner_of(body),
                            ctx.settings.node_command, pod_backup)
-    actions, deferred = await asyncio.to_thread(objects.converge, kube, objs, all_healthy, event)
+    policies, unwanted = netpolicy.wanted(name, ns, spec, ctx.settings.operator_namespace,
+                                          placement_store.owner_of(body))
+    actions, deferred = await asyncio.to_thread(objects.converge, kube, [*objs, *policies], all_healthy, event)
+    for policy in unwanted:
+        await asyncio.to_thread(objects.remove_ours, kube, "NetworkPolicy", policy, ns, name, event)
     repairing: list[str] = []
     try:
         doc, repairing = await asyncio.to_thread(

@@ -106,6 +106,17 @@ class Instances(_Spec):
     credentials_secret: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
 
 
+class Network(_Spec):
+    """Who may open connections to the cluster's pods (netpolicy.py)."""
+
+    policies: bool = True
+    # NetworkPolicyPeers (as the apiserver takes them) allowed on the PostgreSQL port;
+    # None: anywhere.
+    sql_from: tuple[dict[str, Any], ...] | None = None
+    # more peers allowed on the storage port and the instances' admin port (a Prometheus)
+    allow_from: tuple[dict[str, Any], ...] = ()
+
+
 class ClusterSpec(_Spec):
     """AuroraCluster.spec. Objects the CRD defaults to `{}` (volume, storage, repair)
     default to their model with its own defaults, as the apiserver would fill them."""
@@ -126,6 +137,7 @@ class ClusterSpec(_Spec):
     # Database instances: 1 writer + (instances - 1) read replicas; 0 = storage only.
     instances: int = Field(2, ge=0, le=16)
     instance: Instances = Field(default_factory=Instances)
+    network: Network = Field(default_factory=Network)
 
     def container_resources(self) -> dict[str, Any]:
         """The storage container's `resources` (as given in the spec)."""

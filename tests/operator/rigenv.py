@@ -203,6 +203,8 @@ def owned(e: dict[str, Any], name: str) -> dict[str, list[str]]:
             ns, label_selector=sel, _request_timeout=5).items],
         "cm": [s.metadata.name for s in e["core"].list_namespaced_config_map(
             ns, label_selector=sel, _request_timeout=5).items],
+        "netpol": [s.metadata.name for s in client.NetworkingV1Api(e["api"]).list_namespaced_network_policy(
+            ns, label_selector=sel, _request_timeout=5).items],
     }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from crashing_operator import CRASH_EXIT
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from rigenv import (
     NAME,
@@ -109,7 +110,7 @@ def test_unsatisfiable_zone_reports_false_condition_and_builds_nothing(env: dict
         c = cond(obj, "Ready")
         assert c["reason"] == "ZoneUnavailable" and "zone-nowhere" in c["message"]
         time.sleep(2)  # a few more operator passes
-        assert owned(env, "nowhere") == {"sts": [], "svc": [], "pdb": [], "cm": []}
+        assert owned(env, "nowhere") == {"sts": [], "svc": [], "pdb": [], "cm": [], "netpol": []}
         events = env["core"].list_namespaced_event(
             env["ns"], field_selector="involvedObject.name=nowhere", _request_timeout=5).items
         assert any(ev.reason == "ZoneUnavailable" and ev.type == "Warning" for ev in events)
@@ -126,6 +127,9 @@ def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> N
     assert sorted(o["sts"]) == [f"{NAME}-zone-a", f"{NAME}-zone-b", f"{NAME}-zone-c"]
     assert o["svc"] == [f"{NAME}-nodes"] and o["pdb"] == [f"{NAME}-storage"]
     assert o["cm"] == [f"{NAME}-placement"]
+    # made under exactly the chart's RBAC and accepted by the apiserver's validation (no
+    # instances here: no NAME-instances); enforcement is tested on kind
+    assert o["netpol"] == [f"{NAME}-nodes"]
     zone_of = {n.metadata.name: n.metadata.labels[ZONE_LABEL]
                for n in env["core"].list_node(_request_timeout=5).items}
     pods = env["core"].list_namespaced_pod(env["ns"], label_selector=f"tidemark.dev/cluster={NAME}",
@@ -169,6 +173,33 @@ def test_cluster_becomes_ready_and_a_workload_verifies(env: dict[str, Any]) -> N
     assert "tidemark_operator_reconciles_total" in text
     assert "tidemark_cluster_writable_pgs{" in text and "tidemark_cluster_pg_healthy_segments{" in text
     assert 'what="' not in text  # one gauge per quantity, named by its unit
+
+
+def test_network_policies_follow_spec_network_policies(env: dict[str, Any]) -> None:
+    """`spec.network.policies: false` deletes the operator's NetworkPolicy (and only its
+    own: one of that name somebody else made is left alone); true makes it again."""
+    net = client.NetworkingV1Api(env["api"])
+    ns = env["ns"]
+
+    def policies(on: bool) -> None:
+        env["co"].patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, NAME,
+                                                 {"spec": {"network": {"policies": on}}}, _request_timeout=10)
+
+    policies(False)
+    wait_for(lambda: owned(env, NAME)["netpol"] == [], 30, "the NetworkPolicy deleted", interval=0.5)
+    mine = {"metadata": {"name": f"{NAME}-nodes"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    net.create_namespaced_network_policy(ns, mine, _request_timeout=10)  # a user's, same name
+    try:
+        wait_for(lambda: ready(env), 60, "Ready again after the spec change", interval=0.5)
+        time.sleep(3)  # a few more passes
+        kept = net.read_namespaced_network_policy(f"{NAME}-nodes", ns, _request_timeout=5)
+        assert kept.spec.pod_selector.match_labels is None  # still the user's, untouched
+    finally:
+        net.delete_namespaced_network_policy(f"{NAME}-nodes", ns, _request_timeout=10)
+    policies(True)
+    wait_for(lambda: owned(env, NAME)["netpol"] == [f"{NAME}-nodes"], 30, "the NetworkPolicy made again",
+             interval=0.5)
+    wait_for(lambda: ready(env), 60, "Ready", interval=0.5)
 
 
 def _call(ip: str, method: str, path: str, headers: dict[str, str] | None = None,
@@ -633,7 +664,7 @@ def test_deleting_the_cluster_removes_everything_it_owns_and_retains_the_volume(
             return exc.status == 404
 
     wait_for(gone, 30, "AuroraCluster deleted")
-    empty = {"sts": [], "svc": [], "pdb": [], "cm": [f"{NAME}-placement"]}
+    empty = {"sts": [], "svc": [], "pdb": [], "cm": [f"{NAME}-placement"], "netpol": []}
     wait_for(lambda: owned(env, NAME) == empty, 60, "owned objects garbage-collected", interval=0.5)
     placement = env["core"].read_namespaced_config_map(f"{NAME}-placement", env["ns"], _request_timeout=5)
     assert not placement.metadata.owner_references  # kept with the PVCs

@@ -589,6 +589,8 @@ def _type_facts(tp: object, metadata: tuple = ()) -> dict:
         return _model_facts(tp)
     if origin in (tuple, list):
         return {"type": "array", "items": _type_facts(args[0]), **_constraints(metadata, True)}
+    if origin is dict and args[1] is typing.Any:  # free-form (x-kubernetes-preserve-unknown-fields)
+        return {"type": "object"}
     if origin is dict:
         return {"type": "object", "additionalProperties": _type_facts(args[1])}
     return {"type": _JSON_TYPES[tp], **_constraints(metadata, False)}

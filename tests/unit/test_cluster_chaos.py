@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -16,6 +18,7 @@ from tidemark_cli.chaos_plot import _windows
 from tidemark_cli.cluster_chaos import ClusterRun
 
 pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_workload_job_is_pod_security_restricted_and_verifies() -> None:
@@ -27,6 +30,11 @@ def test_the_workload_job_is_pod_security_restricted_and_verifies() -> None:
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"] and c["securityContext"]["readOnlyRootFilesystem"]
     assert m["spec"]["backoffLimit"] == 0 and pod["restartPolicy"] == "Never"
+    # the cluster's NetworkPolicy admits it to the storage nodes (and the example Job alike)
+    assert m["spec"]["template"]["metadata"]["labels"]["tidemark.dev/node-client"] == "demo"
+    example = [d for d in yaml.safe_load_all((ROOT / "examples" / "workload-job.yaml").read_text())
+               if d["kind"] == "Job"][0]
+    assert example["spec"]["template"]["metadata"]["labels"] == {"tidemark.dev/node-client": "demo"}
 
 
 def test_logs_give_progress_lines_and_the_summary_whatever_else_is_printed() -> None:
