@@ -17,6 +17,8 @@ fi
 if .venv/bin/tidemark dev --help >/dev/null 2>&1; then
   echo "==> rig binaries (cached after the first build)"
   .venv/bin/tidemark dev install-bins
+  # optional for users, not for the suite: the monitoring rules' tests run promtool
+  .venv/bin/tidemark dev install-bins --only promtool
 fi
 echo "==> ruff"
 .venv/bin/ruff check .
