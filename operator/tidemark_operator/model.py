@@ -50,6 +50,16 @@ def service_name(cluster: str) -> str:
     return f"{cluster}-nodes"
 
 
+def nodes_policy_name(cluster: str) -> str:
+    """NetworkPolicy of the storage pods (netpolicy.py)."""
+    return f"{cluster}-nodes"
+
+
+def instances_policy_name(cluster: str) -> str:
+    """NetworkPolicy of the instance pods (netpolicy.py)."""
+    return f"{cluster}-instances"
+
+
 def pdb_name(cluster: str) -> str:
     return f"{cluster}-storage"
 

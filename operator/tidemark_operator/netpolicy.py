@@ -27,6 +27,8 @@ from .model import (
     SQL_ADMIN_PORT,
     SQL_PORT,
     instance_selector,
+    instances_policy_name,
+    nodes_policy_name,
     selector_labels,
 )
 from .resources import _meta, _stamp
@@ -34,14 +36,6 @@ from .spec import ClusterSpec
 
 # The chart's operator pods (templates/deployment.yaml).
 OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "tidemark", COMPONENT_LABEL: "operator"}
-
-
-def nodes_policy_name(cluster: str) -> str:
-    return f"{cluster}-nodes"
-
-
-def instances_policy_name(cluster: str) -> str:
-    return f"{cluster}-instances"
 
 
 def operator_peer(operator_namespace: str | None) -> dict[str, Any]:

@@ -260,10 +260,9 @@ async def _converge_nodes(ctx: Context, state: ClusterState, body: Mapping[str, 
     # A restored volume's own backups start once it is loaded: uploads of a partial
     # load that is later wiped and redone would mix two histories in its prefix.
     pod_backup = backup if restore is None or restoreflow.restored(body, job) else None
-    objs = desired_objects(name, ns, zones, spec, placement_store.owner_of(body),
-                           ctx.settings.node_command, pod_backup)
-    policies, unwanted = netpolicy.wanted(name, ns, spec, ctx.settings.operator_namespace,
-                                          placement_store.owner_of(body))
+    owner = placement_store.owner_of(body)
+    objs = desired_objects(name, ns, zones, spec, owner, ctx.settings.node_command, pod_backup)
+    policies, unwanted = netpolicy.wanted(name, ns, spec, ctx.settings.operator_namespace, owner)
     actions, deferred = await asyncio.to_thread(objects.converge, kube, [*objs, *policies], all_healthy, event)
     for policy in unwanted:
         await asyncio.to_thread(objects.remove_ours, kube, "NetworkPolicy", policy, ns, name, event)

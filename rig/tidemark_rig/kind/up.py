@@ -20,7 +20,6 @@ from ..procs import RigError
 from ..versions import cache_root
 from . import app_image, cluster, dockercmd, egress, engine, host, kubectl, nodeimage, rootfs
 from .node_bins import NodeBinaries
-from .nodeimage import NodeImageBuilder
 
 DEFAULT_NAME = "tidemark"
 
@@ -65,7 +64,7 @@ def up(name: str, repo: Path, console: Console, image_tag: str | None = None) ->
         installer.install()
         NodeBinaries(installer).install()
     with steps.step("node image") as say:
-        image = NodeImageBuilder(cache_root() / "kind" / "work", logs, find_go(), say).ensure()
+        image = nodeimage.NodeImageBuilder(cache_root() / "kind" / "work", logs, find_go(), say).ensure()
     tag = image_tag or f"tidemark:{app_image.package_version(repo)}"
     with steps.step(f"image {tag}") as say:
         before = dockercmd.image_id(tag)
