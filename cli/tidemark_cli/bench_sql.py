@@ -37,6 +37,7 @@ from pathlib import Path
 from tidemark_compute.topology import load_fleet_tls
 from tidemark_playground import fleet as fleet_mod
 
+from .cpu_meter import CpuMeter
 from .pg_quorum import PG_BIN, PgQuorum, available
 from .replica_lag import LagSampler, percentile
 
@@ -56,6 +57,7 @@ class Run:
     bytes_per_txn: float | None = None  # redo per copy (Tidemark) / WAL (PostgreSQL)
     shipped_per_txn: float | None = None  # Tidemark: all copies
     lag: dict | None = None  # Tidemark TPC-B: the replica's lag meanwhile (LagSampler.summary)
+    cpu_ms_per_txn: dict | None = None  # CpuMeter.per_txn_ms: the servers' CPU per transaction
 
     def percentile_ms(self, q: float) -> float | None:
         value = percentile([float(v) for v in self.latencies_us], int(q))
@@ -74,6 +76,7 @@ class Run:
             "transactions": self.processed,
             "failed": self.failed,
             "bytes_per_txn": None if self.bytes_per_txn is None else round(self.bytes_per_txn, 1),
+            "cpu_ms_per_txn": self.cpu_ms_per_txn,
         }
 
 
@@ -128,6 +131,9 @@ def _bytes_received(fleet: fleet_mod.Fleet) -> int:
 
 
 def _say_run(say: Callable[[str], None], label: str, run: Run, extra: str = "") -> None:
+    cpu = run.cpu_ms_per_txn
+    if cpu:
+        extra += ", CPU/txn " + " ".join(f"{k} {v:.2f}" for k, v in cpu.items()) + " ms"
     say(f"  {label}: {run.tps:.0f} tps, p50 {run.percentile_ms(50)} ms, p99 {run.percentile_ms(99)} ms, "
         f"failed {run.failed}{extra}")
 
@@ -147,6 +153,7 @@ async def bench_tidemark(work: Path, client_counts: list[int], seconds: float, s
         password = Path(inst.password_file).read_text().strip().splitlines()[0].split(":", 1)[1]
         env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "10"}
         conn = ["-h", inst.host, "-p", str(inst.port), "-U", inst.user]
+        groups = {"writer": [inst.pid], "replica": [replica.pid], "nodes": [n.pid for n in fleet.nodes.values()]}
         say(f"  pgbench -i -I dtGvp -s {scale}")
         _pgbench([str(PGBENCH), *conn, "-i", "-I", "dtGvp", "-s", str(scale), "tidemark"],
                  120 + 120 * scale, env, work)
@@ -154,11 +161,12 @@ async def bench_tidemark(work: Path, client_counts: list[int], seconds: float, s
         for clients in client_counts:
             prefix = work / f"tidemark-{clients}"
             before = _bytes_received(fleet)
-            with LagSampler(replica.admin_url) as lag:
+            with LagSampler(replica.admin_url) as lag, CpuMeter(groups) as cpu:
                 out = _pgbench([str(PGBENCH), *conn, *_tpcb_args(clients, seconds, prefix), "tidemark"],
                                seconds + 120, env, work)
             run = parse_pgbench(out, clients, prefix)
             run.lag = lag.summary()
+            run.cpu_ms_per_txn = cpu.per_txn_ms(run.processed)
             shipped = _bytes_received(fleet) - before
             if run.processed:
                 run.shipped_per_txn = shipped / run.processed
@@ -192,9 +200,12 @@ def bench_postgres(client_counts: list[int], seconds: float, scale: int,
         for clients in client_counts:
             prefix = pg.dir / f"postgres-{clients}"
             lsn = pg.wal_lsn()
-            out = pg.run("pgbench", *pg.pgbench_args(), *_tpcb_args(clients, seconds, prefix), "postgres",
-                         timeout=seconds + 120)
+            primary, *standbys = pg.postmasters()
+            with CpuMeter({"primary": [primary], "standbys": standbys}) as cpu:
+                out = pg.run("pgbench", *pg.pgbench_args(), *_tpcb_args(clients, seconds, prefix), "postgres",
+                             timeout=seconds + 120)
             run = parse_pgbench(out.stdout + out.stderr, clients, prefix)
+            run.cpu_ms_per_txn = cpu.per_txn_ms(run.processed)
             wal = pg.wal_bytes_since(lsn)
             if run.processed:
                 run.bytes_per_txn = wal / run.processed
@@ -252,6 +263,9 @@ async def bench_sql(seconds: float, clients: int, scale: int, base_ip: str, say:
         "redo_bytes_shipped_per_txn": None if tm.shipped_per_txn is None else round(tm.shipped_per_txn, 1),
         "postgres_wal_bytes_per_txn": None if pg.bytes_per_txn is None else round(pg.bytes_per_txn, 1),
         "redo_to_wal_ratio": _ratio(tm.bytes_per_txn, pg.bytes_per_txn),
+        # the servers' CPU per transaction (psutil, process trees), and the whole machine's
+        "tidemark_cpu_ms_per_txn": tm.cpu_ms_per_txn,
+        "postgres_cpu_ms_per_txn": pg.cpu_ms_per_txn,
         "by_clients": by_clients,
         "replica_read_tps": round(tm_read.tps, 1),  # pgbench -S on r1, N clients
         "postgres_standby_read_tps": round(pg_read.tps, 1),  # pgbench -S on the standby s1

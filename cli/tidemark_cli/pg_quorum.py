@@ -169,6 +169,10 @@ class PgQuorum:
             time.sleep(0.05)
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def postmasters(self) -> list[int]:
+        """The running servers' postmaster pids, primary first (for CPU accounting)."""
+        return [pid for pid in (self._postmaster(data) for _name, data, _port in self.nodes) if pid]
+
     @staticmethod
     def _postmaster(data: Path) -> int | None:
         try:
