@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,12 @@ from tidemark_protocol.frames import encode_batch_with_encoded_records
 log = structlog.get_logger("tidemark.writer.stream")
 
 MAX_OUTBOX_RECORDS = 200_000
+# A VDL move with no records to go with it waits this long for records to carry it:
+# sent at once, a VDL-only frame would hold the stream's one in-flight slot (the node
+# acks it after its group commit) while the next commit's records queue behind it, and
+# it is a frame per commit per node. The VDL only feeds the node's backup marks and
+# hints, and every records frame carries the newest one.
+VDL_ONLY_DELAY = 0.01
 
 AckHandler = Callable[[str, dict[str, Any]], None]
 ResyncHandler = Callable[["NodeStream"], Awaitable[None]]
@@ -66,6 +73,7 @@ class NodeStream:
         self.inflight = 0
         self.seq = 0
         self.last_sent_vdl = -1
+        self.last_sent_at = 0.0
         self.needs_resync = True
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._task: asyncio.Task | None = None
@@ -147,7 +155,7 @@ class NodeStream:
                 if not sent:
                     self.wakeup.clear()
                     try:
-                        await asyncio.wait_for(self.wakeup.wait(), timeout=0.25)
+                        await asyncio.wait_for(self.wakeup.wait(), timeout=self._idle_wait())
                     except TimeoutError:
                         pass
         finally:
@@ -157,12 +165,22 @@ class NodeStream:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def _idle_wait(self) -> float:
+        """How long the sender sleeps with nothing to send: until a pending VDL-only
+        frame is due, else a quarter second (a wakeup ends it sooner)."""
+        if self.inflight >= self.max_inflight or self.frame_info()[1] == self.last_sent_vdl:
+            return 0.25  # an ack or a new record wakes it
+        return max(0.001, self.last_sent_at + VDL_ONLY_DELAY - time.monotonic())
+
     async def _send_some(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
         if self.inflight >= self.max_inflight:
             return False
         epoch, vdl, pgmrpl = self.frame_info()
-        if not self.outbox_count and vdl == self.last_sent_vdl:
-            return False
+        if not self.outbox_count:
+            if vdl == self.last_sent_vdl:
+                return False
+            if time.monotonic() - self.last_sent_at < VDL_ONLY_DELAY:
+                return False  # the next records frame may carry it (_idle_wait)
         groups: list[tuple[int, int, list[bytes]]] = []
         taken = 0
         for pg in list(self.outbox):
@@ -183,6 +201,7 @@ class NodeStream:
         frame = encode_batch_with_encoded_records(self.seq, epoch, vdl, pgmrpl, groups, marks)
         self.inflight += 1
         self.last_sent_vdl = vdl
+        self.last_sent_at = time.monotonic()
         await ws.send_bytes(frame)
         return True
 

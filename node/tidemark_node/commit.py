@@ -125,6 +125,12 @@ class Committer:
                     if not seg.deleted:
                         batch.put(keys.meta_key(seg.pg), seg.meta_bytes())
                         snaps.append((seg, seg.log.scl))
+                if not snaps and not any(i.puts or i.deletes or i.ranges for i in items):
+                    # Nothing to store (a frame with no records, e.g. one carrying only
+                    # the writer's VDL): what queued before it is synced already, so
+                    # answer without a write and its fsync.
+                    self._resolve(items)
+                    continue
                 t0 = time.perf_counter()
                 with self.tm.tracer.start_as_current_span("batch_commit") as span:
                     span.set_attribute("tidemark.frames", frames)
@@ -147,9 +153,13 @@ class Committer:
                 self.commits += 1
                 for seg, scl in snaps:
                     seg.durable_scl = scl
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_result(None)
+                self._resolve(items)
+
+    @staticmethod
+    def _resolve(items: list[CommitItem]) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_result(None)
 
     async def close(self) -> None:
         # Let queued work finish, then stop the loop task.

@@ -1,6 +1,6 @@
 """Turns on the one SQLite connection: an autocommit statement holds it for its run,
-an explicit transaction from BEGIN to COMMIT/ROLLBACK. Waiting longer than the lock
-timeout is a serialization failure (40001): the client may retry."""
+an explicit transaction from its first statement to COMMIT/ROLLBACK. Waiting longer
+than the lock timeout is a serialization failure (40001): the client may retry."""
 
 from __future__ import annotations
 

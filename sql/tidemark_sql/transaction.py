@@ -1,5 +1,7 @@
 """A session's transactions with PostgreSQL semantics over the shared SQLite connection:
-BEGIN takes the connection's turn until COMMIT/ROLLBACK, an error inside a transaction
+a block's first statement takes the connection's turn until COMMIT/ROLLBACK (as
+PostgreSQL takes a block's snapshot at its first statement, not at BEGIN: the
+round trip between BEGIN and it holds nobody up), an error inside a transaction
 aborts it (25P02 until its end), and every answer waits until VDL has passed the
 newest commit its statement may have seen (pipeline.wait)."""
 
@@ -83,9 +85,9 @@ class Transaction:
             self.notice(NoticeResponse(fields={"S": "WARNING", "V": "WARNING", "C": "25001",
                                                "M": "there is already a transaction in progress"}))
             return Outcome("BEGIN")
-        await self.gate.acquire(self)
-        # SQLite's BEGIN runs with the block's first statement: one trip to the SQLite
-        # thread fewer per transaction. The turn is ours from here all the same.
+        # The turn and SQLite's BEGIN wait for the block's first statement (_statement):
+        # one trip to the SQLite thread fewer, and the turn is not held while the
+        # client sends that statement.
         self.read_only = bool(_READ_ONLY.search(sql))
         self.begun = False
         self.open = True
@@ -113,6 +115,9 @@ class Transaction:
             return Outcome("COMMIT")
         if self.failed:
             return await self._rollback()
+        if self.gate.owner is not self:  # no statement ran in the block: nothing to commit
+            self._give_turn()
+            return Outcome("COMMIT")
         try:
             await self.engine.run(self._sqlite_commit)
             cpl = self.pipeline.last_cpl  # read while we hold the turn
@@ -147,6 +152,8 @@ class Transaction:
 
     async def _statement(self, translated: Translated, params: tuple[Any, ...], head: list[str]) -> Outcome:
         if self.open:
+            if self.gate.owner is not self:
+                await self.gate.acquire(self)  # the block's first statement: its turn begins
             self.engine.session_settings = self.settings  # for current_setting(): our turn
             result = await self.engine.run(self._in_block, translated, params)
             cpl = self.pipeline.last_cpl
