@@ -8,6 +8,7 @@ import sys
 
 import click
 import structlog
+import uvloop
 from aiohttp import web
 
 from tidemark_backup import images
@@ -178,8 +179,10 @@ def run(
     )
     app = make_app(settings)
     # aiohttp turns SIGTERM/SIGINT into a graceful exit: on_shutdown/on_cleanup run.
+    # uvloop: the node's foreground is frames in and acks out over TLS WebSockets, which
+    # its event loop runs with less CPU than asyncio's (docs/benchmarks.md).
     web.run_app(
         app, host=host, port=port, print=None, access_log=None, handle_signals=True,
         ssl_context=server_tls.context if server_tls is not None else None,
-        shutdown_timeout=5.0,
+        shutdown_timeout=5.0, loop=uvloop.new_event_loop(),
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 import click
 import structlog
+import uvloop
 
 from tidemark_compute.reader import Reader
 from tidemark_compute.topology import (
@@ -339,11 +340,11 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
             access = binding(from_cluster, namespace, _node_tokens(node_tokens_dir), node_ca_file)
             who = identity or socket.gethostname()
             if role == "replica":
-                code = asyncio.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
+                code = uvloop.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
                                                           admin, max_lag_ms or float("inf"), token, tls,
                                                           require_tls))
             else:
-                code = asyncio.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
+                code = uvloop.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
                                                   max_connections, admin, max_lag_ms or float("inf"),
                                                   token, tls, require_tls))
             sys.exit(code)
@@ -356,10 +357,10 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
         if not _loopback(admin_host):
             raise click.UsageError("--admin-listen: the admin endpoint (replica feed) binds loopback addresses only")
         if role == "replica":
-            asyncio.run(_serve_replica(directory, host, port, credentials, insecure_no_auth, cache_size,
+            uvloop.run(_serve_replica(directory, host, port, credentials, insecure_no_auth, cache_size,
                                        max_connections, admin_port, writer_feed, tls, require_tls))
         else:
-            asyncio.run(_serve(directory, host, port, credentials, insecure_no_auth, cache_size, multi_range_redo,
+            uvloop.run(_serve(directory, host, port, credentials, insecure_no_auth, cache_size, multi_range_redo,
                                max_connections, admin_port, tls, require_tls))
 
     return serve
