@@ -12,6 +12,7 @@ be missing, so losing a stream never loses a record that is not yet durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -83,6 +84,13 @@ class NodeStream:
         self._task = asyncio.create_task(self._run(), name=f"stream-{self.name}")
 
     async def close(self) -> None:
+        ws = self._ws
+        if ws is not None and not ws.closed:
+            # A VDL move may still wait for records to carry it (VDL_ONLY_DELAY): send it,
+            # with its marks, before going, or the node's backup never learns that the
+            # last commits are durable (a writer closed right after them).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._send_some(ws, final=True), 1.0)
         self._closing = True
         self.wakeup.set()
         if self._ws is not None:
@@ -172,14 +180,16 @@ class NodeStream:
             return 0.25  # an ack or a new record wakes it
         return max(0.001, self.last_sent_at + VDL_ONLY_DELAY - time.monotonic())
 
-    async def _send_some(self, ws: aiohttp.ClientWebSocketResponse) -> bool:
-        if self.inflight >= self.max_inflight:
+    async def _send_some(self, ws: aiohttp.ClientWebSocketResponse, final: bool = False) -> bool:
+        """One frame of what has queued, if the window allows; `final` (closing): now,
+        whatever is in flight or waiting."""
+        if self.inflight >= self.max_inflight and not final:
             return False
         epoch, vdl, pgmrpl = self.frame_info()
         if not self.outbox_count:
             if vdl == self.last_sent_vdl:
                 return False
-            if time.monotonic() - self.last_sent_at < VDL_ONLY_DELAY:
+            if time.monotonic() - self.last_sent_at < VDL_ONLY_DELAY and not final:
                 return False  # the next records frame may carry it (_idle_wait)
         groups: list[tuple[int, int, list[bytes]]] = []
         taken = 0
