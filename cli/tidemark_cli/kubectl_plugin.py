@@ -25,7 +25,7 @@ from .cluster_chaos_command import run_on_cluster
 from .cluster_view import EVENTS, gather
 from .errors import ReportingGroup
 from .kube_target import KubeError, Target, target_options
-from .logging_setup import configure_logging
+from .logging_setup import configure_logging, logging_options
 from .maintenance_mode import set_maintenance
 from .status_render import render_status
 from .support_report import build_report, default_output, write_report
@@ -52,11 +52,12 @@ def emit(doc: Any, as_json: bool, text: str) -> None:
 
 @click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tidemark")
-def plugin() -> None:
+@logging_options
+def plugin(log_format: str, log_level: str) -> None:
     """kubectl tidemark: inspect and operate Tidemark AuroraClusters (status, support
     report, backups, snapshots and restores, maintenance mode, writer switchover, chaos
     experiments on kind)."""
-    configure_logging()
+    configure_logging(log_format, log_level)
 
 
 @plugin.command("status")

@@ -7,7 +7,7 @@ import importlib
 import click
 
 from .errors import ReportingGroup
-from .logging_setup import configure_logging
+from .logging_setup import configure_logging, logging_options
 
 # (subcommand name, "module:attribute") — imported lazily so that `tidemark --help`
 # stays fast and a component's heavy imports are paid only when it is used.
@@ -42,9 +42,10 @@ class LazyGroup(ReportingGroup):
 
 @click.group(cls=LazyGroup)
 @click.version_option(package_name="tidemark")
-def main() -> None:
+@logging_options
+def main(log_format: str, log_level: str) -> None:
     """Tidemark: an Aurora-style log-is-the-database storage fleet."""
-    configure_logging()
+    configure_logging(log_format, log_level)
 
 
 if __name__ == "__main__":
