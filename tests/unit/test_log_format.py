@@ -8,8 +8,10 @@ from __future__ import annotations
 import json
 import os
 import pty
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -36,11 +38,14 @@ def _stderr(group: str, *args: str, tty: bool, env: dict[str, str] | None = None
         assert done.returncode == 0, done.stderr
         return done.stderr
     master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=environ)
+    os.close(slave)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=slave, env=environ)
-        os.close(slave)
         chunks = []
-        while True:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # bounded: a hung child fails the test
+            if not select.select([master], [], [], 1.0)[0]:
+                continue
             try:
                 chunk = os.read(master, 65536)
             except OSError:  # EIO: the child closed its end
@@ -48,9 +53,11 @@ def _stderr(group: str, *args: str, tty: bool, env: dict[str, str] | None = None
             if not chunk:
                 break
             chunks.append(chunk)
-        assert proc.wait(timeout=60) == 0
+        assert proc.wait(timeout=5) == 0
     finally:
         os.close(master)
+        if proc.poll() is None:
+            proc.kill()
     return b"".join(chunks).decode()
 
 
