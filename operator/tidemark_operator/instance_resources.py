@@ -100,6 +100,8 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
     ca_volume, ca_mount = nodetls.ca_volume(cluster)
     # its serving certificate (the -rw/-ro/-r names, the cluster's CA), never the CA's key
     tls_volume, tls_mount = instancetls.volume(cluster)
+    user_tls = spec.instance.tls.secret_name  # the PostgreSQL port's, when the user brings one
+    user_volumes = [instancetls.user_volume(user_tls)] if user_tls else []
     labels = {**cluster_labels(cluster), **sel, RUN_LOCAL_LABEL: "true"}
     command = [*node_command, "sql", "serve", "--from-cluster", cluster, "--namespace", "$(POD_NAMESPACE)",
                "--role", role, "--identity", "$(POD_NAME)",
@@ -107,7 +109,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
                # its 127.0.0.1 (a bind to the pod IP alone refuses port-forward)
                "--listen", f"0.0.0.0:{SQL_PORT}", "--admin-listen", f"$(POD_IP):{SQL_ADMIN_PORT}",
                "--credentials-dir", CREDENTIALS_MOUNT, "--node-tokens-dir", nodekeys.TOKENS_MOUNT,
-               "--node-ca-file", nodetls.ca_path(), *instancetls.args(),
+               "--node-ca-file", nodetls.ca_path(), *instancetls.args(user_tls),
                *(["--require-tls"] if spec.instance.tls.required else []),
                "--max-lag-ms", str(spec.instance.max_lag_ms)]
     container: dict[str, Any] = {
@@ -130,7 +132,8 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
         "livenessProbe": {"tcpSocket": {"port": SQL_PORT}, "periodSeconds": 10, "failureThreshold": 6,
                           "initialDelaySeconds": 30},
         "volumeMounts": [{"name": "credentials", "mountPath": CREDENTIALS_MOUNT, "readOnly": True},
-                         tokens_mount, ca_mount, tls_mount, {"name": "tmp", "mountPath": "/tmp"}],
+                         tokens_mount, ca_mount, tls_mount, *(m for _, m in user_volumes),
+                         {"name": "tmp", "mountPath": "/tmp"}],
         "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                             "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
@@ -157,6 +160,7 @@ def instance_deployment(cluster: str, namespace: str, role: str, replicas: int, 
             tokens_volume,
             ca_volume,
             tls_volume,
+            *(v for v, _ in user_volumes),
             {"name": "tmp", "emptyDir": {}},
         ],
     }

@@ -44,3 +44,11 @@ def ensure(kube: Kube, state: ClusterState, cluster: str, ns: str, owner: Mappin
         raise ValueError(f"Secret {node_tls_secret_name(cluster)}: {exc}") from exc
     state.instance_tls_expiry = nodetls.expiry(secret.get("data"))
     return state.cluster_ca_pem
+
+
+def user_secret_problem(kube: Kube, ns: str, secret: str | None, at: dt.datetime | None = None) -> str | None:
+    """Why the instances cannot start with the PostgreSQL port's certificate the spec
+    names (spec.instance.tls.secretName); None when it names none or the Secret serves."""
+    if secret is None:
+        return None
+    return instancetls.user_secret_problem(secret, kube.read("Secret", secret, ns), at or nodetls.now())

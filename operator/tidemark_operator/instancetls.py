@@ -8,12 +8,23 @@ cluster) for the `-rw`, `-ro` and `-r` Services, so a client can check the host 
 (sslmode=verify-full with host NAME-rw.NS.svc). The instance pods mount tls.crt and
 tls.key and serve it on the PostgreSQL port and on their admin endpoint (probes, status,
 the replica feed; dialled by pod IP: verify-ca against the same CA). The CA certificate
-alone is in the ConfigMap `<cluster>-ca`, for users who may not read Secrets."""
+alone is in the ConfigMap `<cluster>-ca`, for users who may not read Secrets.
+
+A user may bring the PostgreSQL port's certificate instead (`spec.instance.tls.secretName`:
+a kubernetes.io/tls Secret, e.g. the one a cert-manager Certificate keeps renewed, as
+CloudNativePG's serverTLSSecret): the pods serve it on that port (`sql serve
+--sql-tls-cert`) and re-read it when it changes; the operator reads it only to check it
+and never writes it. The admin endpoint keeps `<cluster>-instance-tls`: replicas and the
+operator dial it by pod IP and verify it against the cluster's CA."""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
+
+from tidemark_protocol import pki
 
 from . import nodetls
 from .model import ca_configmap_name, endpoint_service_name, instance_tls_secret_name
@@ -21,6 +32,8 @@ from .resources import _meta, _stamp
 
 MOUNT = "/etc/tidemark/instance-tls"
 VOLUME = "instance-tls"
+USER_MOUNT = "/etc/tidemark/sql-tls"  # spec.instance.tls.secretName's
+USER_VOLUME = "sql-tls"
 SERVICE_KINDS = ("rw", "ro", "r")
 
 
@@ -63,7 +76,35 @@ def volume(cluster: str) -> tuple[dict[str, Any], dict[str, Any]]:
             {"name": VOLUME, "mountPath": MOUNT, "readOnly": True})
 
 
-def args() -> list[str]:
-    """`sql serve` flags: TLS offered on the PostgreSQL port (plain still accepted, as
-    CloudNativePG's default pg_hba) and, with --from-cluster, https on the admin port."""
-    return [nodetls.TLS_FLAG, f"{MOUNT}/{nodetls.CERT_ITEM}", "--tls-key", f"{MOUNT}/{nodetls.KEY_ITEM}"]
+def user_volume(secret: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod volume, container mount) of the user's certificate and key for the PostgreSQL port."""
+    return (nodetls.secret_volume(USER_VOLUME, secret, [nodetls.CERT_ITEM, nodetls.KEY_ITEM]),
+            {"name": USER_VOLUME, "mountPath": USER_MOUNT, "readOnly": True})
+
+
+def args(user_secret: str | None = None) -> list[str]:
+    """`sql serve` flags: TLS on the PostgreSQL port and, with --from-cluster, https on the
+    admin port, with the cluster's certificate; the PostgreSQL port with the user's when
+    USER_SECRET names one."""
+    flags = [nodetls.TLS_FLAG, f"{MOUNT}/{nodetls.CERT_ITEM}", "--tls-key", f"{MOUNT}/{nodetls.KEY_ITEM}"]
+    if user_secret is not None:
+        flags += ["--sql-tls-cert", f"{USER_MOUNT}/{nodetls.CERT_ITEM}",
+                  "--sql-tls-key", f"{USER_MOUNT}/{nodetls.KEY_ITEM}"]
+    return flags
+
+
+def user_secret_problem(name: str, secret: Mapping[str, Any] | None, at: dt.datetime) -> str | None:
+    """Why the Secret NAME (SECRET: as read, None when absent) cannot serve the PostgreSQL
+    port AT; None when it can. Never quotes the Secret's data."""
+    if secret is None:
+        return f"TLS Secret {name} not found"
+    data = secret.get("data") or {}
+    missing = [i for i in (nodetls.CERT_ITEM, nodetls.KEY_ITEM) if not data.get(i)]
+    if missing:
+        return f"TLS Secret {name} has no {' or '.join(missing)}"
+    try:
+        cert, key = (base64.b64decode(data[i], validate=True) for i in (nodetls.CERT_ITEM, nodetls.KEY_ITEM))
+    except ValueError:
+        return f"TLS Secret {name}: its data is not base64"
+    problem = pki.pair_problem(cert, key, at)
+    return None if problem is None else f"TLS Secret {name}: {problem}"

@@ -135,6 +135,11 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
         return {"readyInstances": f"0/{spec.instances}", "instancesBlocked": "waiting for a writable volume"}
     owner = placement_store.owner_of(body)
     blocked = await asyncio.to_thread(instances.ensure_credentials, kube, name, ns, spec, owner, event)
+    reason = "CredentialsMissing"
+    if blocked is None:  # the user's certificate for the PostgreSQL port, when the spec names one
+        blocked = await asyncio.to_thread(instance_tls_access.user_secret_problem, kube, ns,
+                                          spec.instance.tls.secret_name)
+        reason = "TLSSecretUnusable"
     rolling_writer = False
     if blocked is None:
         # before the Deployments: their pods mount the instances' certificate
@@ -143,7 +148,7 @@ async def _instances(ctx: Context, state: ClusterState, body: Mapping[str, Any],
         objs, rolling_writer = await asyncio.to_thread(_hold_writer_template, kube, ns, objs, state, event)
         await asyncio.to_thread(objects.converge, kube, objs, True, event)
     elif (body.get("status") or {}).get("instancesBlocked") != blocked:
-        event("Warning", "CredentialsMissing", blocked)
+        event("Warning", reason, blocked)
     pods = list(list_pods())
     gone = await asyncio.to_thread(instances.evict_from_lost_nodes, kube, ns, pods, event)
     pods = [p for p in pods if p.name not in gone]

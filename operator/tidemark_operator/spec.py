@@ -91,6 +91,9 @@ class InstanceTLS(_Spec):
     # Refuse PostgreSQL clients that do not ask for TLS (SQLSTATE 28000), as RDS for
     # PostgreSQL 15+ does by default (rds.force_ssl=1); libpq's default sslmode=prefer asks.
     required: bool = True
+    # A kubernetes.io/tls Secret the user keeps (cert-manager's, say) served on the
+    # PostgreSQL port instead of the operator's `<name>-instance-tls` (instancetls.py).
+    secret_name: Annotated[str, StringConstraints(min_length=1, max_length=253)] | None = None
 
 
 class Instances(_Spec):

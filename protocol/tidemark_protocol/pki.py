@@ -105,3 +105,23 @@ def signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def pair_problem(cert_pem: bytes, key_pem: bytes, at: dt.datetime) -> str | None:
+    """Why CERT_PEM and KEY_PEM cannot serve TLS AT (None: they can): unreadable, a key
+    that is not the certificate's, or a certificate outside its validity. Says nothing of
+    the key's bytes (the message may end up in a status)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return "tls.crt is not a PEM certificate"
+    try:
+        key = serialization.load_pem_private_key(key_pem, None)
+    except (ValueError, TypeError):  # TypeError: an encrypted key (no password here)
+        return "tls.key is not an unencrypted PEM private key"
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        return "tls.key is not the private key of tls.crt"
+    if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
+        return f"tls.crt is valid {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ} .. {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ} only"
+    return None

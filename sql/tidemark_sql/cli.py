@@ -16,7 +16,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,12 +105,13 @@ def _credentials_text(credentials_dir: Path | None, password_file: Path | None) 
 
 
 async def _run(instance: Endpoint, banner: str, exit_when: Callable[[], str | None] = lambda: None,
-               tls: ServerTLS | None = None) -> int:
+               tls: Sequence[ServerTLS | None] = ()) -> int:
     """Serve until SIGINT/SIGTERM (exit code 0) or until EXIT_WHEN names a reason (1),
-    then close the instance. TLS: its certificate files are re-read when they change (a
-    renewed Secret: new handshakes get the new certificate, no restart)."""
+    then close the instance. TLS: each certificate's files are re-read when they change
+    (a renewed Secret: new handshakes get the new certificate, no restart)."""
     click.echo(f"tidemark sql: {banner} on {instance.dsn} (admin {instance.admin.url})", err=True)
-    reload = asyncio.create_task(tls.reload_loop()) if tls is not None else None
+    loops = [t.reload_loop() for t in dict.fromkeys(tls) if t is not None]
+    reload = asyncio.ensure_future(asyncio.gather(*loops)) if loops else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -162,7 +163,7 @@ async def _serve(directory: Path, host: str, port: int, credentials: dict, insec
     lease = WriterLease(directory, topology.volume_epoch)
     lease.claim(f"ws{instance.admin.url[4:]}/v1/feed")
     instance.pipeline.lease = lease.holds
-    await _run(instance, f"writer instance (volume epoch {topology.volume_epoch})", tls=tls)
+    await _run(instance, f"writer instance (volume epoch {topology.volume_epoch})", tls=[tls])
 
 
 async def _serve_replica(directory: Path, host: str, port: int, credentials: dict, insecure: bool,
@@ -176,13 +177,13 @@ async def _serve_replica(directory: Path, host: str, port: int, credentials: dic
     await reader.start()
     instance = await ReplicaInstance.start(reader, host, port, credentials, insecure, cache_size, max_connections,
                                            admin_port=admin_port, tls=_context(tls), require_tls=require_tls)
-    await _run(instance, f"replica instance (read point {instance.store.read_point})", tls=tls)
+    await _run(instance, f"replica instance (read point {instance.store.read_point})", tls=[tls])
 
 
 async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: int, credentials: dict,
                          cache_size: int | None, multi_range: bool, max_connections: int,
                          admin: tuple[str, int], max_lag_ms: float, token: str, tls: ServerTLS | None = None,
-                         require_tls: bool = False) -> int:
+                         require_tls: bool = False, admin_tls: ServerTLS | None = None) -> int:
     """The writer of an AuroraCluster: open the volume (recovery + seal: every older writer
     is fenced on the nodes), claim the writer Lease, serve. A writer whose Lease expired
     (no renewal for its duration: cut off from the apiserver) exits, so its pod restarts
@@ -195,7 +196,7 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
     writer = await Writer.open(topology, membership_source=access.topology_source)
     instance = await Instance.start(writer, host, port, credentials, False, cache_size, multi_range,
                                     max_connections, admin_port=admin[1], admin_host=admin[0], feed_token=token,
-                                    tls=_context(tls), require_tls=require_tls, admin_tls=_context(tls))
+                                    tls=_context(tls), require_tls=require_tls, admin_tls=_context(admin_tls))
     instance.admin.max_lag_ms = max_lag_ms
     lease = KubeWriterLease(access.coordination, access.namespace, access.lease_name, identity,
                             writer.core.volume_epoch)
@@ -211,7 +212,7 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
 
     try:
         return await _run(instance, f"writer instance {identity} (volume epoch {writer.core.volume_epoch})", lost,
-                          tls)
+                          [tls, admin_tls])
     finally:
         await lease.close()
 
@@ -219,7 +220,7 @@ async def _serve_cluster(access: ClusterAccess, identity: str, host: str, port: 
 async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, credentials: dict,
                                  cache_size: int | None, max_connections: int, admin: tuple[str, int],
                                  max_lag_ms: float, token: str, tls: ServerTLS | None = None,
-                                 require_tls: bool = False) -> int:
+                                 require_tls: bool = False, admin_tls: ServerTLS | None = None) -> int:
     """A replica of an AuroraCluster: follows the feed named in the writer Lease (wss://
     when the writer's admin endpoint is https: verified against the nodes' CA, the
     cluster's one CA, chain only, as the feed is dialled by pod IP)."""
@@ -231,24 +232,23 @@ async def _serve_cluster_replica(access: ClusterAccess, host: str, port: int, cr
         await reader.start()
         instance = await ReplicaInstance.start(reader, host, port, credentials, False, cache_size, max_connections,
                                                admin_port=admin[1], admin_host=admin[0], tls=_context(tls),
-                                               require_tls=require_tls, admin_tls=_context(tls))
+                                               require_tls=require_tls, admin_tls=_context(admin_tls))
         instance.admin.max_lag_ms = max_lag_ms
-        return await _run(instance, f"replica instance (read point {instance.store.read_point})", tls=tls)
+        return await _run(instance, f"replica instance (read point {instance.store.read_point})",
+                          tls=[tls, admin_tls])
     finally:
         await feed.close()
 
 
-def _tls(cert: Path | None, key: Path | None, required: bool) -> ServerTLS | None:
+def _tls(cert: Path | None, key: Path | None, flags: str = "--tls") -> ServerTLS | None:
     if (cert is None) != (key is None):
-        raise click.UsageError("--tls-cert and --tls-key go together")
-    if required and cert is None:
-        raise click.UsageError("--require-tls needs --tls-cert and --tls-key")
+        raise click.UsageError(f"{flags}-cert and {flags}-key go together")
     if cert is None or key is None:
         return None
     try:
         return ServerTLS(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise click.UsageError(f"--tls-cert/--tls-key: {exc}") from exc
+        raise click.UsageError(f"{flags}-cert/{flags}-key: {exc}") from exc
 
 
 def _context(tls: ServerTLS | None) -> ssl.SSLContext | None:
@@ -309,6 +309,12 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
                        "https with it too.")
     @click.option("--tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
                   help="The certificate's private key (PEM).")
+    @click.option("--sql-tls-cert", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help="The PostgreSQL port's certificate (PEM) when it is not --tls-cert's: one the user "
+                       "brings (cert-manager's, a company CA's), re-read when the file changes; the admin "
+                       "endpoint keeps --tls-cert.")
+    @click.option("--sql-tls-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+                  help="--sql-tls-cert's private key (PEM).")
     @click.option("--require-tls", is_flag=True, help="Refuse clients that do not ask for TLS (SQLSTATE 28000).")
     @click.option("--max-lag-ms", type=click.FloatRange(min=0), default=None,
                   help="/readyz of a replica fails beyond this feed lag (the -ro Service drops it).")
@@ -316,10 +322,14 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
               password_file: Path | None, insecure_no_auth: bool, cache_size: int | None, multi_range_redo: bool,
               max_connections: int, from_cluster: str | None, namespace: str | None, identity: str | None,
               credentials_dir: Path | None, node_tokens_dir: Path | None, node_ca_file: Path | None,
-              max_lag_ms: float | None, tls_cert: Path | None, tls_key: Path | None, require_tls: bool) -> None:
+              max_lag_ms: float | None, tls_cert: Path | None, tls_key: Path | None, sql_tls_cert: Path | None,
+              sql_tls_key: Path | None, require_tls: bool) -> None:
         """Serve the database of the fleet in DIR (or of an AuroraCluster) on the PostgreSQL wire protocol."""
         host, port = _listen(listen)
-        tls = _tls(tls_cert, tls_key, require_tls)
+        admin_tls = _tls(tls_cert, tls_key)
+        tls = _tls(sql_tls_cert, sql_tls_key, "--sql-tls") or admin_tls  # the PostgreSQL port's
+        if require_tls and tls is None:
+            raise click.UsageError("--require-tls needs --tls-cert and --tls-key (or --sql-tls-cert and --sql-tls-key)")
         credentials = credentials_from_dir(credentials_dir) if credentials_dir else load_credentials(password_file)
         if from_cluster:
             if binding is None:
@@ -342,11 +352,11 @@ def _serve_command(binding: ClusterBinding | None) -> click.Command:
             if role == "replica":
                 code = uvloop.run(_serve_cluster_replica(access, host, port, credentials, cache_size, max_connections,
                                                           admin, max_lag_ms or float("inf"), token, tls,
-                                                          require_tls))
+                                                          require_tls, admin_tls))
             else:
                 code = uvloop.run(_serve_cluster(access, who, host, port, credentials, cache_size, multi_range_redo,
                                                   max_connections, admin, max_lag_ms or float("inf"),
-                                                  token, tls, require_tls))
+                                                  token, tls, require_tls, admin_tls))
             sys.exit(code)
         if not credentials and not insecure_no_auth:
             raise click.UsageError(f"no credentials: --password-file F or ${PASSWORD_ENV}=user:password "

@@ -17,7 +17,9 @@ import http.client
 import json
 import os
 import signal
+import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -30,6 +32,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cryptography import x509
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from rigenv import TIDEMARK, cluster_body, free_port, get_ac, kubectl, operator_env, ready
@@ -335,6 +338,97 @@ class Inserter:
 
     def summary(self) -> str:
         return f"{len(self.acked)} acked, {len(self.unknown)} unknown outcome, errors {sorted(set(self.errors))}"
+
+
+def _served_certificate(ip: str) -> x509.Certificate:
+    """The certificate the PostgreSQL port presents (SSLRequest, then a TLS handshake that
+    verifies nothing: this reads what is served, psycopg checks trust)."""
+    any_cert = ssl.create_default_context()
+    any_cert.check_hostname, any_cert.verify_mode = False, ssl.CERT_NONE
+    with socket.create_connection((ip, 5432), timeout=5) as raw:
+        raw.sendall(struct.pack("!ii", 8, 80877103))
+        assert raw.recv(1) == b"S"
+        with any_cert.wrap_socket(raw) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))  # type: ignore[arg-type]
+
+
+def test_a_users_certificate_on_the_sql_port_is_checked_served_and_rotated(env: dict[str, Any],
+                                                                          tmp_path: Path) -> None:
+    """spec.instance.tls.secretName (#14): a kubernetes.io/tls Secret the user keeps, as a
+    cert-manager Certificate would (cert-manager itself does not run here: the test writes
+    the Secret it would write, from a CA of its own). An unusable Secret blocks the
+    instances with a status and an event while the running ones go on serving; a usable
+    one rolls them to serve it on the PostgreSQL port (verify-full against the user's CA by
+    the -rw name; the cluster's CA no longer verifies that port, its admin endpoint keeps
+    the cluster's certificate); renewing the Secret under a running insert workload changes
+    the served certificate with zero failed commits and no restart."""
+    ns, name = env["ns"], f"{DB}-user-tls"
+    now = dt.datetime.now(dt.UTC)
+    ca, ca_key = pki.make_ca("a company CA", 30, now)
+    names = [f"{DB}-{k}.{ns}.svc" for k in ("rw", "ro", "r")]
+
+    def data(cert: bytes, key: bytes) -> dict[str, str]:
+        entries = {"ca.crt": pki.cert_pem(ca), "tls.crt": cert, "tls.key": key}
+        return {k: base64.b64encode(v).decode() for k, v in entries.items()}
+
+    cert, key = pki.issue(ca, ca_key, names[0], names, 30, now)
+    _other, wrong_key = pki.issue(ca, ca_key, "another", ["another"], 30, now)
+    env["core"].create_namespaced_secret(ns, {"metadata": {"name": name}, "type": "kubernetes.io/tls",
+                                              "data": data(cert, wrong_key)}, _request_timeout=5)
+    env["co"].patch_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, DB,
+                                             {"spec": {"instance": {"tls": {"secretName": name}}}}, _request_timeout=5)
+    blocked = wait_for(lambda: ((get_ac(env, DB).get("status") or {}).get("instancesBlocked") or None), 60,
+                       "instancesBlocked for a Secret with another certificate's key")
+    assert blocked == f"TLS Secret {name}: tls.key is not the private key of tls.crt", blocked
+    events = [ev for ev in env["core"].list_namespaced_event(ns, _request_timeout=5).items
+              if ev.involved_object.name == DB and ev.reason == "TLSSecretUnusable"]
+    assert events and all("PRIVATE KEY" not in ev.message for ev in events)
+    with connect(env, f"{DB}-rw") as w:  # the running instances go on, with the cluster's certificate
+        assert w.execute("SELECT 1").fetchone() == (1,)
+    env["core"].replace_namespaced_secret(name, ns, {"metadata": {"name": name}, "type": "kubernetes.io/tls",
+                                                     "data": data(cert, key)}, _request_timeout=5)
+
+    def rolled() -> bool:
+        c = env["apps"].read_namespaced_deployment(f"{DB}-writer", ns, _request_timeout=5).spec.template.spec.containers[0]
+        return "--sql-tls-cert" in c.command and bool(instances_up(env, 2))
+    wait_for(rolled, 180, "the instances rolled to serve the user's certificate")
+    wait_for(lambda: not (get_ac(env, DB).get("status") or {}).get("instancesBlocked"), 30, "instancesBlocked cleared")
+    user_ca, cluster_ca = tmp_path / "user-ca.crt", tmp_path / "cluster-ca.crt"
+    user_ca.write_bytes(pki.cert_pem(ca))
+    cluster_ca.write_text(env["core"].read_namespaced_config_map(f"{DB}-ca", ns, _request_timeout=5).data["ca.crt"])
+
+    def session(service: str, root: Path) -> psycopg.Connection:
+        ip = wait_for(lambda: (endpoints(env, service) or [None])[0], 20, f"{service} endpoints")
+        return psycopg.connect(hostaddr=ip, host=f"{service}.{ns}.svc", port=5432, user="tidemark",
+                               password=password(env), dbname="tidemark", connect_timeout=5, autocommit=True,
+                               sslmode="verify-full", sslrootcert=str(root))
+
+    for service in (f"{DB}-rw", f"{DB}-ro"):
+        with session(service, user_ca) as conn:
+            assert conn.pgconn.ssl_in_use and conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+            session(service, cluster_ca)
+    trust = ssl.create_default_context(cafile=str(cluster_ca))  # the admin endpoint: the cluster's certificate
+    trust.check_hostname = False
+    (writer,) = pods(env, "writer")
+    with urllib.request.urlopen(f"https://{writer.status.pod_ip}:5433/v1/status", timeout=5, context=trust) as r:
+        assert json.loads(r.read())["role"] == "writer"
+    # Renewal, as cert-manager does it: the same Secret, a new certificate, the pods left running.
+    pids = {p.metadata.uid: read_state(env["rig"].dir)[p.metadata.uid]["pid"] for p in pods(env, "writer")}
+    renewed, renewed_key = pki.issue(ca, ca_key, names[0], names, 30, dt.datetime.now(dt.UTC))
+    serial = x509.load_pem_x509_certificate(renewed).serial_number
+    with Inserter(env, "renewed") as ins:
+        env["core"].replace_namespaced_secret(name, ns, {"metadata": {"name": name}, "type": "kubernetes.io/tls",
+                                                         "data": data(renewed, renewed_key)}, _request_timeout=5)
+        wait_for(lambda: len(ips := endpoints(env, f"{DB}-r")) == 2
+                 and all(_served_certificate(ip).serial_number == serial for ip in ips),
+                 60, "every instance serving the renewed certificate")
+        n = len(ins.acked)
+        wait_for(lambda: len(ins.acked) >= n + 20, 30, "inserts after the renewal", interval=0.1)
+    print(f"\nuser certificate renewed under inserts: {ins.summary()}")
+    assert not ins.errors and not ins.unknown, ins.summary()
+    ins.check_nothing_lost()
+    assert {p.metadata.uid: read_state(env["rig"].dir)[p.metadata.uid]["pid"] for p in pods(env, "writer")} == pids
 
 
 def test_writer_pod_deleted_writes_resume_and_no_acknowledged_write_is_lost(env: dict[str, Any]) -> None:

@@ -10,9 +10,12 @@ import base64
 import datetime as dt
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from secretfakes import FakeSecrets
 
 from tidemark_compute.topology import client_tls_verify_ca
@@ -26,6 +29,7 @@ from tidemark_operator.spec import parse_spec
 from tidemark_operator.state import ClusterState
 from tidemark_protocol import pki
 from tidemark_sql.admin import Admin
+from tidemark_sql.cli import sql
 
 pytestmark = pytest.mark.unit
 
@@ -174,3 +178,58 @@ async def test_the_operator_reads_an_https_admin_endpoint_by_ip_verified_against
         assert (await observe(admin_client(client, ours), [plain]))[pod.name] is None  # http to https
     finally:
         await client.close()
+
+
+def _user_secret(cert: bytes | None, key: bytes | None) -> dict[str, Any]:
+    entries = {k: v for k, v in (("tls.crt", cert), ("tls.key", key)) if v is not None}
+    return {"type": "kubernetes.io/tls", "data": {k: base64.b64encode(v).decode() for k, v in entries.items()}}
+
+
+def test_a_users_secret_is_checked_without_quoting_its_key() -> None:
+    """spec.instance.tls.secretName (a cert-manager Certificate's Secret, say): what makes
+    it unusable is said in one line that never carries its data."""
+    now = dt.datetime.now(dt.UTC)
+    ca, ca_key = pki.make_ca("a company CA", 30, now)
+    cert, key = pki.issue(ca, ca_key, "demo-rw.ns.svc", ["demo-rw.ns.svc"], 30, now)
+    _other_cert, other_key = pki.issue(ca, ca_key, "x", ["x"], 30, now)
+    problem = instancetls.user_secret_problem
+    assert problem("mine", _user_secret(cert, key), now) is None
+    assert problem("mine", None, now) == "TLS Secret mine not found"
+    assert problem("mine", _user_secret(cert, None), now) == "TLS Secret mine has no tls.key"
+    assert problem("mine", {"data": {}}, now) == "TLS Secret mine has no tls.crt or tls.key"
+    assert problem("mine", _user_secret(cert, other_key), now) == "TLS Secret mine: tls.key is not the private key of tls.crt"
+    assert problem("mine", _user_secret(b"junk", key), now) == "TLS Secret mine: tls.crt is not a PEM certificate"
+    encrypted = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw"))
+    assert problem("mine", _user_secret(cert, encrypted), now) == \
+        "TLS Secret mine: tls.key is not an unencrypted PEM private key"
+    expired = problem("mine", _user_secret(cert, key), now + dt.timedelta(days=31))
+    assert expired is not None and expired.startswith("TLS Secret mine: tls.crt is valid ")
+    assert problem("mine", {"data": {"tls.crt": "%%%", "tls.key": "%%%"}}, now) == "TLS Secret mine: its data is not base64"
+    for text in filter(None, [problem("mine", _user_secret(cert, other_key), now)]):
+        assert "PRIVATE" not in text and base64.b64encode(key).decode()[:20] not in text
+
+
+@pytest.mark.parametrize("role", ["writer", "replica"])
+def test_a_users_secret_is_mounted_and_served_on_the_sql_port_the_admin_port_keeps_the_clusters(role: str) -> None:
+    spec = parse_spec({"instance": {"tls": {"secretName": "mine"}}})
+    pod = instance_deployment("demo", "ns", role, 1, spec, OWNER)["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    items = {v["name"]: (v["secret"]["secretName"], [i["key"] for i in v["secret"]["items"]])
+             for v in pod["volumes"] if v.get("secret")}
+    assert items["sql-tls"] == ("mine", ["tls.crt", "tls.key"]) and items["instance-tls"] == (SECRET, ["tls.crt", "tls.key"])
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    cmd = c["command"]
+    assert (_arg(cmd, "--sql-tls-cert"), _arg(cmd, "--sql-tls-key")) == (f"{mounts['sql-tls']}/tls.crt",
+                                                                         f"{mounts['sql-tls']}/tls.key")
+    assert _arg(cmd, "--tls-cert") == f"{mounts['instance-tls']}/tls.crt"
+    plain = instance_deployment("demo", "ns", role, 1, parse_spec({}), OWNER)["spec"]["template"]["spec"]
+    assert "--sql-tls-cert" not in plain["containers"][0]["command"]
+    assert "sql-tls" not in {v["name"] for v in plain["volumes"]}
+
+
+def test_sql_serve_refuses_half_a_user_certificate(tmp_path: Path) -> None:
+    pem = tmp_path / "tls.crt"
+    pem.write_text("x")
+    done = CliRunner().invoke(sql, ["serve", "--dir", str(tmp_path), "--sql-tls-cert", str(pem)])
+    assert done.exit_code == 2 and "--sql-tls-cert and --sql-tls-key go together" in done.output
