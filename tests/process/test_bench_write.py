@@ -25,8 +25,11 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 
 def postgres_pids() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["username", "status"])
-            if p.info["username"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE}
+    """Live PostgreSQL processes, by user and name (a kind node's container running beside
+    this test may have processes of the same uid)."""
+    return {p.pid for p in psutil.process_iter(["username", "name", "status"])
+            if p.info["username"] == "postgres" and p.info["name"] == "postgres"
+            and p.info["status"] != psutil.STATUS_ZOMBIE}
 
 
 @pytest.mark.skipif(available() is not None and not os.environ.get("CI"), reason=f"no PostgreSQL baseline here: {available()}")

@@ -29,10 +29,12 @@ KEYS = ("tidemark_tps", "postgres_tps", "ratio", "tidemark_p50_ms", "tidemark_p9
 
 
 def postgres_pids() -> set[int]:
-    """Live processes of the postgres user (an exited postmaster is a zombie until this
-    machine's pid 1 reaps it: gone, not left running)."""
-    return {p.pid for p in psutil.process_iter(["username", "status"])
-            if p.info["username"] == "postgres" and p.info["status"] != psutil.STATUS_ZOMBIE}
+    """Live PostgreSQL processes (an exited postmaster is a zombie until this machine's pid
+    1 reaps it: gone, not left running). By name too: a kind node's container running
+    beside this test (scripts/test.sh) may have processes of the same uid."""
+    return {p.pid for p in psutil.process_iter(["username", "name", "status"])
+            if p.info["username"] == "postgres" and p.info["name"] == "postgres"
+            and p.info["status"] != psutil.STATUS_ZOMBIE}
 
 
 @pytest.fixture
