@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -241,3 +242,19 @@ async def _workload_during(e: dict[str, Any], action: Callable[[], None], settle
 
 def workload_during(e: dict[str, Any], action: Callable[[], None], **kw: Any) -> dict[str, Any]:
     return asyncio.run(_workload_during(e, action, **kw))
+
+
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL's SSLRequest
+
+
+def served(ip: str, port: int, trust: ssl.SSLContext, postgres: bool = False) -> bytes:
+    """The certificate (DER) a server presents to a new handshake, verified against TRUST
+    (the cluster's CA, verify-ca); POSTGRES: after PostgreSQL's SSLRequest."""
+    with socket.create_connection((ip, port), timeout=5) as raw:
+        if postgres:
+            raw.sendall(SSL_REQUEST)
+            assert raw.recv(1) == b"S", "the instance does not offer TLS"
+        with trust.wrap_socket(raw) as tls:
+            der = tls.getpeercert(binary_form=True)
+    assert der
+    return der

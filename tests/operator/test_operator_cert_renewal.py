@@ -17,9 +17,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import signal
-import socket
 import ssl
-import struct
 import threading
 import time
 import urllib.request
@@ -37,6 +35,7 @@ from rigenv import (
     get_ac,
     operator_env,
     ready,
+    served,
     workload_during,
 )
 
@@ -51,7 +50,6 @@ pytestmark = [pytest.mark.rig, pytest.mark.operator, pytest.mark.security, pytes
 
 DB = "renew-db"
 AGED = dt.timedelta(days=nodetls.CERT_DAYS - 1)  # issued that long ago: valid one more day
-SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL's SSLRequest
 PROBE_TLS = ssl.create_default_context()  # as the kubelet's HTTPS probe: not verified
 PROBE_TLS.check_hostname = False
 PROBE_TLS.verify_mode = ssl.CERT_NONE
@@ -64,19 +62,6 @@ def env(rig_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-def served(ip: str, port: int, trust: ssl.SSLContext, postgres: bool = False) -> bytes:
-    """The certificate (DER) a server presents to a new handshake, verified against TRUST
-    (the cluster's CA, verify-ca); POSTGRES: after PostgreSQL's SSLRequest."""
-    with socket.create_connection((ip, port), timeout=5) as raw:
-        if postgres:
-            raw.sendall(SSL_REQUEST)
-            assert raw.recv(1) == b"S", "the instance does not offer TLS"
-        with trust.wrap_socket(raw) as tls:
-            der = tls.getpeercert(binary_form=True)
-    assert der
-    return der
-
 
 def der_of(pem_b64: str) -> bytes:
     return x509.load_pem_x509_certificate(base64.b64decode(pem_b64)).public_bytes(Encoding.DER)

@@ -17,9 +17,7 @@ import http.client
 import json
 import os
 import signal
-import socket
 import ssl
-import struct
 import subprocess
 import sys
 import threading
@@ -35,7 +33,7 @@ import pytest
 from cryptography import x509
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from rigenv import TIDEMARK, cluster_body, free_port, get_ac, kubectl, operator_env, ready
+from rigenv import TIDEMARK, cluster_body, free_port, get_ac, kubectl, operator_env, ready, served
 
 from tidemark_operator.model import GROUP, PLURAL, VERSION
 from tidemark_protocol import pki
@@ -340,18 +338,6 @@ class Inserter:
         return f"{len(self.acked)} acked, {len(self.unknown)} unknown outcome, errors {sorted(set(self.errors))}"
 
 
-def _served_certificate(ip: str) -> x509.Certificate:
-    """The certificate the PostgreSQL port presents (SSLRequest, then a TLS handshake that
-    verifies nothing: this reads what is served, psycopg checks trust)."""
-    any_cert = ssl.create_default_context()
-    any_cert.check_hostname, any_cert.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection((ip, 5432), timeout=5) as raw:
-        raw.sendall(struct.pack("!ii", 8, 80877103))
-        assert raw.recv(1) == b"S"
-        with any_cert.wrap_socket(raw) as tls:
-            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))  # type: ignore[arg-type]
-
-
 def test_a_users_certificate_on_the_sql_port_is_checked_served_and_rotated(env: dict[str, Any],
                                                                           tmp_path: Path) -> None:
     """spec.instance.tls.secretName (#14): a kubernetes.io/tls Secret the user keeps, as a
@@ -388,13 +374,25 @@ def test_a_users_certificate_on_the_sql_port_is_checked_served_and_rotated(env: 
     env["core"].replace_namespaced_secret(name, ns, {"metadata": {"name": name}, "type": "kubernetes.io/tls",
                                                      "data": data(cert, key)}, _request_timeout=5)
 
-    def rolled() -> bool:
-        c = env["apps"].read_namespaced_deployment(f"{DB}-writer", ns, _request_timeout=5).spec.template.spec.containers[0]
-        return "--sql-tls-cert" in c.command and bool(instances_up(env, 2))
-    wait_for(rolled, 180, "the instances rolled to serve the user's certificate")
-    wait_for(lambda: not (get_ac(env, DB).get("status") or {}).get("instancesBlocked"), 30, "instancesBlocked cleared")
     user_ca, cluster_ca = tmp_path / "user-ca.crt", tmp_path / "cluster-ca.crt"
     user_ca.write_bytes(pki.cert_pem(ca))
+    user_trust = ssl.create_default_context(cafile=str(user_ca))  # verify-ca: pod IPs
+    user_trust.check_hostname = False
+
+    def serving(serial: int) -> bool:
+        """Both instances Ready and presenting the user's certificate SERIAL on 5432 (an
+        old pod still serving the cluster's fails the handshake: wait_for retries)."""
+        ips = endpoints(env, f"{DB}-r")
+        return len(ips) == 2 and all(
+            x509.load_der_x509_certificate(served(ip, 5432, user_trust, postgres=True)).serial_number == serial
+            for ip in ips)
+
+    def rolled() -> bool:
+        c = env["apps"].read_namespaced_deployment(f"{DB}-writer", ns, _request_timeout=5).spec.template.spec.containers[0]
+        return "--sql-tls-cert" in c.command and bool(instances_up(env, 2)) and serving(
+            x509.load_pem_x509_certificate(cert).serial_number)
+    wait_for(rolled, 180, "the instances rolled to serve the user's certificate")
+    wait_for(lambda: not (get_ac(env, DB).get("status") or {}).get("instancesBlocked"), 30, "instancesBlocked cleared")
     cluster_ca.write_text(env["core"].read_namespaced_config_map(f"{DB}-ca", ns, _request_timeout=5).data["ca.crt"])
 
     def session(service: str, root: Path) -> psycopg.Connection:
@@ -420,9 +418,7 @@ def test_a_users_certificate_on_the_sql_port_is_checked_served_and_rotated(env: 
     with Inserter(env, "renewed") as ins:
         env["core"].replace_namespaced_secret(name, ns, {"metadata": {"name": name}, "type": "kubernetes.io/tls",
                                                          "data": data(renewed, renewed_key)}, _request_timeout=5)
-        wait_for(lambda: len(ips := endpoints(env, f"{DB}-r")) == 2
-                 and all(_served_certificate(ip).serial_number == serial for ip in ips),
-                 60, "every instance serving the renewed certificate")
+        wait_for(lambda: serving(serial), 60, "every instance serving the renewed certificate")
         n = len(ins.acked)
         wait_for(lambda: len(ins.acked) >= n + 20, 30, "inserts after the renewal", interval=0.1)
     print(f"\nuser certificate renewed under inserts: {ins.summary()}")
